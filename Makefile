@@ -1,0 +1,40 @@
+# surgery: the README's commands. `make demo` and `make test` set everything up from a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+export PYTHONHASHSEED ?= 0
+
+.PHONY: all install demo test test-slow fuzz bench sample-models clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/surgery demo --out demo-out --overwrite
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not fuzz"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+fuzz: $(STAMP)
+	SURGERY_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q -m fuzz
+
+bench: $(STAMP)
+	$(PY) -m tests.bench
+
+sample-models: $(STAMP)
+	$(PY) -m sample_models.build
+
+clean:
+	rm -rf $(VENV) demo-out bench-out .pytest_cache .hypothesis

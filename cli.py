@@ -1,0 +1,160 @@
+"""The `surgery` command line: thin wrappers that parse options, call the library, print.
+
+Exit codes: 0 success; 1 a check that was asked for failed (``diff`` found differences);
+2 the request or an input is unusable. Errors print one line, ``error: ...``, with no traceback
+unless ``--debug`` is given. ``--json`` prints machine-readable output only. ``--help``,
+``inspect`` and ``diff`` of files do not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+os.environ.setdefault("SURGERY_QUIET_TF", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import surgery  # noqa: E402
+from surgery.errors import SurgeryError  # noqa: E402
+
+__all__ = ["main"]
+
+
+def _debug_requested(args) -> bool:
+    args = sys.argv[1:] if args is None else list(args)
+    return "--debug" in args or os.environ.get("SURGERY_DEBUG") == "1"
+
+
+class SurgeryGroup(click.Group):
+    """A click group that turns every failure into one ``error:`` line and an exit code."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        debug = _debug_requested(args)
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "surgery",
+                              complete_var=complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("error: interrupted; nothing was written", err=True)
+            sys.exit(130)
+        except click.ClickException as e:
+            if debug:
+                raise
+            hint = ""
+            ctx = getattr(e, "ctx", None)
+            if ctx is not None:
+                hint = f"; see '{ctx.command_path} --help'"
+            click.echo(f"error: {e.format_message().rstrip('.')}{hint}", err=True)
+            sys.exit(2)
+        except SurgeryError as e:
+            if debug:
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; nothing was written", err=True)
+            sys.exit(130)
+        except Exception as e:  # a bug, not bad input: say so, keep the contract of one line
+            if debug:
+                raise
+            click.echo(f"error: unexpected {type(e).__name__}: {e} (a bug in surgery; rerun "
+                       "with --debug for the traceback and report it)", err=True)
+            sys.exit(2)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(cls=SurgeryGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(surgery.__version__, prog_name="surgery")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def main(debug: bool) -> None:
+    """Model surgery and transfer learning for TensorFlow/Keras.
+
+    \b
+    Examples:
+      surgery inspect sample_models/cnn.keras
+      surgery diff before.keras after.keras --json
+      surgery demo
+
+    Exit codes: 0 success; 1 a check you asked for failed; 2 unusable request or input.
+    """
+
+
+@main.command("inspect")
+@click.argument("path")
+@click.option("--architecture", metavar="MODEL.keras|config.json",
+              help="Names the variables of a bare .weights.h5 file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
+def inspect_cmd(path: str, architecture: str | None, as_json: bool) -> int:
+    """Layers, variables, shapes, dtypes, trainable flags and parameter counts.
+
+    PATH is a .keras, .weights.h5, Keras 2 .h5 or .npz file (read without TensorFlow), a
+    SavedModel/TF Hub directory or a TF checkpoint prefix.
+
+    \b
+    Examples:
+      surgery inspect sample_models/cnn.keras
+      surgery inspect weights.weights.h5 --architecture model.keras --json
+    """
+    inv = surgery.inspect(path, architecture=architecture)
+    if as_json:
+        _print_json(inv.to_dict())
+    else:
+        click.echo(str(inv))
+    return 0
+
+
+@main.command("diff")
+@click.argument("a")
+@click.argument("b")
+@click.option("--architecture-a", metavar="MODEL", help="Architecture for a bare .weights.h5 A.")
+@click.option("--architecture-b", metavar="MODEL", help="Architecture for a bare .weights.h5 B.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
+def diff_cmd(a: str, b: str, architecture_a: str | None, architecture_b: str | None,
+             as_json: bool) -> int:
+    """Compare two models or weights files variable by variable.
+
+    Each variable is: same, changed (max abs difference), shape differs, only in A, only in B.
+    Exit code 0 when identical, 1 when they differ, 2 on bad input.
+
+    \b
+    Example:
+      surgery diff sample_models/cnn.keras finetuned.keras
+    """
+    d = surgery.diff(a, b, architecture_a=architecture_a, architecture_b=architecture_b)
+    if as_json:
+        _print_json(d.to_dict())
+    else:
+        click.echo(str(d))
+    return 0 if d.identical else 1
+
+
+@main.command("demo")
+@click.option("--out", "out_dir", default="demo-out", show_default=True,
+              help="Folder for the demo's models and its JSON summary.")
+@click.option("--overwrite", is_flag=True, help="Replace files left by an earlier demo.")
+def demo_cmd(out_dir: str, overwrite: bool) -> int:
+    """Tour of the shipped sample models: inspect, round trip, diff.
+
+    \b
+    Example:
+      surgery demo --out demo-out
+    """
+    from recipes.tour import run_tour
+
+    summary = run_tour(out_dir, overwrite=overwrite, echo=click.echo)
+    click.echo(f"\nsummary written to {summary}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

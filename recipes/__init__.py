@@ -1,0 +1,1 @@
+"""Recipes: common CNN and LSTM transfers composed from `surgery` functions."""

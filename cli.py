@@ -36,7 +36,7 @@ class SurgeryGroup(click.Group):
              **extra):
         debug = _debug_requested(args)
         try:
-            rv = super().main(args=args, prog_name=prog_name or "surgery",
+            rv = super().main(args=args, prog_name="surgery",
                               complete_var=complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as e:
             sys.exit(e.exit_code)

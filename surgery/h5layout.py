@@ -15,6 +15,7 @@ and datasets whose declared size is far beyond what the file stores are refused.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any, Iterator, Mapping
 
@@ -26,13 +27,30 @@ from .errors import FormatError
 from .layertypes import RNN_CELLS, VariableSpec, variable_specs
 
 __all__ = [
-    "open_h5", "check_dataset", "read_dataset", "keras3_entries", "legacy_entries",
+    "guard", "open_h5", "check_dataset", "read_dataset", "keras3_entries", "legacy_entries",
     "layer_name", "model_layer_configs", "is_model_config",
 ]
 
 _MAX_RATIO = 1000
 _MODEL_CLASSES = {"Functional", "Sequential", "Model"}
 _CELL_NAME = re.compile(r"^(lstm|gru|simple_rnn|conv_lstm\d?d?|rnn|peephole_lstm)?_?cell(_\d+)?$")
+
+
+_DAMAGE = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError,
+           UnicodeDecodeError, OverflowError)
+
+
+@contextlib.contextmanager
+def guard(where: str) -> Iterator[None]:
+    """Turns what h5py raises on a damaged file into one `FormatError` line."""
+    try:
+        yield
+    except FormatError:
+        raise
+    except _DAMAGE as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise FormatError(f"{where}: damaged HDF5 weights ({type(e).__name__}: {msg}); "
+                          "re-save the model or use an intact copy") from None
 
 
 def open_h5(source: Any, where: str) -> h5py.File:
@@ -75,11 +93,9 @@ def check_dataset(ds: h5py.Dataset, where: str) -> None:
 
 def read_dataset(ds: h5py.Dataset, where: str) -> np.ndarray:
     """Reads one dataset into a new array after `check_dataset`."""
-    check_dataset(ds, where)
-    try:
+    with guard(where):
+        check_dataset(ds, where)
         return np.array(ds[()])
-    except (OSError, ValueError) as e:
-        raise FormatError(f"{where}: can't read {ds.name} ({e}); the file is damaged") from None
 
 
 def layer_name(layer_config: Mapping) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 from .archive import KerasArchive, parse_json
 from .entries import VariableInfo
 from .errors import FormatError, InputError, ShapeError
-from .h5layout import keras3_entries, legacy_entries, open_h5, read_dataset
+from .h5layout import guard, keras3_entries, legacy_entries, open_h5, read_dataset
 from .sources import WeightSource
 
 __all__ = ["KerasFileSource", "H5WeightsSource", "LegacyH5Source", "open_hdf5",
@@ -35,7 +35,9 @@ class _H5Source(WeightSource):
     def _read(self, info: VariableInfo) -> np.ndarray:
         if self._h5 is None:
             raise FormatError(f"{self.name}: the source is closed")
-        return read_dataset(self._h5[info.key], self.name)
+        with guard(self.name):
+            ds = self._h5[info.key]
+        return read_dataset(ds, self.name)
 
     def close(self) -> None:
         if self._h5 is not None:
@@ -62,7 +64,8 @@ class KerasFileSource(_H5Source):
             raise
         h5 = open_h5(member, f"{path}: model.weights.h5")
         try:
-            variables, layers = keras3_entries(h5, config, path)
+            with guard(path):
+                variables, layers = keras3_entries(h5, config, path)
         except Exception:
             h5.close()
             member.close()
@@ -80,7 +83,8 @@ class H5WeightsSource(_H5Source):
         config, reference = read_architecture(architecture) if architecture is not None else \
             (None, None)
         try:
-            variables, layers = keras3_entries(h5, config, path)
+            with guard(path):
+                variables, layers = keras3_entries(h5, config, path)
             if reference is not None:
                 _check_against(path, variables, reference, architecture)
         except Exception:
@@ -96,7 +100,8 @@ class LegacyH5Source(_H5Source):
 
     def __init__(self, path: str, h5: h5py.File):
         try:
-            variables, layers, config = legacy_entries(h5, path)
+            with guard(path):
+                variables, layers, config = legacy_entries(h5, path)
         except Exception:
             h5.close()
             raise
@@ -137,9 +142,16 @@ def _check_against(path, variables, reference, architecture) -> None:
 def open_hdf5(path: str, *, architecture: Any = None) -> WeightSource:
     """Opens an HDF5 file as a Keras 3 `.weights.h5` or a Keras 2 `.h5` source."""
     h5 = open_h5(path, path)
-    if "layers" in h5 or "vars" in h5:
+    try:
+        with guard(path):
+            kind = "keras3" if ("layers" in h5 or "vars" in h5) else \
+                "legacy" if ("model_weights" in h5 or "layer_names" in h5.attrs) else None
+    except Exception:
+        h5.close()
+        raise
+    if kind == "keras3":
         return H5WeightsSource(path, h5, architecture)
-    if "model_weights" in h5 or "layer_names" in h5.attrs:
+    if kind == "legacy":
         if architecture is not None:
             h5.close()
             raise InputError(f"{path}: a Keras 2 .h5 names its own variables; drop "

@@ -38,12 +38,15 @@ def find_unsafe(config: Any, custom_objects: Mapping | None = None) -> list[str]
     """Every reason safe mode would refuse `config`, each naming the layer."""
     allowed = set(custom_objects or ())
     problems: list[str] = []
+    lambdas: set[str] = set()
     for item, layer in _walk(config, "<model>"):
         cls = item.get("class_name")
         if cls == "Lambda":
+            lambdas.add(layer)
             problems.append(f"layer {layer!r} is a Lambda layer, which runs code stored in the "
                             "file")
-        elif cls in ("__lambda__", "function") and item.get("config") is not None:
+        elif cls in ("__lambda__", "function") and item.get("config") is not None and \
+                layer not in lambdas:
             problems.append(f"layer {layer!r} holds a serialized Python function")
         module = item.get("module")
         registered = item.get("registered_name")

@@ -1,0 +1,78 @@
+"""Mutated Keras files: only SurgeryError may escape open_weights and inspect.
+
+A short run is part of `make test`; `make fuzz` runs many more examples
+(SURGERY_FUZZ_EXAMPLES)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import surgery
+from surgery.errors import SurgeryError
+
+EXAMPLES = int(os.environ.get("SURGERY_FUZZ_EXAMPLES", "40"))
+
+
+@pytest.fixture(scope="module")
+def small_files(tmp_path_factory):
+    import keras
+    from tests.models import kitchen_sink
+    folder = tmp_path_factory.mktemp("fuzz")
+    model = kitchen_sink(keras)
+    model.save(folder / "m.keras")
+    model.save_weights(folder / "m.weights.h5")
+    return {k: (folder / f"m.{k}").read_bytes() for k in ("keras", "weights.h5")}
+
+
+def _mutate(data: bytes, edits) -> bytes:
+    buf = bytearray(data)
+    for kind, pos, value in edits:
+        if not buf:
+            break
+        i = pos % len(buf)
+        if kind == 0:
+            buf[i] = value
+        elif kind == 1:
+            del buf[i:]
+        else:
+            buf[i:i] = bytes([value]) * 16
+    return bytes(buf)
+
+
+EDITS = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2**31), st.integers(0, 255)),
+                 min_size=1, max_size=6)
+
+
+def _consume(path):
+    with surgery.open_weights(path) as w:
+        for key in w:
+            w.read(key)
+    surgery.inspect(path)
+
+
+@pytest.mark.parametrize("kind", ["keras", "weights.h5"])
+def test_mutated_files_only_raise_surgery_errors(small_files, tmp_path_factory, kind):
+    folder = tmp_path_factory.mktemp("mut")
+
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(EDITS)
+    def check(edits):
+        path = folder / f"x.{kind}"
+        path.write_bytes(_mutate(small_files[kind], edits))
+        try:
+            _consume(str(path))
+        except SurgeryError:
+            pass
+
+    check()
+
+
+@pytest.mark.fuzz
+def test_fuzz_marker_runs_longer(small_files, tmp_path_factory):
+    assert EXAMPLES >= 40  # `make fuzz` raises the example count for the test above
+    test_mutated_files_only_raise_surgery_errors(small_files, tmp_path_factory, "keras")

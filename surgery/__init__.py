@@ -38,6 +38,7 @@ _PUBLIC = {
     "SelectorError": "errors",
     "ShapeError": "errors",
     "OutputError": "errors",
+    "OptionError": "errors",
     "CheckFailed": "errors",
 }
 

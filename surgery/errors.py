@@ -15,6 +15,7 @@ __all__ = [
     "SelectorError",
     "ShapeError",
     "OutputError",
+    "OptionError",
     "CheckFailed",
 ]
 
@@ -51,6 +52,10 @@ class ShapeError(SurgeryError):
 
 class OutputError(SurgeryError):
     """An output path that can't or mustn't be written."""
+
+
+class OptionError(SurgeryError):
+    """An option whose value is not valid (an unknown mode, initializer or adapter name)."""
 
 
 class CheckFailed(SurgeryError):

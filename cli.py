@@ -138,6 +138,103 @@ def diff_cmd(a: str, b: str, architecture_a: str | None, architecture_b: str | N
     return 0 if d.identical else 1
 
 
+_RULES_HELP = """
+\b
+Rules (TOML, --rules R.toml; see the README for every adapter):
+  match = "structural"          # exact | structural (default) | shape
+  skip = ["head/*"]             # targets left initialized, sources ignored
+  [[rename]]                    # regex renames of source keys, in order
+  from = "^backbone/"
+  to = "trunk/"
+  [[adapter]]                   # a named conversion for one target variable
+  target = "block1_conv/kernel"
+  name = "adapt_in_channels"    # RGB -> gray: sum the input channels
+  mode = "sum"
+  [[adapter]]                   # or for a layer, from named source tensors
+  target = "encoder"
+  name = "lstm_from_torch"
+  sources = { w_ih = "lstm.weight_ih_l0", w_hh = "lstm.weight_hh_l0",
+              b_ih = "lstm.bias_ih_l0", b_hh = "lstm.bias_hh_l0" }
+"""
+
+
+@main.command("transplant", epilog=_RULES_HELP)
+@click.argument("source")
+@click.argument("target")
+@click.option("-o", "--output", metavar="OUT.keras", help="Where to write the filled model "
+              "(required unless --dry-run).")
+@click.option("--rules", metavar="RULES.toml", help="Renames, skips, adapters, matching mode.")
+@click.option("--strict", is_flag=True, help="Fail (exit 1, nothing written) on missing, "
+              "mismatched or non-finite weights, or a rule that matches nothing.")
+@click.option("--dry-run", is_flag=True, help="Print the full report; write nothing.")
+@click.option("--verify", "do_verify", is_flag=True, help="Run SOURCE and the result on a probe "
+              "batch; exit 1 (nothing written) if outputs differ.")
+@click.option("--inputs", metavar="X.npz", help="Probe inputs for --verify (default: random).")
+@click.option("--atol", default=1e-5, show_default=True, help="Tolerance for --verify.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+@click.option("--unsafe", is_flag=True, help="Allow Lambda layers and configs outside Keras.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON only.")
+def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, inputs, atol,
+                   overwrite, unsafe, as_json) -> int:
+    """Fill TARGET's architecture with SOURCE's weights and write OUT.
+
+    SOURCE: .keras, .weights.h5, Keras 2 .h5, .npz, .safetensors, a SavedModel/Hub directory
+    or a TF checkpoint. TARGET: a .keras (or Keras 2 .h5) model whose architecture OUT takes.
+    Matching: your rules, then exact paths, then layers of the same class and shapes in model
+    order. Shapes never change silently: a mismatch is reported and left initialized unless a
+    rule names an adapter. Exit 0 done, 1 a --strict or --verify check failed, 2 bad input.
+
+    \b
+    Examples:
+      surgery transplant pretrained.keras new_model.keras -o filled.keras
+      surgery transplant sample_models/cnn.keras gray.keras -o out.keras --rules gray.toml
+      surgery transplant resnet.safetensors model.keras -o out.keras --rules torch.toml --strict
+      surgery transplant a.keras b.keras --dry-run --json
+    """
+    from surgery.errors import CheckFailed, OutputError
+
+    if not dry_run and not output:
+        raise click.UsageError("give -o/--output (or --dry-run)")
+    try:
+        if do_verify or not target.lower().endswith(".keras"):
+            model = surgery.load_model(target, safe_mode=not unsafe)
+            report = surgery.transplant(source, model, rules, strict=strict, dry_run=dry_run)
+            verification = None
+            if do_verify and not dry_run:
+                verification = surgery.verify(surgery.load_model(source, safe_mode=not unsafe),
+                                              model, inputs, atol=atol)
+                if not verification.ok:
+                    _emit_report(report, as_json, verification)
+                    raise CheckFailed(f"{target}: outputs differ from {source} by "
+                                      f"{verification.max_abs_diff:.3g} (atol {atol:g}); "
+                                      "nothing was written")
+            if not dry_run:
+                surgery.save_model(model, output, overwrite=overwrite, inputs=[source, target])
+        else:
+            verification = None
+            report = surgery.transplant_file(source, target, output, rules, strict=strict,
+                                             dry_run=dry_run, overwrite=overwrite,
+                                             safe_mode=not unsafe)
+    except CheckFailed as e:
+        if getattr(e, "report", None) is not None:
+            _emit_report(e.report, as_json, None)
+        raise
+    _emit_report(report, as_json, verification)
+    return 0
+
+
+def _emit_report(report, as_json: bool, verification) -> None:
+    if as_json:
+        data = report.to_dict()
+        if verification is not None:
+            data["verify"] = verification.to_dict()
+        _print_json(data)
+    else:
+        click.echo(str(report))
+        if verification is not None:
+            click.echo(str(verification))
+
+
 @main.command("demo")
 @click.option("--out", "out_dir", default="demo-out", show_default=True,
               help="Folder for the demo's models and its JSON summary.")

@@ -27,12 +27,13 @@ def _seed(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def cnn_model(num_classes: int = len(tasks.PRETRAIN_SHAPES), name: str = "shapes_cnn"):
+def cnn_model(num_classes: int = len(tasks.PRETRAIN_SHAPES), name: str = "shapes_cnn",
+              channels: int = 3):
     """The sample CNN: three Conv-BN-ReLU blocks, global pooling, a hidden Dense, a head."""
     import keras
     from keras import layers
 
-    inputs = keras.Input((tasks.IMAGE_SIZE, tasks.IMAGE_SIZE, 3), name="image")
+    inputs = keras.Input((tasks.IMAGE_SIZE, tasks.IMAGE_SIZE, channels), name="image")
     x = inputs
     for i, filters in enumerate((16, 32, 64), start=1):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i}_conv")(x)

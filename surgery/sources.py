@@ -171,7 +171,7 @@ class LiveModelSource(WeightSource):
 
 
 def detect_format(path: str) -> str:
-    """Names the format of a path: ``keras``, ``weights.h5``, ``legacy-h5``, ``npz``,
+    """Names the format of a path: ``keras``, ``hdf5``, ``npz``, ``safetensors``,
     ``savedmodel``, ``checkpoint``; raises `InputError`/`FormatError` for anything else."""
     p = os.fspath(path)
     if os.path.isdir(p):
@@ -188,14 +188,16 @@ def detect_format(path: str) -> str:
     with open(p, "rb") as f:
         head = f.read(8)
     lower = p.lower()
+    if lower.endswith(".safetensors"):
+        return "safetensors"
     if head.startswith(b"PK"):
         return "npz" if lower.endswith(".npz") else "keras"
     if head == _HDF5_MAGIC:
         return "hdf5"
     if lower.endswith(".index"):
         return "checkpoint"
-    raise FormatError(f"{p}: format not recognised (not a .keras/.h5/.weights.h5/.npz file, "
-                      "SavedModel directory or TF checkpoint)")
+    raise FormatError(f"{p}: format not recognised (not a .keras/.h5/.weights.h5/.npz/"
+                      ".safetensors file, SavedModel directory or TF checkpoint)")
 
 
 def open_weights(source: Any, *, architecture: Any = None) -> WeightSource:
@@ -204,7 +206,7 @@ def open_weights(source: Any, *, architecture: Any = None) -> WeightSource:
     Args:
         source: a live Keras 3/tf_keras model, an open `WeightSource` (returned as is), or a
             path: `.keras`, `.weights.h5`, legacy Keras 2 `.h5`, `.npz`, a SavedModel or TF Hub
-            directory, or a TF checkpoint prefix.
+            directory, a TF checkpoint prefix, or `.safetensors`.
         architecture: for a bare `.weights.h5`, a `.keras` file or `config.json` that names its
             variables; without it, layers are named from the file and variables by position.
 
@@ -234,6 +236,10 @@ def open_weights(source: Any, *, architecture: Any = None) -> WeightSource:
     kind = detect_format(path)
     if kind == "npz":
         return NpzSource(path)
+    if kind == "safetensors":
+        from .safetensors_io import SafetensorsSource
+
+        return SafetensorsSource(path)
     if kind in ("savedmodel", "checkpoint"):
         from .checkpoints import open_checkpoint
 

@@ -172,10 +172,12 @@ Rules (TOML, --rules R.toml; see the README for every adapter):
 @click.option("--inputs", metavar="X.npz", help="Probe inputs for --verify (default: random).")
 @click.option("--atol", default=1e-5, show_default=True, help="Tolerance for --verify.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+@click.option("--source-architecture", metavar="MODEL.keras|config.json",
+              help="Names the variables of a bare .weights.h5 SOURCE.")
 @click.option("--unsafe", is_flag=True, help="Allow Lambda layers and configs outside Keras.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON only.")
 def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, inputs, atol,
-                   overwrite, unsafe, as_json) -> int:
+                   overwrite, source_architecture, unsafe, as_json) -> int:
     """Fill TARGET's architecture with SOURCE's weights and write OUT.
 
     SOURCE: .keras, .weights.h5, Keras 2 .h5, .npz, .safetensors, a SavedModel/Hub directory
@@ -195,21 +197,26 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
 
     if not dry_run and not output:
         raise click.UsageError("give -o/--output (or --dry-run)")
+    source_path = source
+    if source_architecture:
+        source = surgery.open_weights(source, architecture=source_architecture)
     try:
         if do_verify or not target.lower().endswith(".keras"):
             model = surgery.load_model(target, safe_mode=not unsafe)
             report = surgery.transplant(source, model, rules, strict=strict, dry_run=dry_run)
             verification = None
             if do_verify and not dry_run:
-                verification = surgery.verify(surgery.load_model(source, safe_mode=not unsafe),
-                                              model, inputs, atol=atol)
+                verification = surgery.verify(
+                    surgery.load_model(source_path, safe_mode=not unsafe), model, inputs,
+                    atol=atol)
                 if not verification.ok:
                     _emit_report(report, as_json, verification)
-                    raise CheckFailed(f"{target}: outputs differ from {source} by "
+                    raise CheckFailed(f"{target}: outputs differ from {source_path} by "
                                       f"{verification.max_abs_diff:.3g} (atol {atol:g}); "
                                       "nothing was written")
             if not dry_run:
-                surgery.save_model(model, output, overwrite=overwrite, inputs=[source, target])
+                surgery.save_model(model, output, overwrite=overwrite,
+                                   inputs=[source_path, target])
         else:
             verification = None
             report = surgery.transplant_file(source, target, output, rules, strict=strict,

@@ -181,7 +181,13 @@ def _conv_to_torch(a, target, opts):
 
 @_single
 def _linear_from_torch(a, target, opts):
-    return Adapted({"": R.linear_from_torch(a)}, False, "PyTorch Linear -> Keras Dense")
+    kernel = R.linear_from_torch(a)
+    if "feature_shape" not in opts:
+        return Adapted({"": kernel}, False, "PyTorch Linear -> Keras Dense")
+    kernel = R.reorder_flatten_rows(kernel, opts["feature_shape"], source="channels_first",
+                                    target="channels_last")
+    return Adapted({"": kernel}, False, "PyTorch Linear after flatten (NCHW) -> Keras Dense "
+                                        "after Flatten (NHWC)")
 
 
 @_single
@@ -276,7 +282,9 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in [
             "PyTorch conv weight (O,I,kh,kw) -> Keras kernel"),
     Adapter("conv_to_torch", {"kind": "conv|depthwise|transpose"}, _conv_to_torch,
             "Keras conv kernel -> PyTorch weight"),
-    Adapter("linear_from_torch", {}, _linear_from_torch, "PyTorch Linear (out,in) -> Dense"),
+    Adapter("linear_from_torch", {"feature_shape": "[height, width, channels] when the Linear "
+                                                   "follows a flatten of an NCHW map"},
+            _linear_from_torch, "PyTorch Linear (out,in) -> Dense"),
     Adapter("linear_to_torch", {}, _linear_to_torch, "Dense kernel -> PyTorch Linear"),
     Adapter("remap_rows", {"old_vocab": "tokens or file", "new_vocab": "tokens or file",
                            "fill": "mean|zeros|random", "seed": "integer", "axis": "integer"},

@@ -4,7 +4,8 @@ Variables are read from the checkpoint (``<dir>/variables/variables`` for a Save
 `tf.train.load_checkpoint`: the graph is never loaded or run. Keys are object-graph paths with
 ``/.ATTRIBUTES/VARIABLE_VALUE`` dropped (``variables/0``, ``body/kernel``); a variable reachable
 by two paths (a Keras export lists each twice) appears once, under its first path in natural
-order that does not start with ``_``. Imports TensorFlow.
+order (a private list such as ``_all_variables`` holding the same variable, same name, shape and
+dtype, is dropped). Imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class CheckpointSource(WeightSource):
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise FormatError(f"{name}: can't read its checkpoint ({msg})") from None
         full_names = self._full_names(reader)
-        seen: set[str] = set()
+        seen: set[tuple] = set()
         variables = []
         for key in sorted(shapes, key=_natural):
             if key == _GRAPH_KEY or ".OPTIMIZER_SLOT" in key or not key.endswith(_SUFFIX) and \
@@ -52,9 +53,9 @@ class CheckpointSource(WeightSource):
                 continue
             if "save_counter" in key.split("/"):
                 continue
-            identity = full_names.get(key) or key
-            if identity in seen:
-                continue
+            identity = (full_names.get(key) or key, tuple(shapes[key]), dtypes[key].name)
+            if identity in seen and key.startswith("_"):
+                continue  # a second path to a variable already listed (Keras exports)
             seen.add(identity)
             path = key[: -len(_SUFFIX)] if key.endswith(_SUFFIX) else key
             variables.append(VariableInfo(path, tuple(int(d) for d in shapes[key]),

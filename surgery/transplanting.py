@@ -25,6 +25,14 @@ from .sources import WeightSource, open_weights
 __all__ = ["transplant", "transplant_file", "evaluate"]
 
 
+def _path_of(source: Any) -> str | None:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    name = getattr(source, "name", None)
+    return name if isinstance(source, WeightSource) and isinstance(name, str) and \
+        os.path.exists(name) else None
+
+
 def _np_dtype(name: str):
     if name == "bfloat16":
         import ml_dtypes
@@ -217,8 +225,7 @@ def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
         if safe_mode:
             check_config(tgt.config, target)
         if not dry_run:
-            check_output(output, inputs=[source if isinstance(source, str) else None, target],
-                         overwrite=overwrite)
+            check_output(output, inputs=[_path_of(source), target], overwrite=overwrite)
         rules, plan = _plan(src, tgt.variables(), rules)
         strict = strict or rules.strict
         nonfinite: dict[str, int] = {}
@@ -243,7 +250,7 @@ def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
         replaced = {t.key for t, step in zip(tgt.variables(), plan.steps)
                     if step.action in ("copy", "adapt")}
         return write_keras_archive(tgt, output, replaced, values(), check,
-                                   inputs=[source, target], overwrite=overwrite)
+                                   inputs=[_path_of(source), target], overwrite=overwrite)
     finally:
         if src is not source:
             src.close()

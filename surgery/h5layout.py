@@ -27,13 +27,70 @@ from .errors import FormatError
 from .layertypes import RNN_CELLS, VariableSpec, variable_specs
 
 __all__ = [
-    "guard", "open_h5", "check_dataset", "read_dataset", "keras3_entries", "legacy_entries",
-    "layer_name", "model_layer_configs", "is_model_config",
+    "guard", "open_h5", "VirtualGroup", "check_dataset", "read_dataset", "keras3_entries",
+    "legacy_entries", "layer_name", "model_layer_configs", "is_model_config",
 ]
 
 _MAX_RATIO = 1000
 _MODEL_CLASSES = {"Functional", "Sequential", "Model"}
 _CELL_NAME = re.compile(r"^(lstm|gru|simple_rnn|conv_lstm\d?d?|rnn|peephole_lstm)?_?cell(_\d+)?$")
+
+
+class VirtualGroup:
+    """A group assembled from several HDF5 files (sharded Keras weights): enough of h5py's
+    Group interface for the walkers here. Its leaves are real h5py groups and datasets."""
+
+    def __init__(self, name: str = "/"):
+        self.name = name
+        self.attrs: dict = {}
+        self._children: dict[str, Any] = {}
+
+    def __contains__(self, key: str) -> bool:
+        try:
+            self[key]
+            return True
+        except KeyError:
+            return False
+
+    def __iter__(self):
+        return iter(self._children)
+
+    def get(self, key: str, default=None, getlink: bool = False):
+        if getlink:
+            return h5py.HardLink() if key in self._children else default
+        return self._children.get(key, default)
+
+    def __getitem__(self, key: str):
+        node: Any = self
+        for part in [p for p in key.split("/") if p]:
+            if isinstance(node, VirtualGroup):
+                if part not in node._children:
+                    raise KeyError(key)
+                node = node._children[part]
+            else:
+                node = node[part]
+        return node
+
+    def merge(self, group: h5py.Group, where: str) -> None:
+        """Mounts every object of the real `group` (a shard's root) into this tree; groups
+        present in several shards are merged, their first attributes kept."""
+        for key, value in group.attrs.items():
+            self.attrs.setdefault(key, value)
+        for name, child in _children(group, where):
+            if isinstance(child, h5py.Group):
+                node = self._children.get(name)
+                if not isinstance(node, VirtualGroup):
+                    node = self._children[name] = VirtualGroup(child.name)
+                node.merge(child, where)
+            else:
+                self._children[name] = child
+
+    def close(self) -> None:
+        """Nothing to close: the shard files are closed by their owner."""
+
+
+def _is_group(obj: Any) -> bool:
+    return isinstance(obj, (h5py.Group, VirtualGroup))
 
 
 _DAMAGE = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError,
@@ -163,7 +220,7 @@ class _Walker:
             return
         self._emit(group, cls, cfg, prefix, owners, trainable)
         for name, child in _ordered(_children(group, self.where)):
-            if name == "vars" or not isinstance(child, h5py.Group):
+            if name == "vars" or not _is_group(child):
                 continue
             self._sublayer(name, child, cls, cfg, prefix, owners, trainable, depth)
 
@@ -190,15 +247,15 @@ class _Walker:
         trainable = trainable and bool(cfg.get("trainable", True))
         self._emit(group, cls, cfg, prefix, owners, trainable)
         for name, child in _ordered(_children(group, self.where)):
-            if name != "vars" and isinstance(child, h5py.Group):
+            if name != "vars" and _is_group(child):
                 self._sublayer(name, child, cls, cfg, prefix, owners, trainable, len(prefix))
 
     def model(self, group, model_config, prefix, owners, trainable, depth):
         container = group.get("layers")
         by_name: dict[str, h5py.Group] = {}
-        if isinstance(container, h5py.Group):
+        if _is_group(container):
             for _, child in _children(container, self.where):
-                if isinstance(child, h5py.Group):
+                if _is_group(child):
                     by_name.setdefault(_vars_name(child), child)
         for layer_config in model_layer_configs(model_config):
             name = layer_name(layer_config)
@@ -221,7 +278,7 @@ def _ordered(children) -> list:
 
 def _vars_name(group: h5py.Group) -> str:
     v = group.get("vars")
-    name = v.attrs.get("name", "") if isinstance(v, h5py.Group) else ""
+    name = v.attrs.get("name", "") if _is_group(v) else ""
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
@@ -262,7 +319,7 @@ def keras3_entries(h5: h5py.File, config: Mapping | None, where: str
         if "layers" not in h5:
             raise FormatError(f"{where}: no 'layers' group, so not a Keras 3 weights file")
         for _, child in _children(h5["layers"], where):
-            if isinstance(child, h5py.Group):
+            if _is_group(child):
                 name = _vars_name(child)
                 walker.layer(child, None, [name], [], True, 0) if name else None
     else:

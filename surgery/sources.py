@@ -190,14 +190,17 @@ def detect_format(path: str) -> str:
     lower = p.lower()
     if lower.endswith(".safetensors"):
         return "safetensors"
+    if lower.endswith(".weights.json"):
+        return "weights.json"
     if head.startswith(b"PK"):
         return "npz" if lower.endswith(".npz") else "keras"
     if head == _HDF5_MAGIC:
         return "hdf5"
     if lower.endswith(".index"):
         return "checkpoint"
-    raise FormatError(f"{p}: format not recognised (not a .keras/.h5/.weights.h5/.npz/"
-                      ".safetensors file, SavedModel directory or TF checkpoint)")
+    raise FormatError(f"{p}: format not recognised (not a .keras/.h5/.weights.h5/"
+                      ".weights.json/.npz/.safetensors file, SavedModel directory or TF "
+                      "checkpoint)")
 
 
 def open_weights(source: Any, *, architecture: Any = None) -> WeightSource:
@@ -248,4 +251,6 @@ def open_weights(source: Any, *, architecture: Any = None) -> WeightSource:
 
     if kind == "keras":
         return kerasfiles.KerasFileSource(path)
+    if kind == "weights.json":
+        return kerasfiles.open_sharded(path, architecture=architecture)
     return kerasfiles.open_hdf5(path, architecture=architecture)

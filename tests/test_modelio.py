@@ -116,8 +116,8 @@ def test_directory_that_is_not_a_savedmodel(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    (b"hello, I am text\n", "{p}: format not recognised (not a .keras/.h5/.weights.h5/.npz/"
-     ".safetensors file, SavedModel directory or TF checkpoint)"),
+    (b"hello, I am text\n", "{p}: format not recognised (not a .keras/.h5/.weights.h5/"
+     ".weights.json/.npz/.safetensors file, SavedModel directory or TF checkpoint)"),
     (b"", "{p}: empty file, not a model or weights file"),
 ])
 def test_file_that_is_not_a_model(tmp_path, content, message):

@@ -47,6 +47,7 @@ def sink_files(keras, tmp_path_factory):
     model = randomize(kitchen_sink(keras), seed=3)
     model.save(folder / "m.keras")
     model.save_weights(folder / "m.weights.h5")
+    model.save_weights(folder / "m.weights.json", max_shard_size=1e-6)
     vals = values(model)
     np.savez(folder / "m.npz", **vals)
     write_safetensors(vals, str(folder / "m.safetensors"))
@@ -56,18 +57,29 @@ def sink_files(keras, tmp_path_factory):
     return {"model": model, "folder": folder, "values": vals, "ckpt": prefix}
 
 
-@pytest.mark.parametrize("fmt", ["live", "keras", "weights.h5", "npz", "safetensors"])
+@pytest.mark.parametrize("fmt", ["live", "keras", "weights.h5", "weights.json", "npz",
+                                 "safetensors"])
 def test_every_keras3_source_fills_a_fresh_model(keras, sink_files, fmt):
     folder = sink_files["folder"]
     source = {"live": sink_files["model"], "keras": str(folder / "m.keras"),
               "weights.h5": surgery.open_weights(str(folder / "m.weights.h5"),
                                                  architecture=str(folder / "m.keras")),
+              "weights.json": surgery.open_weights(str(folder / "m.weights.json"),
+                                                   architecture=str(folder / "m.keras")),
               "npz": str(folder / "m.npz"),
               "safetensors": str(folder / "m.safetensors")}[fmt]
     target = kitchen_sink(keras)
     report = surgery.transplant(source, target, strict=True)
     assert report.ok and len(report.copied) == len(sink_files["values"])
     assert_same(sink_files["model"], target)
+
+
+def test_sharded_weights_really_sharded(sink_files):
+    import glob
+    shards = glob.glob(str(sink_files["folder"] / "m_*.weights.h5"))
+    assert len(shards) > 1
+    with surgery.open_weights(str(sink_files["folder"] / "m.weights.json")) as w:
+        assert w.format == "weights.json" and w.shape("head/kernel") == (24, 3)
 
 
 def test_tf_checkpoint_source(keras, sink_files):

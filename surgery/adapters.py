@@ -87,6 +87,11 @@ def _single(fn):
 
 @_single
 def _slice(a, target, opts):
+    if "keep" in opts:
+        axis = int(opts.get("axis", -1))
+        out = R.slice_units(a, opts["keep"], axis=axis)
+        return Adapted({"": out}, out.shape[axis] < a.shape[axis],
+                       f"kept units {list(opts['keep'])} of axis {axis}")
     out, cropped = _fit_axes(a, target, True, False, opts)
     return Adapted({"": out}, cropped, f"sliced {a.shape} -> {target}")
 
@@ -261,7 +266,9 @@ _TORCH_ROLES = ("w_ih", "w_hh", "b_ih", "b_hh")
 _RNN_OUT = ("kernel", "recurrent_kernel", "bias")
 
 ADAPTERS: dict[str, Adapter] = {a.name: a for a in [
-    Adapter("slice", {}, _slice, "crop each axis to the target shape (lossy)"),
+    Adapter("slice", {"keep": "list of units to keep (default: the first ones)",
+                      "axis": "axis of keep (default -1)"}, _slice,
+            "crop each axis to the target shape, or keep listed units"),
     Adapter("pad", _FILL, _pad, "grow each axis to the target shape, new entries initialized"),
     Adapter("fit", _FILL, _fit, "crop or grow each axis to the target shape"),
     Adapter("transpose", {"axes": "list of axes (default: reversed)"}, _transpose,

@@ -76,13 +76,13 @@ def parse_json(data: bytes | str, where: str) -> Any:
         raise FormatError(f"{where}: malformed JSON ({e})") from None
 
 
-class _MemberFile(io.RawIOBase):
-    """A read-only, seekable view of one stored (uncompressed) zip member."""
+class Span(io.RawIOBase):
+    """A seekable view of `size` bytes from `start` of an open binary file (read-only here;
+    the `.keras` writer adds writing)."""
 
-    def __init__(self, path: str, start: int, size: int):
+    def __init__(self, f, start: int, size: int):
         super().__init__()
-        self._f = open(path, "rb")
-        self._start, self._size, self._pos = start, size, 0
+        self._f, self._start, self.size, self._pos = f, start, size, 0
 
     def readable(self) -> bool:
         return True
@@ -94,18 +94,25 @@ class _MemberFile(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        base = {0: 0, 1: self._pos, 2: self.size}[whence]
         self._pos = max(0, base + offset)
         return self._pos
 
     def readinto(self, buffer) -> int:
-        n = max(0, min(len(buffer), self._size - self._pos))
+        n = max(0, min(len(buffer), self.size - self._pos))
         if n == 0:
             return 0
         self._f.seek(self._start + self._pos)
         got = self._f.readinto(memoryview(buffer)[:n])
         self._pos += got
         return got
+
+
+class _MemberFile(Span):
+    """A read-only view of one stored (uncompressed) zip member; owns its file handle."""
+
+    def __init__(self, path: str, start: int, size: int):
+        super().__init__(open(path, "rb"), start, size)
 
     def close(self) -> None:
         if not self.closed:

@@ -8,7 +8,6 @@ is reproduced; replaced datasets are written from the stream, the others copied 
 
 from __future__ import annotations
 
-import io
 import os
 import struct
 import time
@@ -18,7 +17,7 @@ from typing import Any, Callable, Iterable
 import h5py
 import numpy as np
 
-from .archive import KerasArchive
+from .archive import KerasArchive, Span
 from .atomic import atomic_path
 from .errors import FormatError, OutputError
 from .h5layout import guard
@@ -29,38 +28,14 @@ _ZIP64_LIMIT = 0xFFFFFFFF
 _CHUNK = 16 * 1024 * 1024
 
 
-class _Window(io.RawIOBase):
-    """A read/write file view starting at `start` of an open binary file."""
+class _Window(Span):
+    """A read/write view of an open binary file from `start` on, growing as h5py writes."""
 
     def __init__(self, f, start: int):
-        super().__init__()
-        self._f, self._start, self._pos, self.size = f, start, 0, 0
-
-    def readable(self):
-        return True
+        super().__init__(f, start, 0)
 
     def writable(self):
         return True
-
-    def seekable(self):
-        return True
-
-    def tell(self):
-        return self._pos
-
-    def seek(self, offset, whence=0):
-        base = {0: 0, 1: self._pos, 2: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer):
-        n = max(0, min(len(buffer), self.size - self._pos))
-        if n == 0:
-            return 0
-        self._f.seek(self._start + self._pos)
-        got = self._f.readinto(memoryview(buffer)[:n])
-        self._pos += got
-        return got
 
     def write(self, data):
         self._f.seek(self._start + self._pos)

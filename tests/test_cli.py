@@ -21,7 +21,7 @@ def run(*args):
 def test_help_has_examples():
     r = run("--help")
     assert r.exit_code == 0 and "surgery inspect sample_models/cnn.keras" in r.output
-    for cmd in ("inspect", "diff", "demo"):
+    for cmd in ("inspect", "diff", "demo", "transplant"):
         r = run(cmd, "--help")
         assert r.exit_code == 0 and "Example" in r.output, cmd
 

@@ -219,6 +219,16 @@ def test_fit_adapter_and_lossy_flag(keras):
                                   src.get_layer("fc").kernel.numpy()[:, :3])
 
 
+def test_slice_keep_listed_units(keras):
+    src = randomize(keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, name="fc")]), 1)
+    tgt = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="fc")])
+    rules = {"adapter": [{"target": "fc/*", "name": "slice", "keep": [4, 1], "lossy": True}]}
+    report = surgery.transplant(src, tgt, rules, strict=True)
+    assert report.adapted[0].note == "kept units [4, 1] of axis -1"
+    np.testing.assert_array_equal(tgt.get_layer("fc").kernel.numpy(),
+                                  src.get_layer("fc").kernel.numpy()[:, [4, 1]])
+
+
 def test_rgb_to_gray_example_preserves_function(keras, samples, tmp_path):
     from sample_models.build import cnn_model
     gray = cnn_model(channels=1)

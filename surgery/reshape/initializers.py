@@ -69,6 +69,11 @@ def initialize(initializer: Initializer, shape: tuple, *, fan_shape: tuple | Non
         shape: the shape to draw.
         fan_shape: the shape whose fans scale the draw (the whole kernel a slice belongs to).
         seed: fixed seed for reproducible draws.
+
+    Example:
+    ```python
+    new_rows = initialize("glorot_uniform", (2, 64), fan_shape=(10, 64), seed=0)
+    ```
     """
     rng = np.random.default_rng(seed)
     if callable(initializer):

@@ -126,7 +126,13 @@ def batchnorm_from_torch(weight, bias, running_mean, running_var):
 
 
 def batchnorm_to_torch(gamma, beta, moving_mean, moving_variance):
-    """Keras BatchNorm variables -> PyTorch (weight, bias, running_mean, running_var)."""
+    """Keras BatchNorm variables -> PyTorch (weight, bias, running_mean, running_var).
+
+    Example:
+    ```python
+    weight, bias, mean, var = batchnorm_to_torch(*bn_layer.get_weights())
+    ```
+    """
     return batchnorm_from_torch(gamma, beta, moving_mean, moving_variance)
 
 

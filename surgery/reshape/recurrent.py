@@ -41,6 +41,19 @@ def _check_torch(w_ih, w_hh, b_ih, b_hh, gates: int, layer: str, fn: str):
     return w_ih, w_hh, biases[0], biases[1]
 
 
+def _check_keras(kernel, recurrent_kernel, bias, gates: int, layer: str, fn: str):
+    """Validates Keras (kernel, recurrent_kernel, bias) of an LSTM (4 gates) or GRU (3)."""
+    k, rk, b = (as_array(a, fn) for a in (kernel, recurrent_kernel, bias))
+    need_rank(k, (2,), f"{fn}: kernel", f"a Keras {layer} kernel (input, {gates}*units)")
+    u = gate_units(k, gates, f"{fn}: kernel", layer)
+    need(rk.shape == (u, gates * u), f"{fn}: recurrent_kernel has shape {rk.shape} but kernel "
+                                     f"{k.shape} needs ({u}, {gates * u})")
+    want = (gates * u,) if gates == 4 else (2, gates * u)
+    need(b.shape == want, f"{fn}: bias has shape {b.shape} but kernel {k.shape} needs {want}"
+                          + (" (a GRU with reset_after=True)" if gates == 3 else ""))
+    return k, rk, b
+
+
 def lstm_from_torch(w_ih, w_hh, b_ih=None, b_hh=None):
     """PyTorch ``nn.LSTM`` (one layer, one direction) -> Keras (kernel, recurrent_kernel, bias).
 
@@ -65,13 +78,7 @@ def lstm_to_torch(kernel, recurrent_kernel, bias):
     w_ih, w_hh, b_ih, b_hh = lstm_to_torch(*layer.get_weights())
     ```
     """
-    k, rk, b = (as_array(a, "lstm_to_torch") for a in (kernel, recurrent_kernel, bias))
-    need_rank(k, (2,), "lstm_to_torch: kernel", "a Keras LSTM kernel (input, 4*units)")
-    u = gate_units(k, 4, "lstm_to_torch: kernel", "LSTM")
-    need(rk.shape == (u, 4 * u), f"lstm_to_torch: recurrent_kernel has shape {rk.shape} but "
-                                 f"kernel {k.shape} needs ({u}, {4 * u})")
-    need(b.shape == (4 * u,), f"lstm_to_torch: bias has shape {b.shape} but kernel {k.shape} "
-                              f"needs ({4 * u},)")
+    k, rk, b = _check_keras(kernel, recurrent_kernel, bias, 4, "LSTM", "lstm_to_torch")
     return k.T.copy(), rk.T.copy(), b.copy(), np.zeros_like(b)
 
 
@@ -98,14 +105,14 @@ def gru_from_torch(w_ih, w_hh, b_ih=None, b_hh=None):
 
 
 def gru_to_torch(kernel, recurrent_kernel, bias):
-    """Keras GRU (``reset_after=True``) -> PyTorch (w_ih, w_hh, b_ih, b_hh)."""
-    k, rk, b = (as_array(a, "gru_to_torch") for a in (kernel, recurrent_kernel, bias))
-    need_rank(k, (2,), "gru_to_torch: kernel", "a Keras GRU kernel (input, 3*units)")
-    u = gate_units(k, 3, "gru_to_torch: kernel", "GRU")
-    need(rk.shape == (u, 3 * u), f"gru_to_torch: recurrent_kernel has shape {rk.shape} but "
-                                 f"kernel {k.shape} needs ({u}, {3 * u})")
-    need(b.shape == (2, 3 * u), f"gru_to_torch: bias has shape {b.shape} but kernel {k.shape} "
-                                f"needs (2, {3 * u}) (a GRU with reset_after=True)")
+    """Keras GRU (``reset_after=True``) -> PyTorch (w_ih, w_hh, b_ih, b_hh).
+
+    Example:
+    ```python
+    w_ih, w_hh, b_ih, b_hh = gru_to_torch(*gru_layer.get_weights())
+    ```
+    """
+    k, rk, b = _check_keras(kernel, recurrent_kernel, bias, 3, "GRU", "gru_to_torch")
     order = _TORCH_TO_KERAS_GRU
     return (_gates(k, order, 3).T.copy(), _gates(rk, order, 3).T.copy(),
             _gates(b[0], order, 3), _gates(b[1], order, 3))

@@ -242,6 +242,149 @@ def _emit_report(report, as_json: bool, verification) -> None:
             click.echo(str(verification))
 
 
+def _edit_model(path: str, output: str | None, *, unsafe: bool, dry_run: bool,
+                overwrite: bool, as_json: bool, operation) -> int:
+    """Loads MODEL, runs `operation(model) -> (model_to_save, report)`, saves, prints."""
+    if not dry_run and not output:
+        raise click.UsageError("give -o/--output (or --dry-run)")
+    model = surgery.load_model(path, safe_mode=not unsafe)
+    result, report = operation(model)
+    if not dry_run:
+        surgery.save_model(result, output, overwrite=overwrite, inputs=[path])
+    if as_json:
+        _print_json({**report.to_dict(), "output": None if dry_run else output})
+    else:
+        click.echo(str(report))
+        if not dry_run:
+            click.echo(f"wrote {output}")
+    return 0
+
+
+def _model_options(f):
+    for option in reversed([
+        click.argument("model"),
+        click.option("-o", "--output", metavar="OUT.keras", help="Where to write the result."),
+        click.option("--dry-run", is_flag=True, help="Print the report; write nothing."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing OUT."),
+        click.option("--unsafe", is_flag=True, help="Allow Lambda layers and configs outside "
+                     "Keras."),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON only."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _freeze_command(name: str, trainable: bool):
+    verb = "Unfreeze" if trainable else "Freeze"
+    doc = f"""{verb} layers of MODEL and write OUT.
+
+    Keras saves trainable per layer, so selectors act on whole layers; one that reaches only
+    some variables of a layer (*/bias) is refused. A frozen BatchNorm runs in inference mode
+    (its moving statistics stay put); --bn train keeps BatchNorm layers training.
+
+    \b
+    Examples:
+      surgery {name} sample_models/cnn.keras -o out.keras {'--select head' if trainable else '--except head'}
+      surgery {name} sample_models/cnn.keras -o out.keras --select 're:block[12]_.*'{'' if trainable else ' --bn train'}
+      surgery {name} sample_models/lstm.keras --select embed --dry-run
+    """
+
+    @main.command(name, help=doc)
+    @_model_options
+    @click.option("--select", "selects", multiple=True, metavar="S",
+                  help="Layers to change (glob, re:..., type:...); repeatable.")
+    @click.option("--except", "excepts", multiple=True, metavar="S",
+                  help="Taken out of the selection; alone: every layer but these.")
+    @click.option("--bn", type=click.Choice(["inference", "train"]), default="inference",
+                  show_default=True, help="Frozen BatchNorm: inference mode (fixed statistics) "
+                  "or keep training." if not trainable else "Ignored by unfreeze.")
+    def command(model, output, dry_run, overwrite, unsafe, as_json, selects, excepts, bn):
+        if not selects and not excepts:
+            raise click.UsageError("give --select S and/or --except S")
+
+        def operation(m):
+            fn = surgery.unfreeze if trainable else surgery.freeze
+            kwargs = {} if trainable else {"bn": bn}
+            report = fn(m, *selects, except_=excepts, dry_run=dry_run, allow_partial=False,
+                        **kwargs)
+            return m, report
+        return _edit_model(model, output, unsafe=unsafe, dry_run=dry_run, overwrite=overwrite,
+                           as_json=as_json, operation=operation)
+
+    return command
+
+
+_freeze_command("freeze", False)
+_freeze_command("unfreeze", True)
+
+
+@main.command("reinit")
+@_model_options
+@click.option("--select", "selects", multiple=True, required=True, metavar="S",
+              help="Variables or layers to reinitialize; repeatable.")
+@click.option("--initializer", metavar="NAME", help="A Keras initializer for all of them "
+              "(default: each variable's own configured initializer).")
+@click.option("--seed", type=int, help="Same seed, same values.")
+def reinit_cmd(model, output, dry_run, overwrite, unsafe, as_json, selects, initializer, seed):
+    """Reinitialize selected variables of MODEL and write OUT.
+
+    Each variable gets its own layer's configured initializer unless --initializer names one.
+    Only the selected variables change.
+
+    \b
+    Examples:
+      surgery reinit sample_models/cnn.keras -o fresh_head.keras --select head --seed 0
+      surgery reinit sample_models/cnn.keras -o out.keras --select 'block3_*' --initializer he_normal
+    """
+    def operation(m):
+        return m, surgery.reinitialize(m, *selects, initializer=initializer, seed=seed,
+                                       dry_run=dry_run)
+    return _edit_model(model, output, unsafe=unsafe, dry_run=dry_run, overwrite=overwrite,
+                       as_json=as_json, operation=operation)
+
+
+def _int_list(value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated class indices, got {value!r}") \
+            from None
+
+
+@main.command("head")
+@_model_options
+@click.option("--classes", type=int, required=True, help="Classes of the new head.")
+@click.option("--keep-classes", metavar="I,J,...", help="Old classes carried (in this order) "
+              "into new classes 0, 1, ...; their logits stay exactly the same.")
+@click.option("--activation", metavar="NAME", help="The new head's activation (default: the "
+              "old one).")
+@click.option("--layer", "head_layer", metavar="NAME", help="The head layer (default: the last "
+              "Dense).")
+@click.option("--seed", type=int, help="Seed for the new head's initial weights.")
+def head_cmd(model, output, dry_run, overwrite, unsafe, as_json, classes, keep_classes,
+             activation, head_layer, seed):
+    """Replace MODEL's classification head with one for --classes classes; write OUT.
+
+    Every other weight is carried bitwise. With --keep-classes the listed old classes become
+    the first new classes with exactly their old logits; the rest start fresh.
+
+    \b
+    Examples:
+      surgery head sample_models/cnn.keras -o cnn4.keras --classes 4
+      surgery head sample_models/cnn.keras -o cnn4.keras --classes 4 --keep-classes 0,3,7
+    """
+    keep = _int_list(keep_classes)
+
+    def operation(m):
+        new = surgery.replace_head(m, classes, keep_classes=keep, activation=activation,
+                                   head=head_layer, seed=seed)
+        return new, new._surgery_head_report
+    return _edit_model(model, output, unsafe=unsafe, dry_run=dry_run, overwrite=overwrite,
+                       as_json=as_json, operation=operation)
+
+
 @main.command("demo")
 @click.option("--out", "out_dir", default="demo-out", show_default=True,
               help="Folder for the demo's models and its JSON summary.")

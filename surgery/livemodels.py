@@ -10,11 +10,12 @@ own name is its Keras 3 ``name`` (``kernel``) or the last part of its tf_keras n
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from .entries import LayerInfo, VariableInfo
 
-__all__ = ["is_live_model", "walk_model", "variable_name", "framework_of"]
+__all__ = ["Walk", "is_live_model", "walk_model", "variable_name", "framework_of"]
 
 _SUFFIX = re.compile(r":\d+$")
 
@@ -81,16 +82,30 @@ def _all_weight_ids(layer: Any) -> set[int]:
     return {id(v) for v in layer.weights}
 
 
-def walk_model(model: Any) -> tuple[list[VariableInfo], list[LayerInfo], list[Any]]:
-    """Walks a live model.
+@dataclass
+class Walk:
+    """What `walk_model` found.
 
-    Returns:
-        (variables, layers, handles): `VariableInfo` records with canonical paths, the layers in
-        order, and the variable objects themselves, index-aligned with `variables`.
+    Attributes:
+        variables: `VariableInfo` per variable (its `key` indexes `handles`).
+        layers: `LayerInfo` per named layer, in model order.
+        handles: the variable objects.
+        holders: per variable, the object whose own weights hold it (a layer, an RNN cell, a
+            Bidirectional direction): where its initializer and regularizer live.
+        layer_objects: canonical layer path -> layer object.
     """
-    variables: list[VariableInfo] = []
-    handles: list[Any] = []
-    layers: list[LayerInfo] = []
+
+    variables: list[VariableInfo] = field(default_factory=list)
+    layers: list[LayerInfo] = field(default_factory=list)
+    handles: list[Any] = field(default_factory=list)
+    holders: list[Any] = field(default_factory=list)
+    layer_objects: dict[str, Any] = field(default_factory=dict)
+
+
+def walk_model(model: Any) -> Walk:
+    """Walks a live model (see `Walk`)."""
+    walk = Walk()
+    variables, handles, layers = walk.variables, walk.handles, walk.layers
     seen_layers: set[int] = set()
     seen_vars: set[int] = set()
 
@@ -104,6 +119,7 @@ def walk_model(model: Any) -> tuple[list[VariableInfo], list[LayerInfo], list[An
         if named:
             owners = owners + ((path, cls),)
             layers.append(LayerInfo(path, cls, bool(layer.trainable), depth, None))
+            walk.layer_objects[path] = layer
         children = list(_children(layer))
         below: set[int] = set()
         for _, child in children:
@@ -121,6 +137,7 @@ def walk_model(model: Any) -> tuple[list[VariableInfo], list[LayerInfo], list[An
                 trainable=bool(trainable and getattr(v, "trainable", True)),
                 layer=owner_path, layer_class=owner_cls, owners=owners, key=len(handles)))
             handles.append(v)
+            walk.holders.append(layer)
         for component, child in children:
             if component is None:
                 visit(child, prefix, owners, trainable, depth, named=False)
@@ -130,4 +147,4 @@ def walk_model(model: Any) -> tuple[list[VariableInfo], list[LayerInfo], list[An
 
     for component, child in _children(model):
         visit(child, [component] if component else [], (), bool(model.trainable), 0)
-    return variables, layers, handles
+    return walk

@@ -156,11 +156,12 @@ class LiveModelSource(WeightSource):
     def __init__(self, model: Any):
         from .livemodels import walk_model
 
-        variables, layers, handles = walk_model(model)
-        config = None
-        super().__init__(str(getattr(model, "name", "model")), variables, layers, config)
+        walk = walk_model(model)
+        super().__init__(str(getattr(model, "name", "model")), walk.variables, walk.layers)
         self.model = model
-        self.handles = handles
+        self.handles = walk.handles
+        self.holders = walk.holders
+        self.layer_objects = walk.layer_objects
 
     def variable(self, key: str) -> Any:
         """The live variable object behind a path."""

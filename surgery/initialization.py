@@ -1,0 +1,154 @@
+"""`surgery.reinitialize`: draw selected variables afresh from their initializers, in place.
+
+By default each variable gets the initializer its own layer is configured with (``kernel``,
+``bias``, ``recurrent_kernel``, ``gamma``/``beta``, moving mean/variance, ``embeddings``,
+depthwise/pointwise kernels; an LSTM with ``unit_forget_bias`` gets ones in its forget gate); a
+named Keras initializer overrides them all. The same seed gives the same values; only the
+selected variables change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import OptionError, SurgeryError
+from .livemodels import framework_of
+from .selection import Selector, select
+from .sources import LiveModelSource, open_weights
+
+__all__ = ["ReinitReport", "reinitialize", "initializer_for", "get_initializer"]
+
+_SETUP = {"kernel": ("kernel", "depthwise"), "bias": ("bias",),
+          "recurrent_kernel": ("recurrent",), "gamma": ("gamma",), "beta": ("beta",),
+          "moving_mean": ("moving_mean",), "moving_variance": ("moving_variance",),
+          "embeddings": ("embeddings",), "depthwise_kernel": ("depthwise",),
+          "pointwise_kernel": ("pointwise",), "alpha": ("alpha",)}
+_KNOWN = ("glorot_uniform, glorot_normal, he_uniform, he_normal, lecun_uniform, "
+          "lecun_normal, orthogonal, random_normal, random_uniform, truncated_normal, zeros, "
+          "ones")
+
+
+@dataclass(frozen=True)
+class ReinitReport:
+    """Which variables were drawn afresh, from which initializer."""
+
+    variables: tuple[tuple[str, str], ...] = ()
+    seed: int | None = None
+    dry_run: bool = False
+
+    def to_dict(self) -> dict:
+        return {"seed": self.seed, "dry_run": self.dry_run,
+                "variables": [{"path": p, "initializer": i} for p, i in self.variables]}
+
+    def __str__(self) -> str:
+        head = f"reinitialized {len(self.variables)} variables" + \
+            (f" (seed {self.seed})" if self.seed is not None else "") + \
+            (" (dry run: nothing changed)" if self.dry_run else "")
+        return "\n".join([head] + [f"  {p:<36} {i}" for p, i in self.variables])
+
+
+def _keras_module(model: Any):
+    from . import tfimport
+
+    return tfimport.tf_keras() if framework_of(model) == "tf_keras" else tfimport.keras()
+
+
+def get_initializer(name: Any, model: Any, seed: int | None = None) -> Any:
+    """A Keras initializer from a name or config, seeded; unknown names list known ones."""
+    k = _keras_module(model)
+    try:
+        init = k.initializers.get(name)
+    except (ValueError, TypeError):
+        raise OptionError(f"unknown initializer {name!r}; known: {_KNOWN}") from None
+    if init is None:
+        raise OptionError(f"unknown initializer {name!r}; known: {_KNOWN}")
+    if seed is not None:
+        config = init.get_config()
+        if "seed" in config:
+            config["seed"] = int(seed)
+            init = type(init).from_config(config)
+    return init
+
+
+def initializer_for(holder: Any, name: str) -> Any:
+    """The initializer `holder` (a layer or RNN cell) is configured with for variable `name`."""
+    for prefix in _SETUP.get(name, (name,)):
+        init = getattr(holder, f"{prefix}_initializer", None)
+        if init is not None:
+            return init
+    return None
+
+
+def _describe(init: Any) -> str:
+    return type(init).__name__ if not isinstance(init, str) else init
+
+
+def reinitialize(model: Any, *selectors: Selector, initializer: Any = None,
+                 seed: int | None = None, dry_run: bool = False) -> ReinitReport:
+    """Reinitializes the selected variables of `model` in place.
+
+    Args:
+        model: a Keras 3 or tf_keras model.
+        *selectors: which variables (a layer selector reaches all of its variables).
+        initializer: a Keras initializer name or object for all of them; default: each
+            variable's own configured initializer.
+        seed: base seed; variable i of the selection is drawn with ``seed + i``.
+        dry_run: report only.
+
+    Raises:
+        SelectorError: a selector matches nothing.
+        OptionError: unknown initializer name.
+        SurgeryError: a variable whose layer has no initializer for it (name one).
+
+    Example:
+    ```python
+    surgery.reinitialize(model, "head", seed=0)                 # a fresh head
+    surgery.reinitialize(model, "block3_*", initializer="he_normal", seed=1)
+    ```
+    """
+    src = open_weights(model)
+    if not isinstance(src, LiveModelSource):
+        raise SurgeryError("reinitialize acts on a live model; load it with "
+                           "surgery.load_model first")
+    if not selectors:
+        raise SurgeryError("reinitialize needs at least one selector (e.g. 'head')")
+    chosen = select(src.variables(), selectors, what=getattr(model, "name", "model"))
+    plan = []
+    for i, info in enumerate(chosen):
+        var_seed = None if seed is None else int(seed) + i
+        if initializer is not None:
+            init = get_initializer(initializer, model, var_seed)
+        else:
+            holder = src.holders[info.key]
+            configured = initializer_for(holder, info.name)
+            if configured is None:
+                raise SurgeryError(f"{info.path}: its layer ({type(holder).__name__}) has no "
+                                   "initializer for it; pass initializer='glorot_uniform' (or "
+                                   "another name)")
+            init = get_initializer(configured, model, var_seed) if seed is not None else \
+                configured
+            if info.name == "bias" and getattr(holder, "unit_forget_bias", False):
+                plan.append((info, _ForgetBias(init), f"{_describe(init)} + unit forget bias"))
+                continue
+        plan.append((info, init, _describe(init)))
+    if not dry_run:
+        for info, init, _ in plan:
+            value = np.asarray(init(info.shape, dtype=info.dtype))
+            src.handles[info.key].assign(value)
+    return ReinitReport(tuple((info.path, desc) for info, _, desc in plan), seed, dry_run)
+
+
+class _ForgetBias:
+    """LSTM bias with ``unit_forget_bias``: the configured initializer, ones in gate f."""
+
+    def __init__(self, init: Any):
+        self.init = init
+
+    def __call__(self, shape, dtype=None):
+        units = shape[-1] // 4
+        value = np.array(self.init((units,), dtype=dtype))
+        return np.concatenate([value, np.ones(units, value.dtype),
+                               np.array(self.init((2 * units,), dtype=dtype))])

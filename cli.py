@@ -385,6 +385,129 @@ def head_cmd(model, output, dry_run, overwrite, unsafe, as_json, classes, keep_c
                        as_json=as_json, operation=operation)
 
 
+def _lr_mults(values) -> dict[str, float]:
+    out = {}
+    for item in values:
+        selector, sep, mult = item.rpartition("=")
+        try:
+            out[selector] = float(mult)
+        except ValueError:
+            sep = ""
+        if not sep or not selector:
+            raise click.BadParameter(f"expected SELECTOR=MULTIPLIER, got {item!r}",
+                                     param_hint="--lr-mult")
+    return out
+
+
+@main.command("finetune")
+@click.argument("model")
+@click.option("--data", required=True, metavar="DATA", help=".npz (x, y), .csv, an image "
+              "folder, or a saved tf.data directory.")
+@click.option("-o", "--output", required=True, metavar="OUT.keras", help="The trained model "
+              "(the best epoch's weights).")
+@click.option("--train", "trains", multiple=True, metavar="S", help="Train only these "
+              "(repeatable); everything else is frozen.")
+@click.option("--freeze", "freezes", multiple=True, metavar="S", help="Freeze these "
+              "(repeatable); everything else trains.")
+@click.option("--bn", type=click.Choice(["inference", "train"]), default="inference",
+              show_default=True, help="Frozen BatchNorm: fixed statistics, or keep training.")
+@click.option("--epochs", default=5, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True, help="Base learning rate.")
+@click.option("--lr-mult", "lr_mult", multiple=True, metavar="S=X",
+              help="Learning-rate multiplier for a selection (repeatable).")
+@click.option("--layer-decay", type=float, help="Layer-wise learning-rate decay from the head "
+              "down (e.g. 0.8).")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd", "rmsprop"]),
+              default="adam", show_default=True)
+@click.option("--loss", default="auto", show_default=True, help="auto, or a Keras loss name.")
+@click.option("--label", metavar="COLUMN", help="CSV label column (default: label).")
+@click.option("--val", metavar="DATA", help="Validation data.")
+@click.option("--val-split", type=float, help="Fraction of DATA held out for validation.")
+@click.option("--early-stop", type=int, metavar="N", help="Stop after N epochs without "
+              "improvement of the validation (or training) loss.")
+@click.option("--seed", default=0, show_default=True, help="Same seed, same result.")
+@click.option("--strategy", type=click.Choice(["auto", "one", "mirrored", "multiworker"]),
+              default="auto", show_default=True, help="tf.distribute strategy.")
+@click.option("--lora-rank", type=int, metavar="R", help="Train LoRA adapters of rank R; OUT "
+              "holds the merged model.")
+@click.option("--lora-select", multiple=True, metavar="S", help="Layers that get LoRA "
+              "(default: every supported trainable layer).")
+@click.option("--save-adapters", metavar="A.npz", help="Also write the LoRA adapter weights.")
+@click.option("--checkpoint", metavar="DIR", help="Per-epoch checkpoint folder (default: "
+              "OUT.ckpt); removed after a finished run.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint.")
+@click.option("--metrics-out", metavar="M.json", help="Per-epoch metrics as JSON.")
+@click.option("--plot", metavar="CURVES.png", help="Training curves as PNG (needs "
+              "matplotlib: pip install 'surgery[plot]').")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+@click.option("--unsafe", is_flag=True, help="Allow Lambda layers and configs outside Keras.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
+def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, lr, lr_mult,
+                 layer_decay, optimizer, loss, label, val, val_split, early_stop, seed,
+                 strategy, lora_rank, lora_select, save_adapters, checkpoint, resume,
+                 metrics_out, plot, overwrite, unsafe, quiet, as_json) -> int:
+    """Fine-tune part of MODEL on DATA and write the best model to OUT.
+
+    --train S trains only S; --freeze S trains everything but S. Frozen BatchNorm layers run
+    in inference mode unless --bn train. The loss is inferred from the head and labels
+    (sparse categorical for integer labels and a softmax head, binary for one unit...). A
+    checkpoint is written after every epoch: after Ctrl-C, --resume continues where it
+    stopped. Same --seed, same result on the same machine.
+
+    \b
+    Examples:
+      surgery finetune sample_models/cnn.keras --data new_task.npz -o tuned.keras \\
+          --train head --train 'block3_*' --epochs 5 --val-split 0.2 --early-stop 2
+      surgery finetune model.keras --data table.csv --label target -o tuned.keras
+      surgery finetune model.keras --data images/ -o tuned.keras --freeze 'block1_*' \\
+          --lr-mult 'block2_*=0.1' --metrics-out metrics.json --plot curves.png
+      surgery finetune model.keras --data d.npz -o tuned.keras --lora-rank 4 \\
+          --lora-select fc --save-adapters adapters.npz
+    """
+    from surgery.atomic import check_output
+    from surgery.training_outputs import write_adapters, write_metrics, write_plot
+
+    for path in (output, metrics_out, plot, save_adapters):
+        if path:
+            check_output(path, inputs=[model, data], overwrite=overwrite)
+    if plot:
+        from surgery.training_outputs import require_matplotlib
+        require_matplotlib()
+    extra = {}
+    if strategy == "multiworker":
+        import logging
+
+        from surgery.multiworker import finetune_multiworker as run, make_strategy
+        extra["distribution"] = make_strategy()  # before anything else touches TensorFlow
+        if not (quiet or as_json):
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+    else:
+        run = surgery.finetune
+    m = surgery.load_model(model, safe_mode=not unsafe)
+    result = run(m, data, train=trains, freeze=freezes, bn=bn, epochs=epochs,
+                 batch_size=batch_size, lr=lr, lr_mult=_lr_mults(lr_mult),
+                 layer_decay=layer_decay, optimizer=optimizer, loss=loss, label=label, val=val,
+                 val_split=val_split, early_stop=early_stop, seed=seed, strategy=strategy,
+                 lora_rank=lora_rank, lora_select=lora_select,
+                 checkpoint=checkpoint or f"{output}.ckpt", resume=resume,
+                 verbose=0 if (quiet or as_json) else 1, **extra)
+    surgery.save_model(result.model, output, overwrite=overwrite, inputs=[model, data])
+    if metrics_out:
+        write_metrics(result, metrics_out, overwrite=overwrite)
+    if plot:
+        write_plot(result, plot, overwrite=overwrite)
+    if save_adapters:
+        write_adapters(result.adapters, save_adapters, overwrite=overwrite)
+    if as_json:
+        _print_json({**result.to_dict(), "output": output})
+    else:
+        click.echo(str(result))
+        click.echo(f"wrote {output}")
+    return 0
+
+
 @main.command("demo")
 @click.option("--out", "out_dir", default="demo-out", show_default=True,
               help="Folder for the demo's models and its JSON summary.")

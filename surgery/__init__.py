@@ -46,6 +46,8 @@ _PUBLIC = {
     "enable_lora": "lora",
     "merge_lora": "lora",
     "learning_rates": "lrgroups",
+    "finetune": "finetuning",
+    "FinetuneResult": "finetuning",
     "LearningRates": "lrgroups",
     "Verification": "verification",
     "VariableInfo": "entries",

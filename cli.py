@@ -429,6 +429,8 @@ def _lr_mults(values) -> dict[str, float]:
 @click.option("--seed", default=0, show_default=True, help="Same seed, same result.")
 @click.option("--strategy", type=click.Choice(["auto", "one", "mirrored", "multiworker"]),
               default="auto", show_default=True, help="tf.distribute strategy.")
+@click.option("--mixed-precision", is_flag=True, help="Compute in float16 (GPU) / bfloat16 "
+              "(CPU); variables and OUT stay float32.")
 @click.option("--lora-rank", type=int, metavar="R", help="Train LoRA adapters of rank R; OUT "
               "holds the merged model.")
 @click.option("--lora-select", multiple=True, metavar="S", help="Layers that get LoRA "
@@ -446,8 +448,8 @@ def _lr_mults(values) -> dict[str, float]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
 def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, lr, lr_mult,
                  layer_decay, optimizer, loss, label, val, val_split, early_stop, seed,
-                 strategy, lora_rank, lora_select, save_adapters, checkpoint, resume,
-                 metrics_out, plot, overwrite, unsafe, quiet, as_json) -> int:
+                 strategy, mixed_precision, lora_rank, lora_select, save_adapters, checkpoint,
+                 resume, metrics_out, plot, overwrite, unsafe, quiet, as_json) -> int:
     """Fine-tune part of MODEL on DATA and write the best model to OUT.
 
     --train S trains only S; --freeze S trains everything but S. Frozen BatchNorm layers run
@@ -480,11 +482,13 @@ def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, l
         import logging
 
         from surgery.multiworker import finetune_multiworker as run, make_strategy
+        extra["mixed_precision"] = mixed_precision
         extra["distribution"] = make_strategy()  # before anything else touches TensorFlow
         if not (quiet or as_json):
             logging.basicConfig(level=logging.INFO, format="%(message)s")
     else:
         run = surgery.finetune
+        extra["mixed_precision"] = mixed_precision
     m = surgery.load_model(model, safe_mode=not unsafe)
     result = run(m, data, train=trains, freeze=freezes, bn=bn, epochs=epochs,
                  batch_size=batch_size, lr=lr, lr_mult=_lr_mults(lr_mult),

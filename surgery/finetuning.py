@@ -146,12 +146,35 @@ def _strategy(name: str):
     raise OptionError(f"unknown strategy {name!r}; use auto, one, mirrored or multiworker")
 
 
-def _clean_copy(model):
+def _clean_copy(model, config: dict | None = None):
+    """A new, uncompiled model from `config` (default: the model's own) with its weights."""
     from .rebuild import carry_weights, model_config, rebuild
 
-    fresh = rebuild(model, model_config(model))
+    fresh = rebuild(model, config or model_config(model))
     carry_weights(model, fresh)
     return fresh
+
+
+def _policy_name(keras) -> str:
+    from .tfimport import tensorflow
+
+    gpus = tensorflow().config.list_logical_devices("GPU")
+    return "mixed_float16" if gpus else "mixed_bfloat16"
+
+
+def _mixed_copy(model, keras):
+    """A copy computing in float16/bfloat16 (variables float32); the output layer stays
+    float32 for a stable loss."""
+    from .rebuild import iter_layer_configs, model_config
+
+    config = model_config(model)
+    layers = list(iter_layer_configs(config))
+    policy = {"module": "keras", "class_name": "DTypePolicy",
+              "config": {"name": _policy_name(keras)}, "registered_name": None}
+    for _, lc in layers[:-1]:
+        if isinstance(lc.get("config"), dict) and "dtype" in lc["config"]:
+            lc["config"]["dtype"] = dict(policy)
+    return _clean_copy(model, config)
 
 
 def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequence[str] = (),
@@ -161,8 +184,8 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
              val: Any = None, val_split: float | None = None, early_stop: int | None = None,
              seed: int = 0, strategy: str = "auto", lora_rank: int | None = None,
              lora_select: Sequence[str] = (), checkpoint: str | None = None,
-             resume: bool = False, verbose: int = 1, callbacks: Sequence[Any] = ()
-             ) -> FinetuneResult:
+             resume: bool = False, verbose: int = 1, callbacks: Sequence[Any] = (),
+             mixed_precision: bool = False) -> FinetuneResult:
     """Fine-tunes the selected part of a Keras 3 model on real data.
 
     Args:
@@ -184,6 +207,8 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
         lora_rank, lora_select: train LoRA adapters on these layers; the result is merged.
         checkpoint: folder for per-epoch checkpoints (default: none unless `resume`).
         resume: continue from `checkpoint`.
+        mixed_precision: compute in float16 (GPU, with loss scaling) or bfloat16 (CPU) while
+            variables stay float32; the output model keeps the original float32 policy.
 
     Returns:
         A `FinetuneResult`.
@@ -230,9 +255,12 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
     dist = _strategy(strategy)
     scope = dist.scope() if dist is not None else _NullScope()
     keras.utils.set_random_seed(seed)
+    from .rebuild import model_config
+
+    original_config = model_config(model)
     with scope:
-        if dist is not None:
-            model = _clean_copy(model)
+        if dist is not None or mixed_precision:
+            model = _mixed_copy(model, keras) if mixed_precision else _clean_copy(model)
         if train:
             unfreeze_fn(model, *train, allow_partial=False)
             freeze_fn(model, except_=list(train), bn=bn, allow_partial=False)
@@ -262,6 +290,8 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
                 raise OptionError(f"unknown loss {loss!r}; use auto or a Keras loss name such "
                                   "as sparse_categorical_crossentropy, mse") from None
             metrics, loss_desc = [], loss
+        if mixed_precision and _policy_name(keras) == "mixed_float16":
+            opt = keras.optimizers.LossScaleOptimizer(opt)
         model.compile(optimizer=opt, loss=loss_obj, metrics=metrics)
     state = _Checkpoint(checkpoint, model, resume)
     first = state.restore(model)
@@ -287,11 +317,12 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
             adapters = {k: w.read(k) for k in w if "/lora_kernel_" in k}
         result_model = merge_lora(model)
     else:
-        result_model = _clean_copy(model)
+        result_model = _clean_copy(model, original_config)
     settings = {"train": list(train), "freeze": list(freeze), "bn": bn, "epochs": epochs,
                 "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "seed": seed,
                 "strategy": strategy, "lr_mult": lr_mult or {}, "layer_decay": layer_decay,
-                "lora_rank": lora_rank, "early_stop": early_stop}
+                "lora_rank": lora_rank, "early_stop": early_stop,
+                "mixed_precision": _policy_name(keras) if mixed_precision else None}
     result = FinetuneResult(result_model, state.epochs, state.best_epoch, tracker.stopped,
                             loss_desc, data.describe(), settings, adapters)
     state.finish()

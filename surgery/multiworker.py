@@ -77,7 +77,8 @@ def finetune_multiworker(model: Any, data: Any, *, train=(), freeze=(), bn="infe
                          epochs=1, batch_size=32, lr=1e-3, optimizer="adam", loss="auto",
                          label=None, val=None, val_split=None, seed=0, lr_mult=None,
                          layer_decay=None, lora_rank=None, early_stop=None, resume=False,
-                         verbose=1, distribution: Any = None, **_ignored) -> Any:
+                         verbose=1, distribution: Any = None, mixed_precision=False,
+                         **_ignored) -> Any:
     """Fine-tunes across the workers of ``TF_CONFIG`` (see the module docstring).
 
     Args:
@@ -90,7 +91,7 @@ def finetune_multiworker(model: Any, data: Any, *, train=(), freeze=(), bn="infe
     read_tf_config()
     unsupported = [name for name, value in (("--lr-mult", lr_mult), ("--layer-decay",
                    layer_decay), ("--lora-rank", lora_rank), ("--early-stop", early_stop),
-                   ("--resume", resume)) if value]
+                   ("--resume", resume), ("--mixed-precision", mixed_precision)) if value]
     if unsupported:
         raise OptionError(f"--strategy multiworker does not support {', '.join(unsupported)}; "
                           "use --strategy mirrored (Keras fit) for those")

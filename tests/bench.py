@@ -12,6 +12,8 @@ Benchmarks:
   file once, and (b) the naive Keras path, `load_model` of both, `get_weights`/`set_weights`
   layer by layer, `save`; (c) its peak memory against the target's size + the largest tensor +
   the `import tensorflow` baseline.
+- finetune: median time per epoch of `surgery.finetune` against a hand-written Keras script
+  doing the same training (same model, data, batch size, frozen layers).
 """
 
 from __future__ import annotations
@@ -131,6 +133,58 @@ def bench_transplant(path: str, summary: dict) -> None:
                              "memory_bound_mb": bound}
 
 
+_FT_COMMON = """
+import os, time, json, statistics
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np, keras
+from sample_models import tasks
+x, y = tasks.make_shapes(3000, tasks.TRANSFER_SHAPES, seed=5)
+model = keras.saving.load_model({model!r}, compile=False)
+"""
+
+_FT_SCRIPT = _FT_COMMON + """
+for layer in model.layers:
+    layer.trainable = layer.name in ("head", "fc")
+times = []
+class T(keras.callbacks.Callback):
+    def on_epoch_begin(self, e, logs=None): self.t = time.perf_counter()
+    def on_epoch_end(self, e, logs=None): times.append(time.perf_counter() - self.t)
+model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+              metrics=["accuracy"])
+model.fit(x, y, batch_size=64, epochs=4, shuffle=True, verbose=0, callbacks=[T()])
+print(json.dumps({{"epoch_seconds": statistics.median(times[1:])}}))
+"""
+
+_FT_SURGERY = _FT_COMMON + """
+import surgery
+r = surgery.finetune(model, (x, y), train=["head", "fc"], epochs=4, batch_size=64, verbose=0)
+print(json.dumps({{"epoch_seconds": statistics.median([e["seconds"] for e in r.epochs[1:]])}}))
+"""
+
+
+def bench_finetune(summary: dict) -> None:
+    model = os.path.abspath(os.path.join(OUT, "cnn4.keras"))
+    if not os.path.exists(model):
+        code = ("import surgery; m = surgery.load_model('sample_models/cnn.keras'); "
+                f"surgery.save_model(surgery.replace_head(m, 4, seed=0), {model!r})")
+        subprocess.run([sys.executable, "-c", code], check=True)
+    runs = {}
+    for name, code in (("hand-written Keras script", _FT_SCRIPT),
+                       ("surgery.finetune", _FT_SURGERY)):
+        r = subprocess.run([sys.executable, "-c", code.format(model=model)], capture_output=True,
+                           text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        if r.returncode:
+            raise SystemExit(f"finetune benchmark failed:\n{r.stderr[-2000:]}")
+        runs[name] = json.loads(r.stdout.strip().splitlines()[-1])["epoch_seconds"]
+    ratio = runs["surgery.finetune"] / runs["hand-written Keras script"]
+    print("\nfine-tuning head + fc of the sample CNN, 3000 images, batch 64 (median epoch, "
+          "epochs 2-4)")
+    for name, t in runs.items():
+        print(f"{name:<56} {t:>7.2f} s/epoch")
+    print(f"ratio: {ratio:.2f}x the hand-written script (goal <= 1.05x)")
+    summary["finetune"] = {"epoch_seconds": runs, "ratio": ratio}
+
+
 def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     path = os.path.abspath(os.path.join(OUT, "big.keras"))
@@ -147,6 +201,7 @@ def main() -> None:
               f"{r['peak_mb']:>8.0f} {r['peak_mb'] / naive['peak_mb']:>8.2f}")
     summary = {"file_mb": size_mb, "read": results}
     bench_transplant(path, summary)
+    bench_finetune(summary)
     with open(os.path.join(OUT, "bench.json"), "w") as f:
         json.dump(summary, f, indent=2)
 

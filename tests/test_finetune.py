@@ -228,6 +228,17 @@ def test_lora_training_and_merged_output(keras):
     np.testing.assert_allclose(result.model(x), model(x), atol=1e-5)
 
 
+def test_mixed_precision_trains_and_returns_float32(keras):
+    model = small_cnn(keras)
+    result = surgery.finetune(model, toy_images(), epochs=1, batch_size=16, verbose=0,
+                              mixed_precision=True)
+    assert result.settings["mixed_precision"] == "mixed_bfloat16"  # no GPU here
+    assert all(l.dtype_policy.name == "float32" for l in result.model.layers)
+    assert np.isfinite(result.epochs[0]["loss"])
+    x = toy_images(4)[0]
+    assert result.model(x).dtype == "float32"
+
+
 # ------------------------------------------------------------------ CLI
 
 def run(*args):

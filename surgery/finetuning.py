@@ -162,6 +162,17 @@ def _policy_name(keras) -> str:
     return "mixed_float16" if gpus else "mixed_bfloat16"
 
 
+def _with_dtypes(config: dict, original: dict) -> dict:
+    """`config` (trainable flags as trained) with each layer's dtype policy from `original`."""
+    from .rebuild import iter_layer_configs
+
+    policies = {p: lc.get("config", {}).get("dtype") for p, lc in iter_layer_configs(original)}
+    for path, lc in iter_layer_configs(config):
+        if path in policies and isinstance(lc.get("config"), dict) and "dtype" in lc["config"]:
+            lc["config"]["dtype"] = policies[path]
+    return config
+
+
 def _mixed_copy(model, keras):
     """A copy computing in float16/bfloat16 (variables float32); the output layer stays
     float32 for a stable loss."""
@@ -317,7 +328,7 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
             adapters = {k: w.read(k) for k in w if "/lora_kernel_" in k}
         result_model = merge_lora(model)
     else:
-        result_model = _clean_copy(model, original_config)
+        result_model = _clean_copy(model, _with_dtypes(model_config(model), original_config))
     settings = {"train": list(train), "freeze": list(freeze), "bn": bn, "epochs": epochs,
                 "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "seed": seed,
                 "strategy": strategy, "lr_mult": lr_mult or {}, "layer_decay": layer_decay,

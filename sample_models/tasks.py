@@ -124,3 +124,32 @@ def make_blobs(n: int, *, classes: int = 8, dim: int = 16, seed: int = 0
     x = centres[labels] + rng.normal(0, 0.6, (n, dim)).astype(np.float32)
     x = np.tanh(x) + 0.1 * x ** 2
     return x.astype(np.float32), labels.astype(np.int32)
+
+
+def balanced(x: np.ndarray, y: np.ndarray, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `per_class` samples of each class (a few-label training set)."""
+    idx = np.concatenate([np.where(y == c)[0][:per_class] for c in np.unique(y)])
+    return x[idx], y[idx]
+
+
+def shape_transfer_task(per_class: int, *, seed: int = 0, test: int = 600):
+    """The CNN transfer task: the 4 `TRANSFER_SHAPES` the CNN never saw, `per_class` labels
+    each; returns ((x, y), (x_test, y_test))."""
+    x, y = make_shapes(per_class * len(TRANSFER_SHAPES) * 4, TRANSFER_SHAPES, seed=100 + seed)
+    return balanced(x, y, per_class), make_shapes(test, TRANSFER_SHAPES, seed=999)
+
+
+MOTIF_FAMILIES = tuple((PRETRAIN_MOTIFS[2 * i], PRETRAIN_MOTIFS[2 * i + 1]) for i in range(3))
+
+
+def make_motif_families(n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The LSTM transfer task: 3 classes, each a family of two pretraining motifs, in noisier
+    sequences (4 distractor tokens instead of 2)."""
+    x, y = make_motifs(n, PRETRAIN_MOTIFS, seed=seed, distractors=4)
+    return x, (y // 2).astype(np.int32)
+
+
+def motif_transfer_task(per_class: int, *, seed: int = 0, test: int = 600):
+    """((x, y), (x_test, y_test)) for the motif-family task with `per_class` labels each."""
+    x, y = make_motif_families(per_class * 3 * 4, seed=100 + seed)
+    return balanced(x, y, per_class), make_motif_families(test, seed=999)

@@ -50,6 +50,7 @@ _PUBLIC = {
     "FinetuneResult": "finetuning",
     "LearningRates": "lrgroups",
     "Verification": "verification",
+    "accuracy": "verification",
     "VariableInfo": "entries",
     "LayerInfo": "entries",
     "SurgeryError": "errors",

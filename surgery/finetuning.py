@@ -274,7 +274,10 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
             model = _mixed_copy(model, keras) if mixed_precision else _clean_copy(model)
         if train:
             unfreeze_fn(model, *train, allow_partial=False)
-            freeze_fn(model, except_=list(train), bn=bn, allow_partial=False)
+            chosen = {v.path for v in select(open_weights(model).variables(), train,
+                                             what=model.name)}
+            if len(chosen) < len(open_weights(model)):
+                freeze_fn(model, except_=list(train), bn=bn, allow_partial=False)
         elif freeze:
             freeze_fn(model, *freeze, bn=bn, allow_partial=False)
         if lora_rank:

@@ -113,8 +113,13 @@ def finetune_multiworker(model: Any, data: Any, *, train=(), freeze=(), bn="infe
     with strategy.scope():
         model = _clean_copy(model)
         if train:
+            from .selection import select
+            from .sources import open_weights
+
             unfreeze_fn(model, *train, allow_partial=False)
-            freeze_fn(model, except_=list(train), bn=bn, allow_partial=False)
+            if len(select(open_weights(model).variables(), train, what=model.name)) < \
+                    len(open_weights(model)):
+                freeze_fn(model, except_=list(train), bn=bn, allow_partial=False)
         elif freeze:
             freeze_fn(model, *freeze, bn=bn, allow_partial=False)
         opt = _make(optimizer, lr, keras)

@@ -10,7 +10,7 @@ import numpy as np
 
 from .errors import InputError, ShapeError
 
-__all__ = ["Verification", "verify", "probe_inputs"]
+__all__ = ["Verification", "verify", "probe_inputs", "accuracy"]
 
 
 @dataclass(frozen=True)
@@ -125,3 +125,17 @@ def verify(reference: Any, candidate: Any, inputs: Any = None, *, atol: float = 
                 if x.size else 0.0) for x, y in zip(a, b))
     return Verification(diff if np.isfinite(diff) else float("inf"), float(atol),
                         int(xs[0].shape[0]), len(a))
+
+
+def accuracy(model: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> float:
+    """Top-1 accuracy of a classifier on integer labels (binary for a one-unit head).
+
+    Example:
+    ```python
+    acc = surgery.accuracy(model, x_test, y_test)
+    ```
+    """
+    pred = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    if pred.shape[-1] == 1:
+        return float(((pred[..., 0] > 0.5).astype(int) == np.asarray(y)).mean())
+    return float((pred.argmax(-1) == np.asarray(y)).mean())

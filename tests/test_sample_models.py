@@ -68,12 +68,10 @@ def test_hub_module_loads_with_hub_keraslayer(samples):
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-def test_demo_tour(tmp_path):
-    from click.testing import CliRunner
-    from cli import main
-    r = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo")])
-    assert r.exit_code == 0, r.output
-    summary = json.load(open(tmp_path / "demo" / "summary.json"))
+def test_tour(tmp_path):
+    from recipes.tour import run_tour
+    path = run_tour(str(tmp_path / "demo"))
+    summary = json.load(open(path))
     assert summary["models"]["cnn.keras"]["round_trip_identical"] is True
     assert summary["models"]["keras2_mlp.h5"]["max_output_diff"] < 1e-5
 

@@ -515,6 +515,100 @@ def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, l
     return 0
 
 
+@main.group("recipe")
+def recipe_group() -> None:
+    """The CNN and LSTM transfer recipes.
+
+    \b
+    Examples:
+      surgery recipe list
+      surgery recipe run cnn-channels --set channels=1 -o gray.keras
+      surgery recipe run lstm-bidirectional -o bi.keras
+    """
+
+
+@recipe_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
+def recipe_list(as_json: bool) -> int:
+    """List the recipes with their options.
+
+    \b
+    Example:
+      surgery recipe list
+    """
+    from recipes import REGISTRY
+
+    if as_json:
+        _print_json({n: {"summary": r.summary, "options": {k: repr(v) for k, v in
+                                                           r.options().items()}}
+                     for n, r in REGISTRY.items()})
+        return 0
+    for name, r in REGISTRY.items():
+        click.echo(f"{name:<20} {r.summary}")
+        opts = ", ".join(f"{k}={v!r}" for k, v in r.options().items())
+        click.echo(f"{'':<20} options: {opts}")
+    return 0
+
+
+def _option_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@recipe_group.command("run")
+@click.argument("name")
+@click.option("-o", "--output", metavar="OUT", help="Where to write the resulting model.")
+@click.option("--seed", type=int, help="Seed (recipes that train or draw).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="A recipe option (see `surgery recipe list`); VALUE is JSON or text.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
+def recipe_run(name: str, output: str | None, seed: int | None, settings, as_json: bool) -> int:
+    """Run recipe NAME (defaults use the shipped sample models).
+
+    \b
+    Examples:
+      surgery recipe run cnn-new-task -o new_task.keras --seed 0
+      surgery recipe run cnn-channels --set channels=3 --set mode=select \\
+          --set 'indices=[2, 1, 0]' -o bgr.keras
+      surgery recipe run cnn-inflate --set frames=8 -o video.keras
+    """
+    from recipes import get_recipe
+
+    recipe = get_recipe(name)
+    accepted = recipe.options()
+    kwargs = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        if key not in accepted:
+            raise click.BadParameter(f"recipe {name} has no option {key!r}; it takes "
+                                     f"{', '.join(accepted)}", param_hint="--set")
+        kwargs[key] = _option_value(value)
+    if output is not None:
+        if "output" not in accepted:
+            raise click.BadParameter(f"recipe {name} writes no model", param_hint="-o")
+        kwargs["output"] = output
+    if seed is not None:
+        kwargs["seed"] = seed
+    if not as_json and "echo" in inspect_params(recipe):
+        kwargs["echo"] = click.echo
+    result = recipe.run(**kwargs)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        click.echo(str(result))
+    return 0
+
+
+def inspect_params(recipe) -> set[str]:
+    import inspect as _inspect
+
+    return set(_inspect.signature(recipe.load()).parameters)
+
+
 @main.command("demo")
 @click.option("--out", "out_dir", default="demo-out", show_default=True,
               help="Folder for the demo's models and its summary.json.")

@@ -76,3 +76,15 @@ def run_tour(out_dir: str, *, overwrite: bool = False,
         json.dump(summary, f, indent=2)
         f.write("\n")
     return path
+
+
+def run_tour_recipe(*, output: str | None = "demo-out", seed: int = 0):
+    """The tour as a recipe: inspect, round-trip and diff the sample models into `output`."""
+    from .base import RecipeResult
+
+    path = run_tour(output or "demo-out", overwrite=True)
+    with open(path) as f:
+        summary = json.load(f)
+    return RecipeResult("tour", None, ["inspect each sample model", "load_model + save_model + "
+                                       "diff", "Keras 2 .h5 -> Keras 3", "read the Hub module's "
+                                       "variables"], {"models": len(summary["models"])}, path)

@@ -47,6 +47,7 @@ _PUBLIC = {
     "merge_lora": "lora",
     "learning_rates": "lrgroups",
     "finetune": "finetuning",
+    "export_state_dict": "torch_export",
     "FinetuneResult": "finetuning",
     "LearningRates": "lrgroups",
     "Verification": "verification",

@@ -1,0 +1,239 @@
+"""The edit engine: build a new model with layers kept, deleted, replaced or inserted, and
+carry every weight whose path and shape still fit.
+
+Functional models are rebuilt with `keras.models.clone_model` (a `call_function` rewires the
+graph, nested models recursively); Sequential models by editing their layer list. Inputs are
+never touched: every layer of the new model is a fresh object (except layers the caller hands
+in to insert), and weights travel one tensor at a time by canonical path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ..errors import SelectorError, SurgeryError
+from ..rebuild import keras_module, model_config
+from ..selection import closest_paths
+
+__all__ = ["EditReport", "EditResult", "apply_edits", "layer_names", "find_layer",
+           "consumers", "params"]
+
+
+@dataclass(frozen=True)
+class EditReport:
+    """What an edit changed.
+
+    Attributes:
+        operation: e.g. ``widen fc 64 -> 96``.
+        changes: one line per structural change.
+        carried: variables carried bitwise.
+        converted: variables written by the edit itself (widened, identity, ...).
+        initialized: variables left as the new model initialized them, with the reason.
+        params_before, params_after: parameter counts.
+    """
+
+    operation: str
+    changes: tuple[str, ...] = ()
+    carried: tuple[str, ...] = ()
+    converted: tuple[str, ...] = ()
+    initialized: tuple[tuple[str, str], ...] = ()
+    params_before: int = 0
+    params_after: int = 0
+
+    def to_dict(self) -> dict:
+        return {"operation": self.operation, "changes": list(self.changes),
+                "carried": list(self.carried), "converted": list(self.converted),
+                "initialized": [{"path": p, "why": w} for p, w in self.initialized],
+                "params_before": self.params_before, "params_after": self.params_after}
+
+    def __str__(self) -> str:
+        lines = [self.operation] + [f"  {c}" for c in self.changes]
+        lines.append(f"  {len(self.carried)} variables carried bitwise, {len(self.converted)} "
+                     f"converted, {len(self.initialized)} newly initialized")
+        for path, why in self.initialized:
+            lines.append(f"    new: {path} ({why})")
+        lines.append(f"  params {self.params_before:,} -> {self.params_after:,}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class EditResult:
+    """A new model and the report of what changed; the input model is untouched."""
+
+    model: Any
+    report: EditReport
+
+    def __iter__(self):  # model, report = edit(...)
+        return iter((self.model, self.report))
+
+
+def params(model) -> int:
+    return int(sum(int(np.prod(v.shape)) for v in model.weights))
+
+
+def layer_names(model) -> list[str]:
+    return [l.name for l in model.layers if type(l).__name__ != "InputLayer"]
+
+
+def find_layer(model, name: str) -> Any:
+    """The top-level layer called `name`; unknown names list the closest."""
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+    raise SelectorError(f"no layer {name!r} in {model.name}; closest: "
+                        f"{', '.join(closest_paths(name, layer_names(model), 5))}")
+
+
+def consumers(model, name: str) -> list[str]:
+    """Names of the top-level layers that take `name`'s output as an input."""
+    if type(model).__name__ == "Sequential":
+        names = layer_names(model)
+        i = names.index(name)
+        return names[i + 1:i + 2]
+    out = []
+    for lc in model_config(model)["config"]["layers"]:
+        for producer in _producers(lc):
+            if producer == name and lc["name"] not in out:
+                out.append(lc["name"])
+    return out
+
+
+def _producers(layer_config: Mapping) -> list[str]:
+    found: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "__keras_tensor__":
+                found.append(node["config"]["keras_history"][0])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                walk(v)
+    walk(layer_config.get("inbound_nodes", []))
+    return found
+
+
+def _fresh(layer, k):
+    if type(layer).__name__ == "InputLayer":
+        return layer
+    return layer.__class__.from_config(layer.get_config())
+
+
+def apply_edits(model: Any, *, operation: str, delete: set[str] = frozenset(),
+                replace: Mapping[str, Any] | None = None,
+                insert_after: Mapping[str, Any] | None = None,
+                insert_before: Mapping[str, Any] | None = None,
+                input_shape: tuple | None = None, changes: tuple[str, ...] = (),
+                fill: Callable[[Any, Any], list[str]] | None = None) -> EditResult:
+    """Builds the edited model and carries the weights.
+
+    Args:
+        model: a Functional or Sequential Keras 3 model.
+        delete: names of single-input layers to remove (their consumers take their input).
+        replace: name -> new layer object.
+        insert_after / insert_before: name -> new layer object called on that layer's
+            output / before it on its input.
+        input_shape: a new input shape (without the batch axis).
+        fill: ``fill(old_model, new_model) -> converted paths``, run after carrying, for
+            edits that compute new values (Net2Net).
+    """
+    k = keras_module(model)
+    replace = dict(replace or {})
+    insert_after = dict(insert_after or {})
+    insert_before = dict(insert_before or {})
+    known = set(layer_names(model))
+    for name in [*delete, *replace, *insert_after, *insert_before]:
+        if name not in known:
+            find_layer(model, name)  # raises with the closest names
+    if type(model).__name__ == "Sequential":
+        new = _edit_sequential(model, k, delete, replace, insert_after, insert_before,
+                               input_shape)
+    else:
+        new = _edit_functional(model, k, delete, replace, insert_after, insert_before,
+                               input_shape)
+    return _carry(model, new, operation, changes, fill, skip=set(replace))
+
+
+def _edit_sequential(model, k, delete, replace, after, before, input_shape):
+    layers = []
+    shape = input_shape or tuple(model.inputs[0].shape[1:])
+    dtype = model.inputs[0].dtype
+    layers.append(k.Input(shape, dtype=dtype))
+    for layer in model.layers:
+        name = layer.name
+        if name in before:
+            layers.append(before[name])
+        if name in delete:
+            continue
+        layers.append(replace[name] if name in replace else _fresh(layer, k))
+        if name in after:
+            layers.append(after[name])
+    try:
+        return k.Sequential(layers, name=model.name)
+    except Exception as e:  # Keras reports shape errors in several types
+        raise SurgeryError(f"{model.name}: the edited model does not build "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                           ) from None
+
+
+def _edit_functional(model, k, delete, replace, after, before, input_shape):
+    if len(model.inputs) != 1 and input_shape is not None:
+        raise SurgeryError(f"{model.name}: a new input shape needs a model with one input")
+
+    def clone(layer):
+        if layer.name in replace:
+            return replace[layer.name]
+        return _fresh(layer, k)
+
+    def call(layer, *args, **kwargs):
+        if layer.name in before:
+            args = (before[layer.name](args[0]),) + args[1:]
+        if layer.name in delete:
+            if len(args) != 1:
+                raise SurgeryError(f"layer {layer.name!r} takes {len(args)} inputs; only "
+                                   "single-input layers can be deleted")
+            return args[0]
+        out = layer(*args, **kwargs)
+        if layer.name in after:
+            out = after[layer.name](out)
+        return out
+
+    input_tensors = None
+    if input_shape is not None:
+        new_input = k.Input(tuple(input_shape), dtype=model.inputs[0].dtype,
+                            name=model.inputs[0].name.split(":")[0])
+        input_tensors = [new_input] if isinstance(model.input, (list, tuple)) else new_input
+    try:
+        return k.models.clone_model(model, input_tensors=input_tensors, clone_function=clone,
+                                    call_function=call, recursive=True)
+    except SurgeryError:
+        raise
+    except Exception as e:
+        raise SurgeryError(f"{model.name}: the edited model does not build "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                           ) from None
+
+
+def _carry(old, new, operation, changes, fill, skip) -> EditResult:
+    from ..sources import open_weights
+    from ..transplanting import transplant
+
+    report = transplant(old, new, {"match": "exact", "skip": sorted(skip)} if skip else
+                        {"match": "exact"})
+    converted = fill(old, new) if fill else []
+    with open_weights(new) as w:
+        initialized = []
+        for e in report.entries:
+            if e.status == "copied" or e.path in converted:
+                continue
+            why = {"skipped": "replaced layer", "missing": "new layer",
+                   "mismatched": f"shape {e.source_shape} -> {e.target_shape}"}[e.status]
+            initialized.append((e.path, why))
+        assert set(converted) <= set(w)
+    carried = tuple(e.path for e in report.copied if e.path not in converted)
+    return EditResult(new, EditReport(operation, tuple(changes), carried, tuple(converted),
+                                      tuple(initialized), params(old), params(new)))

@@ -515,6 +515,168 @@ def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, l
     return 0
 
 
+@main.group("edit")
+def edit_group() -> None:
+    """Structural edits of MODEL written to OUT; the input is never touched.
+
+    Every edit prints what changed, the variables carried bitwise, converted and newly
+    initialized, and the parameter counts before and after. --verify runs both models on a
+    probe batch (for the function-preserving edits: widen, deepen, insert of an identity).
+
+    \b
+    Examples:
+      surgery edit widen sample_models/cnn.keras -o wide.keras --layer fc --units 96 --verify
+      surgery edit deepen sample_models/cnn.keras -o deep.keras --after block2_pool --verify
+      surgery edit delete-layer model.keras -o out.keras --layer dropout
+      surgery edit insert sample_models/cnn.keras -o out.keras --after fc \\
+          --layer-json '{"class_name": "Dropout", "config": {"rate": 0.2, "name": "drop"}}'
+    """
+
+
+def _edit_options(f):
+    for option in reversed([
+        click.argument("model"),
+        click.option("-o", "--output", metavar="OUT.keras", help="Where to write the result."),
+        click.option("--dry-run", is_flag=True, help="Print the report; write nothing."),
+        click.option("--verify", "do_verify", is_flag=True, help="Compare outputs with MODEL "
+                     "on a probe batch; exit 1 (nothing written) if they differ."),
+        click.option("--atol", default=1e-5, show_default=True, help="Tolerance for --verify."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing OUT."),
+        click.option("--unsafe", is_flag=True, help="Allow Lambda layers and configs outside "
+                     "Keras."),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON only."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _run_edit(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json, fn) -> int:
+    from surgery.errors import CheckFailed
+
+    if not dry_run and not output:
+        raise click.UsageError("give -o/--output (or --dry-run)")
+    m = surgery.load_model(model, safe_mode=not unsafe)
+    result = fn(m)
+    data = result.report.to_dict()
+    if do_verify:
+        v = surgery.verify(m, result.model, atol=atol)
+        data["verify"] = v.to_dict()
+        if not v.ok:
+            click.echo(json.dumps(data, indent=2) if as_json else f"{result.report}\n{v}")
+            raise CheckFailed(f"{model}: the edited model's outputs differ by "
+                              f"{v.max_abs_diff:.3g} (atol {atol:g}); nothing was written")
+    if not dry_run:
+        surgery.save_model(result.model, output, overwrite=overwrite, inputs=[model])
+    if as_json:
+        _print_json({**data, "output": None if dry_run else output})
+    else:
+        click.echo(str(result.report))
+        if do_verify:
+            click.echo(str(surgery.verify(m, result.model, atol=atol)))
+        if not dry_run:
+            click.echo(f"wrote {output}")
+    return 0
+
+
+@edit_group.command("widen")
+@_edit_options
+@click.option("--layer", required=True, help="The Dense or Conv layer to widen.")
+@click.option("--units", type=int, required=True, help="Its new width.")
+@click.option("--seed", type=int, help="Which units are copied.")
+@click.option("--noise", default=0.0, show_default=True, help="Symmetry-breaking noise.")
+def edit_widen(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json, layer,
+               units, seed, noise):
+    """Net2WiderNet: widen a layer without changing the function.
+
+    \b
+    Example:
+      surgery edit widen sample_models/cnn.keras -o wide.keras --layer block3_conv --units 96
+    """
+    from surgery import edit
+    return _run_edit(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json,
+                     lambda m: edit.widen(m, layer, units, seed=seed, noise=noise))
+
+
+@edit_group.command("deepen")
+@_edit_options
+@click.option("--after", required=True, help="Insert the identity layer after this one.")
+@click.option("--residual", is_flag=True, help="A zero-initialized residual branch instead.")
+def edit_deepen(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json, after,
+                residual):
+    """Net2DeeperNet: insert an identity layer (or a zero residual branch).
+
+    \b
+    Example:
+      surgery edit deepen sample_models/cnn.keras -o deep.keras --after fc --verify
+    """
+    from surgery import edit
+    return _run_edit(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json,
+                     lambda m: edit.deepen(m, after, residual=residual))
+
+
+@edit_group.command("delete-layer")
+@_edit_options
+@click.option("--layer", required=True, help="The single-input layer to remove.")
+def edit_delete_layer(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json,
+                      layer):
+    """Delete a layer; its consumers take its input.
+
+    \b
+    Example:
+      surgery edit delete-layer model.keras -o out.keras --layer dropout
+    """
+    from surgery import edit
+    return _run_edit(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json,
+                     lambda m: edit.delete_layer(m, layer))
+
+
+@edit_group.command("insert")
+@_edit_options
+@click.option("--after", help="Insert after this layer.")
+@click.option("--before", help="Insert before this layer.")
+@click.option("--layer-json", required=True, metavar="JSON", help='The layer: {"class_name": '
+              '..., "config": {...}} (Keras layers only).')
+def edit_insert(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json, after,
+                before, layer_json):
+    """Insert a layer after (or before) an existing one.
+
+    \b
+    Example:
+      surgery edit insert model.keras -o out.keras --after fc \\
+          --layer-json '{"class_name": "Dropout", "config": {"rate": 0.2, "name": "drop"}}'
+    """
+    from surgery import edit
+    try:
+        spec = json.loads(layer_json)
+    except ValueError as e:
+        raise click.BadParameter(f"not JSON ({e})", param_hint="--layer-json") from None
+    return _run_edit(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json,
+                     lambda m: edit.insert_layer(m, after, spec, before=before))
+
+
+@edit_group.command("replace")
+@_edit_options
+@click.option("--layer", required=True, help="The layer to replace.")
+@click.option("--layer-json", required=True, metavar="JSON", help="The new layer's "
+              '{"class_name": ..., "config": {...}}.')
+def edit_replace(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json, layer,
+                 layer_json):
+    """Replace a layer; weights are carried where names and shapes fit.
+
+    \b
+    Example:
+      surgery edit replace model.keras -o out.keras --layer fc \\
+          --layer-json '{"class_name": "Dense", "config": {"units": 64, "name": "fc"}}'
+    """
+    from surgery import edit
+    try:
+        spec = json.loads(layer_json)
+    except ValueError as e:
+        raise click.BadParameter(f"not JSON ({e})", param_hint="--layer-json") from None
+    return _run_edit(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json,
+                     lambda m: edit.replace_layer(m, layer, spec))
+
+
 @main.group("recipe")
 def recipe_group() -> None:
     """The CNN and LSTM transfer recipes.

@@ -124,6 +124,7 @@ def walk_model(model: Any) -> Walk:
         below: set[int] = set()
         for _, child in children:
             below |= _all_weight_ids(child)
+        own_paths = getattr(layer, "_surgery_variable_paths", None) or {}
         for v in layer.weights:
             if id(v) in below or id(v) in seen_vars:
                 continue
@@ -132,7 +133,7 @@ def walk_model(model: Any) -> Walk:
             dtype = getattr(dtype, "name", dtype)
             owner_path, owner_cls = owners[-1] if owners else ("", "")
             variables.append(VariableInfo(
-                path="/".join(prefix + [variable_name(v)]),
+                path="/".join(prefix + [own_paths.get(id(v)) or variable_name(v)]),
                 shape=tuple(int(d) for d in v.shape), dtype=str(dtype),
                 trainable=bool(trainable and getattr(v, "trainable", True)),
                 layer=owner_path, layer_class=owner_cls, owners=owners, key=len(handles)))

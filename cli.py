@@ -578,6 +578,43 @@ def _run_edit(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_jso
     return 0
 
 
+@edit_group.command("delete-channels")
+@_edit_options
+@click.option("--layer", required=True, help="The layer whose output channels go.")
+@click.option("--channels", metavar="I,J,...", help="Channel indices to delete.")
+@click.option("--prune-lowest", type=int, metavar="K", help="Delete the K channels with the "
+              "lowest L1 norm.")
+@click.option("--ratio", type=float, help="Delete this fraction of channels (lowest L1).")
+@click.option("--no-couple", is_flag=True, help="Refuse instead of deleting a coupled group "
+              "(inputs of an Add...) together.")
+def edit_delete_channels(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json,
+                         layer, channels, prune_lowest, ratio, no_couple):
+    """Delete output channels of a layer, following the graph (pruning).
+
+    Readers downstream are sliced (Dense, Conv, SeparableConv, RNN input kernels, Flatten ->
+    Dense rows, Concatenate offsets), BatchNorm and DepthwiseConv2D on the way too; inputs of
+    an Add (and other elementwise merges) lose the same channels together.
+
+    \b
+    Examples:
+      surgery edit delete-channels sample_models/cnn.keras -o pruned.keras \\
+          --layer block2_conv --channels 0,3,5
+      surgery edit delete-channels sample_models/cnn.keras -o pruned.keras \\
+          --layer block3_conv --ratio 0.25
+    """
+    from surgery import edit
+    given = sum(v is not None for v in (channels, prune_lowest, ratio))
+    if given != 1:
+        raise click.UsageError("give exactly one of --channels, --prune-lowest, --ratio")
+
+    def run(m):
+        chans = _int_list(channels) if channels else edit.lowest_channels(
+            m, layer, k=prune_lowest, ratio=ratio)
+        return edit.delete_channels(m, layer, chans, couple=not no_couple)
+    return _run_edit(model, output, dry_run, False if do_verify is None else do_verify, atol,
+                     overwrite, unsafe, as_json, run)
+
+
 @edit_group.command("widen")
 @_edit_options
 @click.option("--layer", required=True, help="The Dense or Conv layer to widen.")

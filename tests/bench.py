@@ -12,6 +12,7 @@ Benchmarks:
   file once, and (b) the naive Keras path, `load_model` of both, `get_weights`/`set_weights`
   layer by layer, `save`; (c) its peak memory against the target's size + the largest tensor +
   the `import tensorflow` baseline.
+- delete_channels: pruning a generated ~100-layer residual CNN against `clone_model` of it.
 - finetune: median time per epoch of `surgery.finetune` against a hand-written Keras script
   doing the same training (same model, data, batch size, frozen layers).
 """
@@ -185,6 +186,42 @@ def bench_finetune(summary: dict) -> None:
     summary["finetune"] = {"epoch_seconds": runs, "ratio": ratio}
 
 
+_PRUNE = """
+import os, time, json
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras
+from surgery import edit
+L = keras.layers
+inp = keras.Input((16, 16, 8))
+x = L.Conv2D(16, 3, padding="same", name="stem")(inp)
+for i in range(24):
+    y = L.Conv2D(16, 3, padding="same", name=f"b{{i}}_c1")(x)
+    y = L.BatchNormalization(name=f"b{{i}}_bn")(y)
+    y = L.ReLU(name=f"b{{i}}_relu")(y)
+    y = L.Conv2D(16, 3, padding="same", name=f"b{{i}}_c2")(y)
+    x = L.Add(name=f"b{{i}}_add")([x, y])
+x = L.GlobalAveragePooling2D()(x)
+model = keras.Model(inp, L.Dense(10, name="head")(x))
+t0 = time.perf_counter(); keras.models.clone_model(model); clone = time.perf_counter() - t0
+t0 = time.perf_counter(); edit.delete_channels(model, "b3_c1", [0, 1, 2, 3])
+prune = time.perf_counter() - t0
+print(json.dumps({{"layers": len(model.layers), "clone": clone, "delete_channels": prune}}))
+"""
+
+
+def bench_prune(summary: dict) -> None:
+    r = subprocess.run([sys.executable, "-c", _PRUNE.format()], capture_output=True, text=True,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    if r.returncode:
+        raise SystemExit(f"pruning benchmark failed:\n{r.stderr[-2000:]}")
+    data = json.loads(r.stdout.strip().splitlines()[-1])
+    ratio = data["delete_channels"] / data["clone"]
+    print(f"\ndelete_channels on a {data['layers']}-layer residual CNN: "
+          f"{data['delete_channels']:.2f} s vs clone_model {data['clone']:.2f} s = {ratio:.2f}x "
+          "(goal <= 2x)")
+    summary["delete_channels"] = {**data, "ratio": ratio}
+
+
 def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     path = os.path.abspath(os.path.join(OUT, "big.keras"))
@@ -202,6 +239,7 @@ def main() -> None:
     summary = {"file_mb": size_mb, "read": results}
     bench_transplant(path, summary)
     bench_finetune(summary)
+    bench_prune(summary)
     with open(os.path.join(OUT, "bench.json"), "w") as f:
         json.dump(summary, f, indent=2)
 

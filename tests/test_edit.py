@@ -154,3 +154,115 @@ def test_cli_edit_verify_and_bad_input(samples, tmp_path):
     assert r.exit_code == 2 and r.output.startswith("error: no layer 'nope' in shapes_cnn")
     assert not bad.exists() and leftovers(str(tmp_path)) == []
     assert sha256(samples["cnn"]) == before
+
+
+# ------------------------------------------------------------------ delete_channels
+
+def _pruning_net(k):
+    L = k.layers
+    inp = k.Input((8, 8, 3))
+    stem = L.Conv2D(6, 3, padding="same", name="stem")(inp)
+    a = L.Conv2D(5, 3, padding="same", name="conv_a")(stem)
+    a = L.BatchNormalization(name="bn_a")(a)
+    a = L.ReLU(name="relu_a")(a)
+    b = L.Conv2D(6, 3, padding="same", name="conv_b")(a)
+    b = L.BatchNormalization(name="bn_b")(b)
+    x = L.ReLU(name="relu_x")(L.Add(name="add")([b, stem]))
+    d = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(x)
+    d = L.Conv2D(4, 1, name="pw")(d)
+    c = L.Concatenate(name="cat")([d, x])
+    f = L.Flatten(name="flat")(L.MaxPooling2D(2, name="pool")(c))
+    return randomize_bn(k.Model(inp, L.Dense(3, name="head")(f), name="prune"))
+
+
+def _zero_rows(k, model, rows: dict):
+    """The original model with the given reader rows (input channels) zeroed: what a pruned
+    model must compute."""
+    ref = k.models.clone_model(model)
+    for la, lb in zip(model.layers, ref.layers):
+        lb.set_weights(la.get_weights())
+    with surgery.open_weights(ref) as w:
+        for key, (axis, idx) in rows.items():
+            value = w.read(key)
+            np.moveaxis(value, axis, 0)[idx] = 0
+            w.variable(key).assign(value)
+    return ref
+
+
+def _flat_rows(channels, width=10, positions=16):
+    return [p * width + c for p in range(positions) for c in channels]
+
+
+@pytest.mark.parametrize("layer,channels,rows", [
+    ("conv_a", [0, 3], {"conv_b/kernel": (-2, [0, 3])}),
+    ("conv_b", [1, 4], {"conv_a/kernel": (-2, [1, 4]), "pw/kernel": (-2, [2, 3, 8, 9]),
+                        "head/kernel": (0, _flat_rows([5, 8]))}),
+    ("pw", [2], {"head/kernel": (0, _flat_rows([2]))}),
+])
+def test_delete_channels_equals_zeroed_contributions(keras, layer, channels, rows):
+    model = _pruning_net(keras)
+    before = values(model)
+    x = rng.normal(size=(3, 8, 8, 3)).astype("float32")
+    new, report = edit.delete_channels(model, layer, channels)
+    ref = _zero_rows(keras, model, rows)
+    np.testing.assert_allclose(np.asarray(new(x)), np.asarray(ref(x)), atol=1e-4)
+    assert report.params_after < report.params_before
+    for key, v in values(model).items():
+        np.testing.assert_array_equal(v, before[key])
+    if layer == "conv_b":
+        assert "stem: 6 -> 4 channels (coupled)" in report.changes
+
+
+def test_delete_channels_layer_by_layer(keras):
+    model = _pruning_net(keras)
+    new, _ = edit.delete_channels(model, "conv_a", [1])
+    x = rng.normal(size=(2, 8, 8, 3)).astype("float32")
+    old_a = keras.Model(model.inputs, model.get_layer("relu_a").output)(x)
+    new_a = keras.Model(new.inputs, new.get_layer("relu_a").output)(x)
+    np.testing.assert_allclose(np.asarray(new_a), np.asarray(old_a)[..., [0, 2, 3, 4]],
+                               atol=1e-5)
+
+
+def test_delete_channels_dense_lstm_embedding(keras):
+    L = keras.layers
+    seq = keras.Sequential([keras.Input((6,), dtype="int32"), L.Embedding(10, 5, name="emb"),
+                            L.Conv1D(4, 3, name="c1"), L.LSTM(3, name="enc"),
+                            L.Dense(2, name="head")])
+    x = rng.integers(0, 10, (2, 6))
+    for layer, chans, rows in (("emb", [0], {"c1/kernel": (-2, [0])}),
+                               ("c1", [1, 2], {"enc/kernel": (0, [1, 2])})):
+        new, _ = edit.delete_channels(seq, layer, chans)
+        ref = keras.models.clone_model(seq)
+        for la, lb in zip(seq.layers, ref.layers):
+            lb.set_weights(la.get_weights())
+        with surgery.open_weights(ref) as w:
+            for key, (axis, idx) in rows.items():
+                value = w.read(key)
+                np.moveaxis(value, axis, 0)[idx] = 0
+                w.variable(key).assign(value)
+        np.testing.assert_allclose(np.asarray(new(x)), np.asarray(ref(x)), atol=1e-5)
+
+
+def test_lowest_channels_and_errors(keras):
+    model = _pruning_net(keras)
+    chans = edit.lowest_channels(model, "conv_a", k=2)
+    kernel = model.get_layer("conv_a").kernel.numpy()
+    norms = np.abs(kernel.reshape(-1, 5)).sum(0)
+    assert chans == sorted(np.argsort(norms)[:2].tolist())
+    assert len(edit.lowest_channels(model, "conv_a", ratio=0.4)) == 2
+    with pytest.raises(OptionError) as e:
+        edit.delete_channels(model, "conv_a", [7])
+    assert str(e.value) == "channel 7 is out of range for 'conv_a' with 5 channels (0..4)"
+    with pytest.raises(OptionError, match="would leave 'conv_a' with 0 of 5 channels"):
+        edit.delete_channels(model, "conv_a", range(5))
+    with pytest.raises(SurgeryError) as e:
+        edit.delete_channels(model, "conv_b", [0], couple=False)
+    assert str(e.value) == ("delete_channels: Add 'add' couples conv_b, stem; their channels "
+                            "must go together (couple=True deletes the whole group)")
+    L = keras.layers
+    ln = keras.Sequential([keras.Input((4,)), L.Dense(5, name="d"),
+                           L.LayerNormalization(name="ln"), L.Dense(2, name="o")])
+    with pytest.raises(SurgeryError) as e:
+        edit.delete_channels(ln, "d", [0])
+    assert str(e.value) == ("delete_channels: LayerNormalization 'ln' on the path d -> ln is "
+                            "not supported (it mixes or reshapes channels)")

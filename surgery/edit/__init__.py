@@ -13,10 +13,11 @@ print(report)
 """
 
 from .core import EditReport, EditResult
+from .channels import delete_channels, lowest_channels
 from .convolutional import fully_convolutional
 from .growth import deepen, widen
 from .inflation import inflate
 from .layers import change_input, delete_layer, insert_layer, replace_layer
 
-__all__ = ["EditResult", "EditReport", "widen", "deepen", "delete_layer", "insert_layer",
+__all__ = ["EditResult", "EditReport", "delete_channels", "lowest_channels", "widen", "deepen", "delete_layer", "insert_layer",
            "replace_layer", "change_input", "inflate", "fully_convolutional"]

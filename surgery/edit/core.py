@@ -19,7 +19,7 @@ from ..rebuild import keras_module, model_config
 from ..selection import closest_paths
 
 __all__ = ["EditReport", "EditResult", "apply_edits", "layer_names", "find_layer",
-           "consumers", "params"]
+           "consumers", "graph", "params", "model_config"]
 
 
 @dataclass(frozen=True)
@@ -87,18 +87,27 @@ def find_layer(model, name: str) -> Any:
                         f"{', '.join(closest_paths(name, layer_names(model), 5))}")
 
 
-def consumers(model, name: str) -> list[str]:
-    """Names of the top-level layers that take `name`'s output as an input."""
+def graph(model) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(consumers, inputs): top-level layer name -> the layers reading its output / the layers
+    whose outputs it reads, from the model's config (read once)."""
+    succ: dict[str, list[str]] = {}
+    pred: dict[str, list[str]] = {}
     if type(model).__name__ == "Sequential":
         names = layer_names(model)
-        i = names.index(name)
-        return names[i + 1:i + 2]
-    out = []
+        for a, b in zip(names, names[1:]):
+            succ.setdefault(a, []).append(b)
+            pred.setdefault(b, []).append(a)
+        return succ, pred
     for lc in model_config(model)["config"]["layers"]:
-        for producer in _producers(lc):
-            if producer == name and lc["name"] not in out:
-                out.append(lc["name"])
-    return out
+        for producer in dict.fromkeys(_producers(lc)):
+            succ.setdefault(producer, []).append(lc["name"])
+            pred.setdefault(lc["name"], []).append(producer)
+    return succ, pred
+
+
+def consumers(model, name: str) -> list[str]:
+    """Names of the top-level layers that take `name`'s output as an input."""
+    return graph(model)[0].get(name, [])
 
 
 def _producers(layer_config: Mapping) -> list[str]:

@@ -28,7 +28,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 fuzz: $(STAMP)
-	SURGERY_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q -m fuzz
+	SURGERY_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests/test_fuzz.py
 
 bench: $(STAMP)
 	$(PY) -m tests.bench

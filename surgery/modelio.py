@@ -83,10 +83,35 @@ def load_model(path: Any, *, safe_mode: bool = True, custom_objects: Mapping | N
                               "weights only")
         if safe_mode:
             check_config(config, path, custom_objects=custom_objects)
+    _check_classes(config, path, custom_objects, legacy)
     model = _keras_load(path, safe_mode=safe_mode, custom_objects=custom_objects,
                         legacy=legacy)
     _ORIGINS[model] = os.path.realpath(path)
     return model
+
+
+def _check_classes(config, path, custom_objects, legacy) -> None:
+    """Refuses, with one clear line, a config naming a class Keras can't find."""
+    if legacy or not isinstance(config, dict) or "module" not in config:
+        return  # Keras 2 configs carry no module fields; tf_keras reports its own errors
+    from .safety import _walk
+    from .tfimport import keras
+
+    k = keras()
+    known = set(custom_objects or ())
+    for item, layer in _walk(config, "<model>"):
+        cls, module = item.get("class_name"), item.get("module")
+        if not isinstance(cls, str) or "config" not in item or cls.startswith("__"):
+            continue
+        registered = item.get("registered_name")
+        if (isinstance(module, str) and module.split(".")[0] == "keras") or cls in known or \
+                registered in known:
+            continue
+        if registered and k.saving.get_registered_object(registered) is not None:
+            continue
+        raise FormatError(f"{path}: layer {layer!r} is of class {registered or cls!r}, which is "
+                          "neither a Keras class nor registered; pass custom_objects= (Python) "
+                          "or register it with keras.saving.register_keras_serializable")
 
 
 def _keras_load(path, *, safe_mode, custom_objects, legacy):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -76,3 +77,53 @@ def test_mutated_files_only_raise_surgery_errors(small_files, tmp_path_factory, 
 def test_fuzz_marker_runs_longer(small_files, tmp_path_factory):
     assert EXAMPLES >= 40  # `make fuzz` raises the example count for the test above
     test_mutated_files_only_raise_surgery_errors(small_files, tmp_path_factory, "keras")
+
+
+@pytest.fixture(scope="module")
+def safetensors_bytes(tmp_path_factory):
+    from surgery.safetensors_io import write_safetensors
+    path = tmp_path_factory.mktemp("st") / "w.safetensors"
+    write_safetensors({"a.weight": np.arange(12, dtype=np.float32).reshape(3, 4),
+                       "a.bias": np.ones(4, np.float16)}, str(path))
+    return path.read_bytes()
+
+
+def test_mutated_safetensors_only_raise_surgery_errors(safetensors_bytes, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mst")
+
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(EDITS)
+    def check(edits):
+        path = folder / "x.safetensors"
+        path.write_bytes(_mutate(safetensors_bytes, edits))
+        try:
+            _consume(str(path))
+        except SurgeryError:
+            pass
+
+    check()
+
+
+RULES_TEXT = open(os.path.join(os.path.dirname(__file__), "..", "examples", "rules",
+                               "torch_cnn.toml"), "rb").read()
+
+
+def test_mutated_rules_only_raise_surgery_errors(tmp_path_factory):
+    from surgery.rules import load_rules
+    folder = tmp_path_factory.mktemp("rules")
+
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(EDITS)
+    def check(edits):
+        path = folder / "r.toml"
+        path.write_bytes(_mutate(RULES_TEXT, edits))
+        try:
+            load_rules(str(path))
+        except SurgeryError:
+            pass
+
+    check()
+
+

@@ -125,3 +125,52 @@ def test_state_dict_keys_not_covered_are_listed(samples, tmp_path):
     assert not (tmp_path / "x.safetensors").exists()
     before = sha256(samples["lstm"])
     assert sha256(samples["lstm"]) == before
+
+
+def test_signature_with_several_outputs_needs_output_key(keras, tmp_path):
+    import tensorflow as tf
+    root = tf.train.Checkpoint()
+    root.w = tf.Variable(2.0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    def two(x):
+        return {"double": x * root.w, "half": x / root.w}
+
+    tf.saved_model.save(root, str(tmp_path / "m"), signatures={"two": two})
+    with pytest.raises(InputError) as e:
+        surgery.hub_layer(str(tmp_path / "m"), signature="two")
+    assert str(e.value) == (f"{tmp_path / 'm'}: signature 'two' returns double, half; pass "
+                            "output_key= one of them")
+    layer = surgery.hub_layer(str(tmp_path / "m"), signature="two", output_key="half")
+    inp = keras.Input((3,))
+    out = keras.Model(inp, layer(inp))(np.ones((1, 3), "float32"))
+    np.testing.assert_allclose(out, 0.5)
+
+
+def _safetensors(path, header: bytes, data: bytes = b"") -> str:
+    import struct
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header + data)
+    return str(path)
+
+
+@pytest.mark.parametrize("header,data,message", [
+    (b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
+     b'"b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}', b"\0" * 12,
+     "tensor 'b' overlaps the tensor before it"),
+    (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}', b"\0" * 8,
+     "4 bytes of gap before tensor 'a'"),
+    (b'{"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}', b"\0" * 8,
+     "tensor 'a' runs past the end of the file"),
+    (b'{"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}', b"\0" * 8,
+     "tensor 'a' spans 8 bytes but float32 (3,) needs 12"),
+    (b'{"a": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 4]}}', b"\0" * 4,
+     "tensor 'a' has unknown dtype 'Q9'"),
+    (b'not json', b"", "safetensors header: malformed JSON"),
+])
+def test_safetensors_header_invalid(tmp_path, header, data, message):
+    from surgery.errors import FormatError
+    path = _safetensors(tmp_path / "bad.safetensors", header, data)
+    with pytest.raises(FormatError) as e:
+        surgery.open_weights(path)
+    assert message in str(e.value) and str(e.value).startswith(f"{path}: ")

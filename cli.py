@@ -775,6 +775,29 @@ def export_cmd(model, output, fmt, overwrite, unsafe) -> int:
     return 0
 
 
+@main.command("apply")
+@click.argument("plan")
+@click.option("--dry-run", is_flag=True, help="Print what every variable will undergo; write "
+              "nothing (finetune steps are not run).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON only.")
+def apply_cmd(plan, dry_run, overwrite, as_json) -> int:
+    """Run a declarative surgery plan (TOML): validate, dry-run or apply, verify, report.
+
+    \b
+    Examples:
+      surgery apply examples/plans/new_head_freeze.toml --dry-run
+      surgery apply examples/plans/prune_residual.toml --overwrite
+    """
+    p = surgery.Plan.from_file(plan)
+    report = p.dry_run() if dry_run else p.apply(overwrite=overwrite or None)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        click.echo(str(report))
+    return 0
+
+
 @main.group("recipe")
 def recipe_group() -> None:
     """The CNN and LSTM transfer recipes.

@@ -48,6 +48,8 @@ _PUBLIC = {
     "learning_rates": "lrgroups",
     "finetune": "finetuning",
     "export_state_dict": "torch_export",
+    "Plan": "plans",
+    "PlanError": "plans",
     "hub_layer": "hub",
     "HubLayer": "hub",
     "export_model": "hub",

@@ -1,0 +1,453 @@
+"""Declarative surgery plans: `surgery apply PLAN.toml` and `surgery.Plan`.
+
+A plan is a reviewable record of a surgery: the models, an ordered list of steps, what must
+be verified and where the result goes. Everything is validated before anything runs (one
+error listing every problem with its line); a dry run computes what each variable will
+undergo, writing nothing; apply runs the steps, the verification, and writes the model
+atomically with a JSON report (plan and input hashes, versions, per-step reports,
+verification figures). A failed verification writes nothing (exit 1).
+
+```toml
+[source]                      # optional: where transplant steps read from
+model = "pretrained.keras"
+[target]                      # the model the steps act on
+model = "architecture.keras"
+
+[[step]]
+op = "head"                   # head | freeze | unfreeze | reinit | transplant | lora | edit | finetune
+classes = 4
+
+[verify]
+seed = 0                      # random probe inputs (or inputs = "probe.npz")
+preserve = [2]                # steps that must keep the outputs (max abs diff <= atol)
+atol = 1e-5
+changes = ["head/*"]          # variables allowed to change; all others stay bitwise
+
+[output]
+model = "out.keras"
+report = "out.report.json"
+```
+Paths are relative to the plan file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import CheckFailed, InputError, SurgeryError
+
+__all__ = ["Plan", "PlanError", "PlanReport"]
+
+_TOP = {"source": {"model"}, "target": {"model"}, "verify": {"seed", "inputs", "preserve",
+                                                             "atol", "changes"},
+        "output": {"model", "report", "overwrite"}, "step": None}
+_STEPS = {
+    "head": {"classes": int, "keep_classes": list, "activation": str, "layer": str,
+             "seed": int},
+    "freeze": {"select": list, "except": list, "bn": str},
+    "unfreeze": {"select": list, "except": list},
+    "reinit": {"select": list, "initializer": str, "seed": int},
+    "transplant": {"rules": (str, dict), "strict": bool},
+    "lora": {"select": list, "rank": int, "alpha": float},
+    "edit": {"action": str, "layer": str, "channels": list, "ratio": float, "units": int,
+             "after": str, "residual": bool, "shape": list, "seed": int, "layer_json": dict},
+    "finetune": {"data": str, "train": list, "freeze": list, "epochs": int, "batch_size": int,
+                 "lr": float, "seed": int, "bn": str},
+}
+_EDITS = ("delete-channels", "widen", "deepen", "delete-layer", "insert", "change-input")
+
+
+class PlanError(SurgeryError):
+    """A plan that can't run: every problem, with its line."""
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    if os.path.isdir(path):
+        for folder, _, files in sorted(os.walk(path)):
+            for name in sorted(files):
+                with open(os.path.join(folder, name), "rb") as f:
+                    h.update(name.encode() + f.read())
+    else:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class PlanReport:
+    """What a plan did (or, on a dry run, will do)."""
+
+    plan: str
+    dry_run: bool
+    variables: list[dict] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+    verification: dict = field(default_factory=dict)
+    output: str | None = None
+    hashes: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"plan": self.plan, "dry_run": self.dry_run, "variables": self.variables,
+                "steps": self.steps, "params_before": self.params_before,
+                "params_after": self.params_after, "verification": self.verification,
+                "output": self.output, "hashes": self.hashes, "versions": self.versions}
+
+    def __str__(self) -> str:
+        lines = [f"plan {self.plan}" + (" (dry run: nothing written)" if self.dry_run else "")]
+        for i, s in enumerate(self.steps, 1):
+            lines.append(f"  step {i}: {s['op']}: {s['summary']}")
+        width = max([len(v["path"]) for v in self.variables] + [8])
+        for v in self.variables:
+            lines.append(f"  {v['path']:<{width}}  {v['action']}")
+        lines.append(f"  params {self.params_before:,} -> {self.params_after:,}")
+        for key, value in self.verification.items():
+            lines.append(f"  verify {key}: {value}")
+        if self.output:
+            lines.append(f"  wrote {self.output}")
+        return "\n".join(lines)
+
+
+class Plan:
+    """A parsed, validated plan.
+
+    Example:
+    ```python
+    plan = surgery.Plan.from_file("examples/plans/new_head_freeze.toml")
+    print(plan.dry_run())
+    report = plan.apply()
+    ```
+    """
+
+    def __init__(self, data: dict, path: str, text: str):
+        self.data, self.path, self.text = data, path, text
+        self.folder = os.path.dirname(os.path.abspath(path))
+
+    # -------------------------------------------------------------- loading & validation
+    @classmethod
+    def from_file(cls, path: str) -> "Plan":
+        """Reads and validates a plan; raises `PlanError` listing every problem."""
+        path = os.fspath(path)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such plan file") from None
+        try:
+            text = raw.decode("utf-8")
+            data = tomllib.loads(text)
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise PlanError(f"{path}: invalid TOML ({e})") from None
+        plan = cls(data, path, text)
+        plan.validate()
+        return plan
+
+    def _line(self, key: str, nth: int = 0) -> str:
+        pats = [re.compile(rf"^\s*\[\[?\s*{re.escape(key)}\s*\]\]?"),
+                re.compile(rf"^\s*{re.escape(key)}\s*=")]
+        hits = [i for i, t in enumerate(self.text.splitlines(), 1)
+                if any(p.search(t) for p in pats)]
+        return f"{self.path}:{hits[min(nth, len(hits) - 1)]}" if hits else self.path
+
+    def _step_line(self, index: int) -> str:
+        hits = [i for i, t in enumerate(self.text.splitlines(), 1)
+                if re.match(r"^\s*\[\[\s*step\s*\]\]", t)]
+        return f"{self.path}:{hits[index]}" if index < len(hits) else self.path
+
+    def resolve(self, rel: str) -> str:
+        return rel if os.path.isabs(rel) else os.path.join(self.folder, rel)
+
+    def validate(self) -> None:
+        problems: list[str] = []
+        data = self.data
+        for key in data:
+            if key not in _TOP:
+                problems.append(f"{self._line(key)}: unknown table '{key}'; plans know "
+                                f"{', '.join(sorted(_TOP))}")
+        for table, keys in _TOP.items():
+            if keys is None or table not in data:
+                continue
+            if not isinstance(data[table], dict):
+                problems.append(f"{self._line(table)}: '{table}' must be a table")
+                continue
+            for key in data[table]:
+                if key not in keys:
+                    problems.append(f"{self._line(key)}: unknown key '{key}' in [{table}]; it "
+                                    f"takes {', '.join(sorted(keys))}")
+        if "target" not in data or "model" not in data.get("target", {}):
+            problems.append(f"{self.path}: a plan needs [target] model = \"...\"")
+        for table in ("source", "target"):
+            rel = data.get(table, {}).get("model") if isinstance(data.get(table), dict) else None
+            if isinstance(rel, str) and not os.path.exists(self.resolve(rel)):
+                problems.append(f"{self._line('model', 0 if table == 'source' or 'source' not in data else 1)}: "
+                                f"[{table}] model {rel!r} does not exist")
+        steps = data.get("step", [])
+        if not isinstance(steps, list) or not steps:
+            problems.append(f"{self.path}: a plan needs at least one [[step]]")
+            steps = []
+        target_model = None
+        target_rel = data.get("target", {}).get("model") if isinstance(data.get("target"),
+                                                                       dict) else None
+        if isinstance(target_rel, str) and os.path.exists(self.resolve(target_rel)):
+            try:
+                from .inventory import inspect as inspect_fn
+
+                target_model = inspect_fn(self.resolve(target_rel))
+            except SurgeryError as e:
+                problems.append(f"{self._line('model')}: {e}")
+        reshaped = False  # selectors are checked against the target until a step reshapes it
+        for i, step in enumerate(steps):
+            where = self._step_line(i)
+            if not isinstance(step, dict):
+                problems.append(f"{where}: a step must be a table")
+                continue
+            op = step.get("op")
+            if op not in _STEPS:
+                problems.append(f"{where}: step {i + 1} has op {op!r}; use one of "
+                                f"{', '.join(_STEPS)}")
+                continue
+            for key, value in step.items():
+                if key == "op":
+                    continue
+                want = _STEPS[op].get(key)
+                if want is None:
+                    problems.append(f"{where}: unknown key '{key}' in a {op} step; it takes "
+                                    f"{', '.join(sorted(_STEPS[op]))}")
+                elif not isinstance(value, want) or (want is int and isinstance(value, bool)):
+                    problems.append(f"{where}: '{key}' in a {op} step must be "
+                                    f"{getattr(want, '__name__', want)}, got {value!r}")
+            if op == "transplant" and "source" not in data:
+                problems.append(f"{where}: a transplant step needs a [source] model")
+            if op == "transplant" and isinstance(step.get("rules"), str) and \
+                    not os.path.exists(self.resolve(step["rules"])):
+                problems.append(f"{where}: rules file {step['rules']!r} does not exist")
+            if op == "finetune" and isinstance(step.get("data"), str) and \
+                    not os.path.exists(self.resolve(step["data"])):
+                problems.append(f"{where}: data {step['data']!r} does not exist")
+            if op == "edit" and step.get("action") not in _EDITS:
+                problems.append(f"{where}: edit action {step.get('action')!r}; use one of "
+                                f"{', '.join(_EDITS)}")
+            if op == "head" and "classes" not in step:
+                problems.append(f"{where}: a head step needs classes = N")
+            if op == "head" and target_model is not None and not reshaped and not any(
+                    l.class_name == "Dense" for l in target_model.layers):
+                problems.append(f"{where}: a head step on a model without a Dense head "
+                                f"({target_rel}); add one first or name the layer")
+            if target_model is not None and not reshaped and \
+                    op in ("freeze", "unfreeze", "reinit"):
+                from .selection import select
+
+                for sel in step.get("select", []) + step.get("except", []):
+                    try:
+                        select(list(target_model.variables), [sel], what=target_rel)
+                    except SurgeryError as e:
+                        problems.append(f"{where}: {e}")
+            if op in ("head", "edit", "lora"):
+                reshaped = True
+        verify = data.get("verify", {})
+        if isinstance(verify, dict):
+            for idx in verify.get("preserve", []) if isinstance(verify.get("preserve"),
+                                                                list) else []:
+                if not isinstance(idx, int) or not 1 <= idx <= len(steps):
+                    problems.append(f"{self._line('preserve')}: preserve lists step {idx!r}; "
+                                    f"steps are 1..{len(steps)}")
+            if isinstance(verify.get("inputs"), str) and \
+                    not os.path.exists(self.resolve(verify["inputs"])):
+                problems.append(f"{self._line('inputs')}: inputs {verify['inputs']!r} do not "
+                                "exist")
+        if problems:
+            more = f" ({len(problems)} problems)" if len(problems) > 1 else ""
+            raise PlanError(f"invalid plan{more}: " + "; ".join(problems))
+
+    # -------------------------------------------------------------- running
+    def _run_step(self, model, step: dict, source: str | None, dry_run: bool):
+        import surgery
+        from . import edit
+
+        op = step["op"]
+        if op == "head":
+            new = surgery.replace_head(model, step["classes"],
+                                       keep_classes=step.get("keep_classes"),
+                                       activation=step.get("activation"),
+                                       head=step.get("layer"), seed=step.get("seed"))
+            return new, str(new._surgery_head_report)
+        if op in ("freeze", "unfreeze"):
+            fn = surgery.freeze if op == "freeze" else surgery.unfreeze
+            kw = {"bn": step.get("bn", "inference")} if op == "freeze" else {}
+            r = fn(model, *step.get("select", []), except_=step.get("except", []),
+                   allow_partial=False, **kw)
+            return model, f"{len(r.layers)} layers; trainable params {r.after[0]:,}"
+        if op == "reinit":
+            r = surgery.reinitialize(model, *step["select"], initializer=step.get("initializer"),
+                                     seed=step.get("seed"))
+            return model, f"{len(r.variables)} variables reinitialized"
+        if op == "transplant":
+            rules = step.get("rules")
+            if isinstance(rules, str):
+                rules = self.resolve(rules)
+            r = surgery.transplant(source, model, rules, strict=step.get("strict", False))
+            c = r.counts()
+            return model, (f"{c['copied']} copied, {c['adapted']} adapted, {c['missing']} "
+                           f"missing, {c['mismatched']} mismatched")
+        if op == "lora":
+            r = surgery.enable_lora(model, *step.get("select", []), rank=step["rank"],
+                                    alpha=step.get("alpha"))
+            return model, str(r)
+        if op == "edit":
+            action = step["action"]
+            if action == "delete-channels":
+                chans = step.get("channels") or edit.lowest_channels(
+                    model, step["layer"], ratio=step.get("ratio"))
+                result = edit.delete_channels(model, step["layer"], chans)
+            elif action == "widen":
+                result = edit.widen(model, step["layer"], step["units"], seed=step.get("seed"))
+            elif action == "deepen":
+                result = edit.deepen(model, step["after"], residual=step.get("residual", False))
+            elif action == "delete-layer":
+                result = edit.delete_layer(model, step["layer"])
+            elif action == "insert":
+                result = edit.insert_layer(model, step["after"], step["layer_json"])
+            else:
+                result = edit.change_input(model, tuple(step["shape"]))
+            return result.model, result.report.operation
+        if dry_run:
+            return model, f"would train {step.get('epochs', 1)} epochs on {step['data']} " \
+                          "(not run in a dry run)"
+        r = surgery.finetune(model, self.resolve(step["data"]), train=step.get("train", ()),
+                             freeze=step.get("freeze", ()), epochs=step.get("epochs", 1),
+                             batch_size=step.get("batch_size", 32), lr=step.get("lr", 1e-3),
+                             seed=step.get("seed", 0), bn=step.get("bn", "inference"),
+                             verbose=0)
+        return r.model, f"trained {len(r.epochs)} epochs, best {r.best_epoch}"
+
+    def _execute(self, dry_run: bool) -> tuple[Any, PlanReport]:
+        import surgery
+        from .verification import probe_inputs
+
+        data = self.data
+        target_path = self.resolve(data["target"]["model"])
+        source = self.resolve(data["source"]["model"]) if "source" in data else None
+        original = surgery.load_model(target_path)
+        model = surgery.load_model(target_path)
+        verify = data.get("verify", {})
+        preserve = set(verify.get("preserve", []))
+        atol = float(verify.get("atol", 1e-5))
+        xs = None
+        if preserve:
+            if "inputs" in verify:
+                with np.load(self.resolve(verify["inputs"])) as z:
+                    xs = z["x"] if "x" in z else z[z.files[0]]
+            else:
+                xs = probe_inputs(original, seed=int(verify.get("seed", 0)))[0]
+        report = PlanReport(self.path, dry_run, params_before=original.count_params())
+        worst = 0.0
+        for i, step in enumerate(data["step"], 1):
+            before_out = np.asarray(model(xs)) if i in preserve else None
+            model, summary = self._run_step(model, step, source, dry_run)
+            entry = {"op": step["op"], "summary": summary}
+            if i in preserve:
+                after_out = np.asarray(model(xs))
+                diff = float(np.abs(after_out - before_out).max()) \
+                    if after_out.shape == before_out.shape else float("inf")
+                entry["max_output_diff"] = diff
+                worst = max(worst, diff)
+            report.steps.append(entry)
+        report.params_after = model.count_params()
+        report.variables = _variable_actions(original, model)
+        if preserve:
+            report.verification["max_output_diff"] = worst
+            report.verification["atol"] = atol
+        allowed = verify.get("changes")
+        if allowed is not None:
+            from .selection import compile_selector
+
+            preds = [compile_selector(s) for s in allowed]
+            with surgery.open_weights(original) as a, surgery.open_weights(model) as b:
+                unexpected = [k for k in a if k in b and a.shape(k) == b.shape(k)
+                              and not any(p(a.info(k)) for p in preds)
+                              and not np.array_equal(a.read(k), b.read(k))]
+            report.verification["unexpected_changes"] = unexpected
+        return model, report
+
+    def dry_run(self) -> PlanReport:
+        """What the plan will do to every variable; nothing is written (finetune steps are
+        not run)."""
+        return self._execute(dry_run=True)[1]
+
+    def apply(self, *, overwrite: bool | None = None) -> PlanReport:
+        """Runs the plan, verifies, writes the model and the JSON report.
+
+        Raises:
+            CheckFailed: verification failed; nothing written.
+        """
+        import keras as _keras
+        import tensorflow as _tf
+
+        import surgery
+
+        model, report = self._execute(dry_run=False)
+        v = report.verification
+        if v.get("max_output_diff", 0.0) > v.get("atol", 1e-5):
+            raise CheckFailed(f"{self.path}: verification failed: outputs changed by "
+                              f"{v['max_output_diff']:.3g} (atol {v['atol']:g}); nothing was "
+                              "written")
+        if v.get("unexpected_changes"):
+            raise CheckFailed(f"{self.path}: verification failed: variables changed outside "
+                              f"[verify] changes: {', '.join(v['unexpected_changes'][:5])}; "
+                              "nothing was written")
+        out = self.data.get("output", {})
+        overwrite = bool(out.get("overwrite", False)) if overwrite is None else overwrite
+        inputs = [self.resolve(self.data["target"]["model"])] + (
+            [self.resolve(self.data["source"]["model"])] if "source" in self.data else [])
+        report.hashes = {"plan": _sha256(self.path), **{os.path.relpath(p, self.folder):
+                                                          _sha256(p) for p in inputs}}
+        report.versions = {"surgery": surgery.__version__, "keras": _keras.__version__,
+                           "tensorflow": _tf.__version__}
+        if "model" in out:
+            report.output = surgery.save_model(model, self.resolve(out["model"]),
+                                               overwrite=overwrite, inputs=inputs)
+        if "report" in out:
+            from .atomic import atomic_path
+
+            with atomic_path(self.resolve(out["report"]), overwrite=True) as tmp:
+                with open(tmp, "w") as f:
+                    json.dump(report.to_dict(), f, indent=2, default=str)
+        return report
+
+
+def _variable_actions(old, new) -> list[dict]:
+    import surgery
+
+    with surgery.open_weights(old) as a, surgery.open_weights(new) as b:
+        rows = []
+        for key in b:
+            info = b.info(key)
+            if key not in a:
+                rows.append({"path": key, "action": "new"})
+                continue
+            was = a.info(key)
+            parts = []
+            if a.shape(key) != b.shape(key):
+                parts.append(f"reshaped {a.shape(key)} -> {b.shape(key)}")
+            elif not np.array_equal(a.read(key), b.read(key)):
+                parts.append("changed")
+            else:
+                parts.append("kept")
+            if was.trainable != info.trainable:
+                parts.append("frozen" if not info.trainable else "unfrozen")
+            rows.append({"path": key, "action": ", ".join(parts)})
+        for key in a:
+            if key not in b:
+                rows.append({"path": key, "action": "deleted"})
+    return rows

@@ -96,9 +96,12 @@ def main(debug: bool) -> None:
 @click.argument("path")
 @click.option("--architecture", metavar="MODEL.keras|config.json",
               help="Names the variables of a bare .weights.h5 file.")
+@click.option("--stats", is_flag=True, help="Per-variable mean, std, min, max, zeros, "
+              "non-finite count.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
-def inspect_cmd(path: str, architecture: str | None, as_json: bool) -> int:
-    """Layers, variables, shapes, dtypes, trainable flags and parameter counts.
+def inspect_cmd(path: str, architecture: str | None, stats: bool, as_json: bool) -> int:
+    """Layers, variables, shapes, dtypes, trainable flags, initializers, regularizers,
+    constraints (and LSTM/GRU gate layouts), parameter counts; --stats adds statistics.
 
     PATH is a .keras, .weights.h5, Keras 2 .h5 or .npz file (read without TensorFlow), a
     SavedModel/TF Hub directory or a TF checkpoint prefix.
@@ -107,8 +110,9 @@ def inspect_cmd(path: str, architecture: str | None, as_json: bool) -> int:
     Examples:
       surgery inspect sample_models/cnn.keras
       surgery inspect weights.weights.h5 --architecture model.keras --json
+      surgery inspect sample_models/lstm.keras --stats
     """
-    inv = surgery.inspect(path, architecture=architecture)
+    inv = surgery.inspect(path, architecture=architecture, stats=stats)
     if as_json:
         _print_json(inv.to_dict())
     else:
@@ -432,6 +436,9 @@ def _lr_mults(values) -> dict[str, float]:
 @click.option("--seed", default=0, show_default=True, help="Same seed, same result.")
 @click.option("--strategy", type=click.Choice(["auto", "one", "mirrored", "multiworker"]),
               default="auto", show_default=True, help="tf.distribute strategy.")
+@click.option("--l2sp", type=float, metavar="ALPHA", help="L2-SP: pull weights toward their "
+              "pretrained values (ALPHA/2 * ||w - w0||^2) instead of toward zero.")
+@click.option("--l2sp-head", type=float, metavar="BETA", help="L2-SP's plain L2 on the head.")
 @click.option("--mixed-precision", is_flag=True, help="Compute in float16 (GPU) / bfloat16 "
               "(CPU); variables and OUT stay float32.")
 @click.option("--lora-rank", type=int, metavar="R", help="Train LoRA adapters of rank R; OUT "
@@ -451,8 +458,9 @@ def _lr_mults(values) -> dict[str, float]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
 def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, lr, lr_mult,
                  layer_decay, optimizer, loss, label, val, val_split, early_stop, seed,
-                 strategy, mixed_precision, lora_rank, lora_select, save_adapters, checkpoint,
-                 resume, metrics_out, plot, overwrite, unsafe, quiet, as_json) -> int:
+                 strategy, l2sp, l2sp_head, mixed_precision, lora_rank, lora_select,
+                 save_adapters, checkpoint, resume, metrics_out, plot, overwrite, unsafe, quiet,
+                 as_json) -> int:
     """Fine-tune part of MODEL on DATA and write the best model to OUT.
 
     --train S trains only S; --freeze S trains everything but S. Frozen BatchNorm layers run
@@ -491,7 +499,7 @@ def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, l
             logging.basicConfig(level=logging.INFO, format="%(message)s")
     else:
         run = surgery.finetune
-        extra["mixed_precision"] = mixed_precision
+        extra.update(mixed_precision=mixed_precision, l2sp=l2sp, l2sp_head=l2sp_head)
     m = surgery.load_model(model, safe_mode=not unsafe)
     result = run(m, data, train=trains, freeze=freezes, bn=bn, epochs=epochs,
                  batch_size=batch_size, lr=lr, lr_mult=_lr_mults(lr_mult),
@@ -712,6 +720,54 @@ def edit_replace(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_
         raise click.BadParameter(f"not JSON ({e})", param_hint="--layer-json") from None
     return _run_edit(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json,
                      lambda m: edit.replace_layer(m, layer, spec))
+
+
+@main.command("set")
+@_model_options
+@click.option("--select", "selects", multiple=True, required=True, metavar="S",
+              help="Variables to change (e.g. '*/kernel'); repeatable.")
+@click.option("--l2", type=float, help="Add an L2 regularizer with this factor.")
+@click.option("--l1", type=float, help="Add an L1 regularizer with this factor.")
+@click.option("--initializer", metavar="NAME", help="Configure this initializer.")
+@click.option("--constraint", metavar="NAME", help="Add this constraint (max_norm, non_neg, "
+              "unit_norm, ...).")
+def set_cmd(model, output, dry_run, overwrite, unsafe, as_json, selects, l2, l1, initializer,
+            constraint):
+    """Change how parameters are set up; weights stay bitwise the same.
+
+    \b
+    Examples:
+      surgery set sample_models/cnn.keras -o reg.keras --select 'fc/kernel' --l2 1e-4
+      surgery set sample_models/cnn.keras -o out.keras --select 'head/kernel' \\
+          --initializer he_normal
+    """
+    chosen = [x for x in (l2 or l1, initializer, constraint) if x]
+    if len(chosen) != 1:
+        raise click.UsageError("give one of --l2/--l1, --initializer, --constraint")
+
+    class _Report:
+        def __init__(self, new):
+            self.paths = list(getattr(new, "_surgery_setup_changed", ()))
+
+        def to_dict(self):
+            return {"changed": self.paths}
+
+        def __str__(self):
+            what = (f"L1L2(l1={l1 or 0}, l2={l2 or 0})" if (l1 or l2) else
+                    initializer or constraint)
+            return f"set {what} on {len(self.paths)} variables: {', '.join(self.paths)}; " \
+                   "weights unchanged"
+
+    def operation(m):
+        if l1 or l2:
+            new = surgery.set_regularizer(m, *selects, l1=l1 or 0.0, l2=l2 or 0.0)
+        elif initializer:
+            new = surgery.set_initializer(m, *selects, initializer=initializer)
+        else:
+            new = surgery.set_constraint(m, *selects, constraint=constraint)
+        return new, _Report(new)
+    return _edit_model(model, output, unsafe=unsafe, dry_run=dry_run, overwrite=overwrite,
+                       as_json=as_json, operation=operation)
 
 
 @main.command("convert")

@@ -166,7 +166,77 @@ def build_keras2(out: str) -> dict:
             "test_accuracy": acc}
 
 
-BUILDERS = {"cnn": build_cnn, "lstm": build_lstm, "hub": build_hub, "keras2": build_keras2}
+def _save_clean(model, build, path):
+    _without_optimizer(model, build).save(path)
+
+
+def mnist_dense_model():
+    """The source material's Dense network: 784 inputs, a HeNormal-initialized,
+    L2-regularized first layer, a 10-way softmax."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential([
+        keras.Input((784,), name="pixels"),
+        layers.Dense(128, activation="relu", kernel_initializer="he_normal",
+                     kernel_regularizer=keras.regularizers.L2(1e-4), name="hidden"),
+        layers.Dense(10, activation="softmax", name="head"),
+    ], name="dense_784")
+
+
+def mnist_cnn_model():
+    """The source material's CNN: Conv2D(32, 3x3) + MaxPooling + Dense(10) on 28x28x1."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential([
+        keras.Input((28, 28, 1), name="image"),
+        layers.Conv2D(32, (3, 3), activation="relu", name="conv"),
+        layers.MaxPooling2D((2, 2), name="pool"),
+        layers.Flatten(name="flatten"),
+        layers.Dense(10, activation="softmax", name="head"),
+    ], name="cnn_28")
+
+
+def text_lstm_model():
+    """The source material's text model: Embedding(10000, 128) + LSTM(128) + Dense(1)."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential([
+        keras.Input((tasks.TEXT_LEN,), dtype="int32", name="tokens"),
+        layers.Embedding(tasks.TEXT_VOCAB, 128, name="embedding"),
+        layers.LSTM(128, name="lstm"),
+        layers.Dense(1, activation="sigmoid", name="head"),
+    ], name="text_lstm")
+
+
+def build_source_examples(out: str) -> dict:
+    """The three architectures of the source material, trained briefly on generated data."""
+    _seed(5)
+    x, y = tasks.make_digits_like(3000, seed=1)
+    xt, yt = tasks.make_digits_like(500, seed=2)
+    dense = mnist_dense_model()
+    _fit(dense, x.reshape(len(x), -1), y, epochs=5)
+    _save_clean(dense, mnist_dense_model, os.path.join(out, "dense_784.keras"))
+    cnn = mnist_cnn_model()
+    _fit(cnn, x, y, epochs=3)
+    _save_clean(cnn, mnist_cnn_model, os.path.join(out, "cnn_28.keras"))
+    tx, ty = tasks.make_text(3000, seed=1)
+    txt, tyt = tasks.make_text(500, seed=2)
+    text = text_lstm_model()
+    text.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    text.fit(tx, ty, epochs=2, batch_size=64, verbose=0)
+    _save_clean(text, text_lstm_model, os.path.join(out, "text_lstm.keras"))
+    acc = float(((text.predict(txt, verbose=0)[:, 0] > 0.5) == tyt).mean())
+    return {"file": "dense_784.keras, cnn_28.keras, text_lstm.keras",
+            "task": "digit-like shapes (10 classes, 28x28); token sentiment (binary)",
+            "test_accuracy": min(_accuracy(dense, xt.reshape(len(xt), -1), yt),
+                                 _accuracy(cnn, xt, yt), acc)}
+
+
+BUILDERS = {"cnn": build_cnn, "lstm": build_lstm, "hub": build_hub, "keras2": build_keras2,
+            "source": build_source_examples}
 
 
 def build_all(out: str = HERE, only: list[str] | None = None) -> dict:

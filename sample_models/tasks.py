@@ -153,3 +153,39 @@ def motif_transfer_task(per_class: int, *, seed: int = 0, test: int = 600):
     """((x, y), (x_test, y_test)) for the motif-family task with `per_class` labels each."""
     x, y = make_motif_families(per_class * 3 * 4, seed=100 + seed)
     return balanced(x, y, per_class), make_motif_families(test, seed=999)
+
+
+def make_digits_like(n: int, *, seed: int = 0, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
+    """10-class grayscale images (n, size, size, 1) in [0, 1]: ten of the `SHAPES`, the stand-in
+    for the 28x28 digit images of the source material's examples."""
+    rng = np.random.default_rng(seed)
+    y_idx, x_idx = np.mgrid[0:size, 0:size].astype(np.float32)
+    labels = rng.integers(0, 10, n)
+    images = np.empty((n, size, size, 1), np.float32)
+    for i in range(n):  # white strokes on black, like handwritten digits
+        r = rng.uniform(0.25, 0.4) * size
+        cx, cy = rng.uniform(r, size - r, 2)
+        mask = _masks(SHAPES[labels[i]], x_idx, y_idx, cx, cy, r)
+        images[i, ..., 0] = mask + rng.normal(0.0, 0.1, mask.shape)
+    return np.clip(images, 0.0, 1.0), labels.astype(np.int32)
+
+
+TEXT_VOCAB = 10000
+TEXT_LEN = 50
+
+
+def make_text(n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Binary "sentiment" sequences over a 10,000-token vocabulary: label 1 when one of 20
+    positive tokens outnumbers the negative ones, among random filler tokens."""
+    rng = np.random.default_rng(seed)
+    positive = np.arange(100, 120)
+    negative = np.arange(200, 220)
+    x = rng.integers(1000, TEXT_VOCAB, (n, TEXT_LEN)).astype(np.int32)
+    y = rng.integers(0, 2, n).astype(np.int32)
+    for i in range(n):
+        strong, weak = (positive, negative) if y[i] else (negative, positive)
+        k = int(rng.integers(2, 5))
+        pos = rng.choice(TEXT_LEN, k + 1, replace=False)
+        x[i, pos[:k]] = rng.choice(strong, k)
+        x[i, pos[k]] = rng.choice(weak)
+    return x, y

@@ -155,6 +155,41 @@ def _clean_copy(model, config: dict | None = None):
     return fresh
 
 
+def _l2sp_loss(model, base, keras, alpha: float, beta: float):
+    """The base loss plus the L2-SP penalty, anchored at the weights as they are now."""
+    from .heads import find_head
+    from .modelio import source_path
+
+    if source_path(model) is None:
+        raise SurgeryError(f"--l2sp needs pretrained weights to anchor to; {model.name} was not "
+                           "loaded from a file (load it with surgery.load_model first)")
+    if alpha < 0 or beta < 0:
+        raise OptionError(f"L2-SP factors must be non-negative (got {alpha}, {beta})")
+    try:
+        head = find_head(model)
+    except SurgeryError:
+        head = None
+    with open_weights(model) as w:
+        head_ids = {id(w.variable(v.path)) for v in w.variables()
+                    if head and (v.layer == head or v.layer.startswith(head + "/"))}
+    ops = keras.ops
+    anchored = [(v, ops.convert_to_tensor(np.array(v.numpy()))) for v in model.trainable_weights
+                if id(v) not in head_ids]
+    heads = [v for v in model.trainable_weights if id(v) in head_ids]
+    base_fn = keras.losses.get(base) if isinstance(base, str) else base
+
+    def loss(y_true, y_pred):
+        penalty = 0.0
+        for v, anchor in anchored:
+            penalty = penalty + ops.sum(ops.square(v - anchor))
+        head_term = 0.0
+        for v in heads:
+            head_term = head_term + ops.sum(ops.square(v))
+        return base_fn(y_true, y_pred) + 0.5 * alpha * penalty + 0.5 * beta * head_term
+
+    return loss
+
+
 def _policy_name(keras) -> str:
     from .tfimport import tensorflow
 
@@ -196,7 +231,8 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
              seed: int = 0, strategy: str = "auto", lora_rank: int | None = None,
              lora_select: Sequence[str] = (), checkpoint: str | None = None,
              resume: bool = False, verbose: int = 1, callbacks: Sequence[Any] = (),
-             mixed_precision: bool = False) -> FinetuneResult:
+             mixed_precision: bool = False, l2sp: float | None = None,
+             l2sp_head: float | None = None) -> FinetuneResult:
     """Fine-tunes the selected part of a Keras 3 model on real data.
 
     Args:
@@ -220,6 +256,10 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
         resume: continue from `checkpoint`.
         mixed_precision: compute in float16 (GPU, with loss scaling) or bfloat16 (CPU) while
             variables stay float32; the output model keeps the original float32 policy.
+        l2sp: L2-SP (Li, Grandvalet & Davoine, ICML 2018): add ``l2sp/2 * ||w - w0||^2`` for
+            every trainable weight outside the head, pulling it toward its pretrained value
+            w0 instead of toward zero; `l2sp_head` adds ``l2sp_head/2 * ||w||^2`` on the head.
+            Applied in the training loss only: the saved model needs no custom code.
 
     Returns:
         A `FinetuneResult`.
@@ -304,6 +344,9 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
                 raise OptionError(f"unknown loss {loss!r}; use auto or a Keras loss name such "
                                   "as sparse_categorical_crossentropy, mse") from None
             metrics, loss_desc = [], loss
+        if l2sp is not None or l2sp_head is not None:
+            loss_obj = _l2sp_loss(model, loss_obj, keras, l2sp or 0.0, l2sp_head or 0.0)
+            loss_desc += f" + L2-SP(alpha={l2sp or 0.0:g}, beta={l2sp_head or 0.0:g})"
         if mixed_precision and _policy_name(keras) == "mixed_float16":
             opt = keras.optimizers.LossScaleOptimizer(opt)
         model.compile(optimizer=opt, loss=loss_obj, metrics=metrics)
@@ -336,7 +379,8 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
                 "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "seed": seed,
                 "strategy": strategy, "lr_mult": lr_mult or {}, "layer_decay": layer_decay,
                 "lora_rank": lora_rank, "early_stop": early_stop,
-                "mixed_precision": _policy_name(keras) if mixed_precision else None}
+                "mixed_precision": _policy_name(keras) if mixed_precision else None,
+                "l2sp": l2sp, "l2sp_head": l2sp_head}
     result = FinetuneResult(result_model, state.epochs, state.best_epoch, tracker.stopped,
                             loss_desc, data.describe(), settings, adapters)
     state.finish()

@@ -35,6 +35,8 @@ class Inventory:
     format: str
     layers: tuple[LayerInfo, ...] = field(default=())
     variables: tuple[VariableInfo, ...] = field(default=())
+    setup: dict = field(default_factory=dict, compare=False)
+    stats: dict = field(default_factory=dict, compare=False)
 
     @property
     def total_params(self) -> int:
@@ -62,7 +64,9 @@ class Inventory:
                         "depth": l.depth, "params": self.layer_params(l.path)}
                        for l in self.layers],
             "variables": [{"path": v.path, "layer": v.layer, "shape": list(v.shape),
-                           "dtype": v.dtype, "trainable": v.trainable, "params": v.size}
+                           "dtype": v.dtype, "trainable": v.trainable, "params": v.size,
+                           **self.setup.get(v.path, {}),
+                           **({"stats": self.stats[v.path]} if v.path in self.stats else {})}
                           for v in self.variables],
             "totals": {"params": self.total_params, "trainable": self.trainable_params,
                        "non_trainable": self.non_trainable_params},
@@ -86,6 +90,25 @@ class Inventory:
             flag = "" if v.trainable is None else ("yes" if v.trainable else "no")
             lines.append(f"{v.path:<{width}}  {str(v.shape):<18} {v.dtype:<9} "
                          f"{_fmt_count(v.size):>12}  {flag}")
+        if any(any(e.values()) for e in self.setup.values()):
+            lines.append("")
+            lines.append(f"{'setup':<{width}}  initializer / regularizer / constraint")
+            for v in self.variables:
+                e = self.setup.get(v.path) or {}
+                parts = [e.get("initializer") or "-", e.get("regularizer") or "-",
+                         e.get("constraint") or "-"]
+                gates = f"  [{e['gates']}]" if e.get("gates") else ""
+                lines.append(f"{v.path:<{width}}  {' / '.join(parts)}{gates}")
+        if self.stats:
+            lines.append("")
+            lines.append(f"{'stats':<{width}}  {'mean':>10} {'std':>10} {'min':>10} "
+                         f"{'max':>10} {'zeros':>6} {'nonfinite':>9}")
+            for v in self.variables:
+                st = self.stats.get(v.path)
+                if st:
+                    lines.append(f"{v.path:<{width}}  {st['mean']:>10.4g} {st['std']:>10.4g} "
+                                 f"{st['min']:>10.4g} {st['max']:>10.4g} {st['zeros']:>6.1%} "
+                                 f"{st['nonfinite']:>9}")
         lines.append("")
         total = f"total params: {_fmt_count(self.total_params)}"
         if any(v.trainable is not None for v in self.variables):
@@ -95,12 +118,14 @@ class Inventory:
         return "\n".join(lines)
 
 
-def inspect(source: Any, *, architecture: Any = None) -> Inventory:
+def inspect(source: Any, *, architecture: Any = None, stats: bool = False) -> Inventory:
     """Lists the layers and variables of a model or weights file.
 
     Args:
         source: a live model, a `WeightSource`, or a path `open_weights` reads.
         architecture: for a bare `.weights.h5`, the `.keras`/`config.json` that names it.
+        stats: also compute per-variable statistics (mean, std, min, max, fraction of
+            zeros, non-finite count), one tensor at a time.
 
     Returns:
         An `Inventory`; `str()` is a table, `to_dict()` is JSON-ready.
@@ -114,10 +139,13 @@ def inspect(source: Any, *, architecture: Any = None) -> Inventory:
     print(inv.total_params, [v.path for v in inv.variables][:3])
     ```
     """
+    from .setup import describe_setup, variable_stats
+
     src = open_weights(source, architecture=architecture)
     try:
         return Inventory(source=src.name, format=src.format, layers=tuple(src.layers()),
-                         variables=tuple(src.variables()))
+                         variables=tuple(src.variables()), setup=describe_setup(src),
+                         stats=variable_stats(src) if stats else {})
     finally:
         if src is not source:
             src.close()

@@ -83,7 +83,12 @@ def rebuild(model: Any, config: dict) -> Any:
 def carry_weights(source: Any, target: Any, *, skip: Sequence[str] = ()) -> Any:
     """Copies every variable of `source` into `target` whose path and shape match exactly;
     `skip` lists layer paths to leave as the target initialized them. Returns the report."""
+    from .modelio import _ORIGINS, source_path
     from .transplanting import transplant
 
     rules = {"match": "exact", "skip": list(skip)}
-    return transplant(source, target, rules)
+    report = transplant(source, target, rules)
+    origin = source_path(source)
+    if origin is not None:  # the new model descends from that file: never write over it
+        _ORIGINS[target] = origin
+    return report

@@ -32,7 +32,7 @@ def test_artifacts_small_and_listed():
         total += sum(os.path.getsize(os.path.join(folder, f)) for f in files)
     assert total < 20 * 1024 * 1024
     manifest = json.load(open(os.path.join(SAMPLES, "manifest.json")))
-    assert set(manifest) == {"cnn", "lstm", "hub", "keras2"}
+    assert set(manifest) == {"cnn", "lstm", "hub", "keras2", "source"}
 
 
 @pytest.mark.parametrize("name,make,floor", [

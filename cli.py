@@ -675,6 +675,13 @@ def edit_delete_layer(model, output, dry_run, do_verify, atol, overwrite, unsafe
                      lambda m: edit.delete_layer(m, layer))
 
 
+def _layer_spec(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise click.BadParameter(f"not JSON ({e})", param_hint="--layer-json") from None
+
+
 @edit_group.command("insert")
 @_edit_options
 @click.option("--after", help="Insert after this layer.")
@@ -691,10 +698,7 @@ def edit_insert(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_j
           --layer-json '{"class_name": "Dropout", "config": {"rate": 0.2, "name": "drop"}}'
     """
     from surgery import edit
-    try:
-        spec = json.loads(layer_json)
-    except ValueError as e:
-        raise click.BadParameter(f"not JSON ({e})", param_hint="--layer-json") from None
+    spec = _layer_spec(layer_json)
     return _run_edit(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json,
                      lambda m: edit.insert_layer(m, after, spec, before=before))
 
@@ -714,10 +718,7 @@ def edit_replace(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_
           --layer-json '{"class_name": "Dense", "config": {"units": 64, "name": "fc"}}'
     """
     from surgery import edit
-    try:
-        spec = json.loads(layer_json)
-    except ValueError as e:
-        raise click.BadParameter(f"not JSON ({e})", param_hint="--layer-json") from None
+    spec = _layer_spec(layer_json)
     return _run_edit(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json,
                      lambda m: edit.replace_layer(m, layer, spec))
 

@@ -47,3 +47,21 @@ class RecipeResult:
         if self.output:
             lines.append(f"  wrote {self.output}")
         return "\n".join(lines)
+
+
+def finish(name: str, model: Any, steps: list[str], test=None, output: str | None = None,
+           **metrics) -> RecipeResult:
+    """The common end of a training recipe: parameter counts, test accuracy, optional save."""
+    import numpy as np
+
+    import surgery
+
+    metrics = {"trained_params": int(sum(int(np.prod(v.shape))
+                                         for v in model.trainable_weights)),
+               "total_params": model.count_params(), **metrics}
+    if test is not None:
+        metrics["accuracy"] = surgery.accuracy(model, *test)
+        steps.append("accuracy(model, x_test, y_test)")
+    if output:
+        surgery.save_model(model, output, overwrite=True)
+    return RecipeResult(name, model, steps, metrics, output)

@@ -17,7 +17,7 @@ import numpy as np
 import surgery
 from sample_models import tasks
 
-from .base import SAMPLE_CNN, Echo, RecipeResult, quiet
+from .base import SAMPLE_CNN, Echo, RecipeResult, finish, quiet
 
 __all__ = ["new_task", "scratch_baseline", "input_channels", "resolution", "inflate_3d",
            "grow"]
@@ -71,14 +71,7 @@ def new_task(model: Any = SAMPLE_CNN, data=None, test=None, *, classes: int | No
                           verbose=0)
     steps.append(f"finetune(train=['head', {', '.join(repr(t) for t in top)}], "
                  f"bn='inference', epochs={tune_epochs}, lr={tune_lr})")
-    metrics = {"trained_params": r2.epochs[-1]["trainable_params"],
-               "total_params": r2.model.count_params()}
-    if test is not None:
-        metrics["accuracy"] = surgery.accuracy(r2.model, *test)
-        steps.append("accuracy(model, x_test, y_test)")
-    if output:
-        surgery.save_model(r2.model, output, overwrite=True)
-    return RecipeResult("cnn-new-task", r2.model, steps, metrics, output)
+    return finish("cnn-new-task", r2.model, steps, test, output)
 
 
 def scratch_baseline(architecture: Any, data, test=None, *, epochs: int, lr: float,

@@ -17,7 +17,7 @@ import numpy as np
 import surgery
 from sample_models import tasks
 
-from .base import SAMPLE_LSTM, Echo, RecipeResult, quiet
+from .base import SAMPLE_LSTM, Echo, RecipeResult, finish, quiet
 
 __all__ = ["encoder_reuse", "vocabulary", "bidirectional", "grow", "pytorch_roundtrip"]
 
@@ -61,14 +61,7 @@ def encoder_reuse(model: Any = SAMPLE_LSTM, data=None, test=None, *,
                           verbose=0)
     steps.append(f"finetune(train=['head', 'encoder', 'embed'], epochs={tune_epochs}, "
                  f"lr={tune_lr})")
-    metrics = {"trained_params": r2.epochs[-1]["trainable_params"],
-               "total_params": r2.model.count_params()}
-    if test is not None:
-        metrics["accuracy"] = surgery.accuracy(r2.model, *test)
-        steps.append("accuracy(model, x_test, y_test)")
-    if output:
-        surgery.save_model(r2.model, output, overwrite=True)
-    return RecipeResult("lstm-encoder", r2.model, steps, metrics, output)
+    return finish("lstm-encoder", r2.model, steps, test, output)
 
 
 def _sequences(n: int, seed: int):

@@ -110,7 +110,8 @@ class PlanReport:
             lines.append(f"  step {i}: {s['op']}: {s['summary']}")
         width = max([len(v["path"]) for v in self.variables] + [8])
         for v in self.variables:
-            lines.append(f"  {v['path']:<{width}}  {v['action']}")
+            steps = f"  ({'; '.join(v['steps'])})" if v.get("steps") else ""
+            lines.append(f"  {v['path']:<{width}}  {v['action']}{steps}")
         lines.append(f"  params {self.params_before:,} -> {self.params_after:,}")
         for key, value in self.verification.items():
             lines.append(f"  verify {key}: {value}")
@@ -272,6 +273,7 @@ class Plan:
 
     # -------------------------------------------------------------- running
     def _run_step(self, model, step: dict, source: str | None, dry_run: bool):
+        """Runs one step: (model, summary, {variable path: what this step did to it})."""
         import surgery
         from . import edit
 
@@ -281,29 +283,39 @@ class Plan:
                                        keep_classes=step.get("keep_classes"),
                                        activation=step.get("activation"),
                                        head=step.get("layer"), seed=step.get("seed"))
-            return new, str(new._surgery_head_report)
+            head = new._surgery_head_report.layer
+            return new, str(new._surgery_head_report), {f"{head}/kernel": "new head",
+                                                         f"{head}/bias": "new head"}
         if op in ("freeze", "unfreeze"):
             fn = surgery.freeze if op == "freeze" else surgery.unfreeze
             kw = {"bn": step.get("bn", "inference")} if op == "freeze" else {}
             r = fn(model, *step.get("select", []), except_=step.get("except", []),
                    allow_partial=False, **kw)
-            return model, f"{len(r.layers)} layers; trainable params {r.after[0]:,}"
+            with surgery.open_weights(model) as w:
+                notes = {v.path: op for v in w.variables() if v.layer in {p for p, *_ in
+                                                                          r.layers}}
+            return model, f"{len(r.layers)} layers; trainable params {r.after[0]:,}", notes
         if op == "reinit":
             r = surgery.reinitialize(model, *step["select"], initializer=step.get("initializer"),
                                      seed=step.get("seed"))
-            return model, f"{len(r.variables)} variables reinitialized"
+            return model, f"{len(r.variables)} variables reinitialized", {
+                p: f"reinit ({init})" for p, init in r.variables}
         if op == "transplant":
             rules = step.get("rules")
             if isinstance(rules, str):
                 rules = self.resolve(rules)
             r = surgery.transplant(source, model, rules, strict=step.get("strict", False))
             c = r.counts()
+            notes = {e.path: (f"copy from {e.source}" if e.status == "copied" else
+                              f"adapt {e.source} via {e.adapter}" if e.status == "adapted" else
+                              e.status) for e in r.entries}
             return model, (f"{c['copied']} copied, {c['adapted']} adapted, {c['missing']} "
-                           f"missing, {c['mismatched']} mismatched")
+                           f"missing, {c['mismatched']} mismatched"), notes
         if op == "lora":
             r = surgery.enable_lora(model, *step.get("select", []), rank=step["rank"],
                                     alpha=step.get("alpha"))
-            return model, str(r)
+            return model, str(r), {f"{p}/lora_kernel_{x}": "new (LoRA)" for p in r.layers
+                                   for x in "ab"}
         if op == "edit":
             action = step["action"]
             if action == "delete-channels":
@@ -320,16 +332,19 @@ class Plan:
                 result = edit.insert_layer(model, step["after"], step["layer_json"])
             else:
                 result = edit.change_input(model, tuple(step["shape"]))
-            return result.model, result.report.operation
+            notes = {p: f"converted ({result.report.operation})" for p in
+                     result.report.converted}
+            notes.update({p: f"new ({why})" for p, why in result.report.initialized})
+            return result.model, result.report.operation, notes
         if dry_run:
             return model, f"would train {step.get('epochs', 1)} epochs on {step['data']} " \
-                          "(not run in a dry run)"
+                          "(not run in a dry run)", {}
         r = surgery.finetune(model, self.resolve(step["data"]), train=step.get("train", ()),
                              freeze=step.get("freeze", ()), epochs=step.get("epochs", 1),
                              batch_size=step.get("batch_size", 32), lr=step.get("lr", 1e-3),
                              seed=step.get("seed", 0), bn=step.get("bn", "inference"),
                              verbose=0)
-        return r.model, f"trained {len(r.epochs)} epochs, best {r.best_epoch}"
+        return r.model, f"trained {len(r.epochs)} epochs, best {r.best_epoch}", {}
 
     def _execute(self, dry_run: bool) -> tuple[Any, PlanReport]:
         import surgery
@@ -352,9 +367,12 @@ class Plan:
                 xs = probe_inputs(original, seed=int(verify.get("seed", 0)))[0]
         report = PlanReport(self.path, dry_run, params_before=original.count_params())
         worst = 0.0
+        notes: dict[str, list[str]] = {}
         for i, step in enumerate(data["step"], 1):
             before_out = np.asarray(model(xs)) if i in preserve else None
-            model, summary = self._run_step(model, step, source, dry_run)
+            model, summary, step_notes = self._run_step(model, step, source, dry_run)
+            for path, note in step_notes.items():
+                notes.setdefault(path, []).append(f"step {i}: {note}")
             entry = {"op": step["op"], "summary": summary}
             if i in preserve:
                 after_out = np.asarray(model(xs))
@@ -365,6 +383,9 @@ class Plan:
             report.steps.append(entry)
         report.params_after = model.count_params()
         report.variables = _variable_actions(original, model)
+        for row in report.variables:
+            if row["path"] in notes:
+                row["steps"] = notes[row["path"]]
         if preserve:
             report.verification["max_output_diff"] = worst
             report.verification["atol"] = atol

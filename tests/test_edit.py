@@ -266,3 +266,56 @@ def test_lowest_channels_and_errors(keras):
         edit.delete_channels(ln, "d", [0])
     assert str(e.value) == ("delete_channels: LayerNormalization 'ln' on the path d -> ln is "
                             "not supported (it mixes or reshapes channels)")
+
+
+def _nested_model(k):
+    L = k.layers
+    bi = k.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, padding="same", name="conv1")(bi)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.ReLU(name="relu1")(x)
+    x = L.Conv2D(5, 3, padding="same", name="conv2")(x)
+    backbone = k.Model(bi, x, name="backbone")
+    inp = k.Input((8, 8, 3))
+    y = L.Dense(4, name="pre")(L.GlobalAveragePooling2D(name="gap")(backbone(inp)))
+    shared = L.Dense(4, name="shared")
+    y = shared(L.Dense(4, name="mid")(shared(y)))
+    return randomize_bn(k.Model(inp, L.Dense(2, name="head")(y), name="outer"))
+
+
+def test_edits_inside_a_nested_backbone(keras):
+    model = _nested_model(keras)
+    before = values(model)
+    x = rng.normal(size=(3, 8, 8, 3)).astype("float32")
+    wide, report = edit.widen(model, "backbone/conv1", 9, seed=0)
+    same_outputs(model, wide, x)
+    assert "backbone/bn1/gamma" in report.converted
+    deep, _ = edit.deepen(model, "backbone/relu1")
+    same_outputs(model, deep, x, atol=1e-6)
+    pruned, report = edit.delete_channels(model, "backbone/conv1", [0, 2])
+    assert report.changes[0] == "backbone/conv1: 6 -> 4 channels"
+    inner = model.get_layer("backbone")
+    ref_inner = _zero_rows(keras, inner, {"conv2/kernel": (-2, [0, 2])})
+    new_inner = pruned.get_layer("backbone")
+    np.testing.assert_allclose(np.asarray(new_inner(x)), np.asarray(ref_inner(x)), atol=1e-5)
+    with pytest.raises(SurgeryError) as e:
+        edit.delete_channels(model, "backbone/conv2", [0])
+    assert str(e.value) == ("delete_channels: the channels flow out of the nested model "
+                            "'backbone' (through conv2); delete them where the outer model "
+                            "reads them, at the top level")
+    for k, v in values(model).items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_shared_layers_are_named_not_broken(keras):
+    model = _nested_model(keras)
+    assert list(surgery.open_weights(model)).count("shared/kernel") == 1
+    with pytest.raises(SurgeryError) as e:
+        edit.widen(model, "mid", 6)
+    assert str(e.value) == ("widen 'mid': Dense 'shared' on the path mid -> shared is shared "
+                            "(called more than once); widening would give its calls different "
+                            "input widths")
+    with pytest.raises(SurgeryError, match="'shared' on the path pre -> shared is shared"):
+        edit.delete_channels(model, "pre", [0])
+    x = rng.normal(size=(2, 8, 8, 3)).astype("float32")
+    same_outputs(model, edit.deepen(model, "pre").model, x, atol=1e-6)

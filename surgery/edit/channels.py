@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import OptionError, SurgeryError
 from ..sources import open_weights
-from .core import EditResult, apply_edits, find_layer, graph
+from .core import EditResult, apply_edits, edit_nested, find_layer, graph, shared_layers
 
 __all__ = ["delete_channels", "lowest_channels"]
 
@@ -41,6 +41,7 @@ _READERS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTra
 class _Plan:
     def __init__(self, model):
         self.succ, self.pred = graph(model)
+        self.shared = shared_layers(model)
         self.layers = {l.name: l for l in model.layers}
         self.producers: dict[str, list[int]] = {}      # layer -> channels of its output
         self.slices: dict[str, tuple[str, list[int]]] = {}  # layer -> (how, channels)
@@ -73,15 +74,26 @@ def _upstream_producer(model, plan: "_Plan", name: str, path: list[str]) -> str:
                            "is not supported in a coupled group")
 
 
-def _walk(model, start: str, channels: list[int], plan: _Plan, couple: bool) -> None:
+def _walk(model, start: str, channels: list[int], plan: _Plan, couple: bool,
+          nested: bool = False) -> None:
     queue = [(start, channels, [start])]
     done_merges: set[str] = set()
+    outputs = {t._keras_history[0].name for t in model.outputs
+               if hasattr(t, "_keras_history")} if nested else set()
     while queue:
         name, chans, path = queue.pop(0)
+        if nested and (name in outputs or not plan.succ.get(name)):
+            raise SurgeryError(f"delete_channels: the channels flow out of the nested model "
+                               f"{model.name!r} (through {' -> '.join(path)}); delete them "
+                               "where the outer model reads them, at the top level")
         for nxt in plan.succ.get(name, []):
             layer = plan.layers[nxt]
             cls = type(layer).__name__
             trail = path + [nxt]
+            if nxt in plan.shared:
+                raise SurgeryError(f"delete_channels: {cls} {nxt!r} on the path "
+                                   f"{' -> '.join(trail)} is shared (called more than once); "
+                                   "deleting channels would give its calls different widths")
             if cls in _READERS:
                 plan.readers[nxt] = chans
             elif cls in _PASS:
@@ -157,8 +169,8 @@ def lowest_channels(model: Any, layer: str, *, k: int | None = None, ratio: floa
     return sorted(np.argsort(norms, kind="stable")[:count].tolist())
 
 
-def delete_channels(model: Any, layer: str, channels: Sequence[int], *, couple: bool = True
-                    ) -> EditResult:
+def delete_channels(model: Any, layer: str, channels: Sequence[int], *, couple: bool = True,
+                    _nested: bool = False) -> EditResult:
     """A new model without `channels` of `layer`'s output, dependencies followed.
 
     Args:
@@ -178,6 +190,10 @@ def delete_channels(model: Any, layer: str, channels: Sequence[int], *, couple: 
     pruned, report = surgery.edit.delete_channels(model, "block2_conv", [0, 3, 5])
     ```
     """
+    if "/" in layer:  # a layer inside a nested model
+        return edit_nested(model, layer, lambda inner, rest: delete_channels(
+            inner, rest, channels, couple=couple, _nested=True),
+            f"delete {len(set(channels))} channels of {layer}")
     producer = find_layer(model, layer)
     cls = type(producer).__name__
     if cls not in _PRODUCERS:
@@ -194,7 +210,7 @@ def delete_channels(model: Any, layer: str, channels: Sequence[int], *, couple: 
                           f"{width - len(chans)} of {width} channels; delete 1..{width - 1}")
     plan = _Plan(model)
     plan.producers[layer] = chans
-    _walk(model, layer, chans, plan, couple)
+    _walk(model, layer, chans, plan, couple, nested=_nested)
     replace = {}
     for name in plan.producers:
         old = find_layer(model, name)

@@ -19,7 +19,7 @@ from ..rebuild import keras_module, model_config
 from ..selection import closest_paths
 
 __all__ = ["EditReport", "EditResult", "apply_edits", "layer_names", "find_layer",
-           "consumers", "graph", "params", "model_config"]
+           "consumers", "graph", "params", "model_config", "shared_layers", "edit_nested"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,14 @@ def graph(model) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
             succ.setdefault(producer, []).append(lc["name"])
             pred.setdefault(lc["name"], []).append(producer)
     return succ, pred
+
+
+def shared_layers(model) -> set[str]:
+    """Names of the top-level layers called more than once (shared layers)."""
+    if type(model).__name__ == "Sequential":
+        return set()
+    return {lc["name"] for lc in model_config(model)["config"]["layers"]
+            if len(lc.get("inbound_nodes") or []) > 1}
 
 
 def consumers(model, name: str) -> list[str]:
@@ -217,8 +225,10 @@ def _edit_functional(model, k, delete, replace, after, before, input_shape):
                             name=model.inputs[0].name.split(":")[0])
         input_tensors = [new_input] if isinstance(model.input, (list, tuple)) else new_input
     try:
+        # Nested models are cloned as whole layers (clone_function), so a nested model handed
+        # in as a replacement is used as it is, with its weights.
         return k.models.clone_model(model, input_tensors=input_tensors, clone_function=clone,
-                                    call_function=call, recursive=True)
+                                    call_function=call, recursive=False)
     except SurgeryError:
         raise
     except Exception as e:
@@ -246,3 +256,34 @@ def _carry(old, new, operation, changes, fill, skip) -> EditResult:
     carried = tuple(e.path for e in report.copied if e.path not in converted)
     return EditResult(new, EditReport(operation, tuple(changes), carried, tuple(converted),
                                       tuple(initialized), params(old), params(new)))
+
+
+def is_graph_model(layer) -> bool:
+    return type(layer).__name__ in ("Functional", "Sequential") or (
+        hasattr(layer, "layers") and hasattr(layer, "inputs") and
+        type(layer).__name__ != "Bidirectional")
+
+
+def edit_nested(model: Any, path: str, inner_edit: Callable[[Any, str], EditResult],
+                operation: str) -> EditResult:
+    """Applies `inner_edit(nested_model, rest_of_path)` to the nested model named by the first
+    component of `path`, then rebuilds `model` around the edited nested model; the report
+    names variables by their full paths."""
+    head, rest = path.split("/", 1)
+    inner = find_layer(model, head)
+    if not is_graph_model(inner):
+        raise SelectorError(f"{path!r}: {head!r} is a {type(inner).__name__}, not a nested "
+                            "model; name a top-level layer, or a layer inside a nested model")
+    inner_result = inner_edit(inner, rest)
+    new_inner = inner_result.model
+    new_inner.name = inner.name if hasattr(new_inner, "name") else head
+    outer = apply_edits(model, operation=operation, replace={head: new_inner})
+    r = inner_result.report
+    prefix = f"{head}/"
+    initialized = tuple((f"{prefix}{p}", w) for p, w in r.initialized) + tuple(
+        (p, w) for p, w in outer.report.initialized if not p.startswith(prefix))
+    report = EditReport(operation, tuple(f"{prefix}{c}" for c in r.changes),
+                        tuple(f"{prefix}{p}" for p in r.carried) + outer.report.carried,
+                        tuple(f"{prefix}{p}" for p in r.converted), initialized,
+                        params(model), params(outer.model))
+    return EditResult(outer.model, report)

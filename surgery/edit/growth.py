@@ -18,7 +18,8 @@ from .. import reshape as R
 from ..errors import OptionError, SurgeryError
 from ..rebuild import keras_module
 from ..sources import open_weights
-from .core import EditResult, apply_edits, consumers, find_layer
+from .core import EditResult, apply_edits, consumers, edit_nested, find_layer, \
+    shared_layers
 
 __all__ = ["widen", "deepen"]
 
@@ -34,6 +35,7 @@ _WIDENABLE = ("Dense", "Conv1D", "Conv2D", "Conv3D")
 def _trace(model, start: str) -> tuple[list[str], list[tuple[str, int]]]:
     """(BatchNorms to widen, (reader, flatten positions or 0)) downstream of `start`."""
     bns, readers = [], []
+    shared = shared_layers(model)
     stack = [(c, 0, [start, c]) for c in consumers(model, start)]
     if not stack:
         raise SurgeryError(f"layer {start!r} feeds no other layer; widening it changes the "
@@ -42,6 +44,10 @@ def _trace(model, start: str) -> tuple[list[str], list[tuple[str, int]]]:
         name, flat, path = stack.pop()
         layer = find_layer(model, name)
         cls = type(layer).__name__
+        if name in shared:
+            raise SurgeryError(f"widen {start!r}: {cls} {name!r} on the path "
+                               f"{' -> '.join(path)} is shared (called more than once); "
+                               "widening would give its calls different input widths")
         if cls in _READERS:
             readers.append((name, flat))
             continue
@@ -81,8 +87,12 @@ def widen(model: Any, layer: str, units: int, *, seed: int | None = None,
     Example:
     ```python
     wider, report = surgery.edit.widen(model, "fc", 96, seed=0)
+    wider, report = surgery.edit.widen(model, "backbone/conv1", 48)   # inside a nested model
     ```
     """
+    if "/" in layer:
+        return edit_nested(model, layer, lambda inner, rest: widen(
+            inner, rest, units, seed=seed, noise=noise), f"widen {layer} -> {units}")
     old = find_layer(model, layer)
     cls = type(old).__name__
     if cls not in _WIDENABLE:
@@ -162,6 +172,9 @@ def deepen(model: Any, after: str, *, residual: bool = False, name: str | None =
     deeper, report = surgery.edit.deepen(model, "fc")
     ```
     """
+    if "/" in after:
+        return edit_nested(model, after, lambda inner, rest: deepen(
+            inner, rest, residual=residual, name=name), f"deepen after {after}")
     ref = find_layer(model, after)
     shape = tuple(ref.output.shape[1:])
     k = keras_module(model)

@@ -85,6 +85,10 @@ def main(debug: bool) -> None:
     \b
     Examples:
       surgery inspect sample_models/cnn.keras
+      surgery transplant pretrained.keras new_model.keras -o filled.keras --rules r.toml
+      surgery freeze sample_models/cnn.keras -o head_only.keras --except head
+      surgery finetune head_only.keras --data d.npz -o tuned.keras --epochs 5
+      surgery edit widen sample_models/cnn.keras -o wide.keras --layer fc --units 96
       surgery diff before.keras after.keras --json
       surgery demo
 

@@ -319,3 +319,30 @@ def test_shared_layers_are_named_not_broken(keras):
         edit.delete_channels(model, "pre", [0])
     x = rng.normal(size=(2, 8, 8, 3)).astype("float32")
     same_outputs(model, edit.deepen(model, "pre").model, x, atol=1e-6)
+
+
+def test_delete_channels_into_separable_transpose_timedistributed_bidirectional(keras):
+    L = keras.layers
+    x_img = rng.normal(size=(2, 8, 8, 3)).astype("float32")
+    inp = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 3, padding="same", name="a")(inp)
+    s = L.SeparableConv2D(3, 3, padding="same", depth_multiplier=2, name="sep")(a)
+    t = L.Conv2DTranspose(2, 3, strides=2, name="up")(a)
+    out = L.Concatenate()([L.GlobalAveragePooling2D()(s), L.GlobalAveragePooling2D()(t)])
+    model = keras.Model(inp, out)
+    new, report = edit.delete_channels(model, "a", [1, 3])
+    assert {"sep: input channels sliced", "up: input channels sliced"} <= set(report.changes)
+    ref = _zero_rows(keras, model, {"sep/depthwise_kernel": (-2, [1, 3]),
+                                    "up/kernel": (-1, [1, 3])})
+    np.testing.assert_allclose(np.asarray(new(x_img)), np.asarray(ref(x_img)), atol=1e-5)
+
+    seq_in = keras.Input((5, 4))
+    d = L.Dense(6, name="d")(seq_in)
+    td = L.TimeDistributed(L.Dense(3), name="td")(d)
+    bi = L.Bidirectional(L.LSTM(2), name="bi")(d)
+    seq = keras.Model(seq_in, L.Concatenate()([L.Flatten()(td), bi]))
+    x_seq = rng.normal(size=(2, 5, 4)).astype("float32")
+    new, _ = edit.delete_channels(seq, "d", [0, 5])
+    ref = _zero_rows(keras, seq, {"td/kernel": (-2, [0, 5]), "bi/forward/kernel": (0, [0, 5]),
+                                  "bi/backward/kernel": (0, [0, 5])})
+    np.testing.assert_allclose(np.asarray(new(x_seq)), np.asarray(ref(x_seq)), atol=1e-5)

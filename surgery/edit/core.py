@@ -134,10 +134,20 @@ def _producers(layer_config: Mapping) -> list[str]:
     return found
 
 
+def _without_build(node):
+    """A config with every nested ``build_config`` removed, so that wrapped layers (in
+    TimeDistributed, Bidirectional) are built from the shapes they are called on."""
+    if isinstance(node, dict):
+        return {k: _without_build(v) for k, v in node.items() if k != "build_config"}
+    if isinstance(node, list):
+        return [_without_build(v) for v in node]
+    return node
+
+
 def _fresh(layer, k):
     if type(layer).__name__ == "InputLayer":
         return layer
-    return layer.__class__.from_config(layer.get_config())
+    return layer.__class__.from_config(_without_build(layer.get_config()))
 
 
 def apply_edits(model: Any, *, operation: str, delete: set[str] = frozenset(),

@@ -76,6 +76,14 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _emit(result: Any, as_json: bool) -> None:
+    """Prints a report: its `to_dict()` as JSON, or its `str()` table."""
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        click.echo(str(result))
+
+
 @click.group(cls=SurgeryGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(surgery.__version__, prog_name="surgery")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
@@ -117,10 +125,7 @@ def inspect_cmd(path: str, architecture: str | None, stats: bool, as_json: bool)
       surgery inspect sample_models/lstm.keras --stats
     """
     inv = surgery.inspect(path, architecture=architecture, stats=stats)
-    if as_json:
-        _print_json(inv.to_dict())
-    else:
-        click.echo(str(inv))
+    _emit(inv, as_json)
     return 0
 
 
@@ -142,10 +147,7 @@ def diff_cmd(a: str, b: str, architecture_a: str | None, architecture_b: str | N
       surgery diff sample_models/cnn.keras finetuned.keras
     """
     d = surgery.diff(a, b, architecture_a=architecture_a, architecture_b=architecture_b)
-    if as_json:
-        _print_json(d.to_dict())
-    else:
-        click.echo(str(d))
+    _emit(d, as_json)
     return 0 if d.identical else 1
 
 
@@ -852,10 +854,7 @@ def apply_cmd(plan, dry_run, overwrite, as_json) -> int:
     """
     p = surgery.Plan.from_file(plan)
     report = p.dry_run() if dry_run else p.apply(overwrite=overwrite or None)
-    if as_json:
-        _print_json(report.to_dict())
-    else:
-        click.echo(str(report))
+    _emit(report, as_json)
     return 0
 
 
@@ -940,10 +939,7 @@ def recipe_run(name: str, output: str | None, seed: int | None, settings, as_jso
     if not as_json and "echo" in inspect_params(recipe):
         kwargs["echo"] = click.echo
     result = recipe.run(**kwargs)
-    if as_json:
-        _print_json(result.to_dict())
-    else:
-        click.echo(str(result))
+    _emit(result, as_json)
     return 0
 
 

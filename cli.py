@@ -206,7 +206,7 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
       surgery transplant resnet.safetensors model.keras -o out.keras --rules torch.toml --strict
       surgery transplant a.keras b.keras --dry-run --json
     """
-    from surgery.errors import CheckFailed, OutputError
+    from surgery.errors import CheckFailed
 
     if not dry_run and not output:
         raise click.UsageError("give -o/--output (or --dry-run)")

@@ -172,7 +172,6 @@ def grow(model: Any = SAMPLE_LSTM, *, layer: str = "encoder", units: int = 96,
     wide, _ = edit.replace_layer(src, layer, type(old).from_config(config))
     steps = [f"load_model({model!r})", f"edit.replace_layer(model, {layer!r}, "
              f"{type(old).__name__}({units}, return_sequences={stack}))"]
-    gates = 4 if type(old).__name__ == "LSTM" else 3
     head = [l for l in src.layers if l is not old][-1].name
     surgery.transplant(src, wide, {"adapter": [
         {"target": layer, "name": "resize_recurrent_units", "seed": seed,

@@ -14,8 +14,6 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
-
 from sample_models import tasks  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -9,7 +9,7 @@ source values (``lossy``): a rule must then say ``lossy = true``. Pure numpy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np

@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
 from .errors import InputError, OptionError, ShapeError

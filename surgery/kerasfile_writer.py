@@ -8,7 +8,6 @@ is reproduced; replaced datasets are written from the stream, the others copied 
 
 from __future__ import annotations
 
-import os
 import struct
 import time
 import zlib

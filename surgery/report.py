@@ -11,7 +11,7 @@ matched nothing are listed too. `str()` is a table that groups repeated layers
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Entry", "TransplantReport", "group_paths"]

@@ -13,7 +13,6 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .entries import VariableInfo
 from .errors import OptionError, SurgeryError
 from .layertypes import layer_type
 from .selection import Selector, select

@@ -10,7 +10,7 @@ frozen selection training instead (gamma, beta and statistics).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .errors import SelectorError, SurgeryError

@@ -10,14 +10,14 @@ or streamed into a new `.keras` archive for file -> file work (no TensorFlow nee
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from .adapters import get_adapter, run_adapter
 from .entries import VariableInfo
 from .errors import CheckFailed, InputError
-from .matching import Step, TransplantPlan, build_plan
+from .matching import TransplantPlan, build_plan
 from .report import Entry, TransplantReport
 from .rules import Rules, RulesError, load_rules
 from .sources import WeightSource, open_weights

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import surgery
 from cli import main
 from surgery.datasets import load_data
-from surgery.errors import InputError, SelectorError, ShapeError
+from surgery.errors import InputError
 from surgery.finetuning import Interrupted, infer_loss
 from tests.conftest import leftovers
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import surgery
 from cli import main
-from surgery.errors import CheckFailed, InputError, OptionError, ShapeError
+from surgery.errors import CheckFailed, InputError, ShapeError
 from surgery.rules import RulesError
 from surgery.safetensors_io import write_safetensors
 from tests import torch_reference as T

@@ -9,7 +9,7 @@ in to insert), and weights travel one tensor at a time by canonical path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np

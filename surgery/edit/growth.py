@@ -106,7 +106,6 @@ def widen(model: Any, layer: str, units: int, *, seed: int | None = None,
     bns, readers = _trace(model, layer)
     config = old.get_config()
     config[key] = int(units)
-    k = keras_module(model)
     new_layer = type(old).from_config(config)
 
     def fill(src_model, dst_model) -> list[str]:

@@ -5,7 +5,6 @@ output and no temporary file left."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess

@@ -27,7 +27,7 @@ from .livemodels import framework_of
 from .selection import select
 from .sources import open_weights
 
-__all__ = ["FinetuneResult", "finetune", "infer_loss", "Interrupted"]
+__all__ = ["FinetuneResult", "finetune", "infer_loss", "Interrupted", "set_trainable"]
 
 
 class Interrupted(SurgeryError):
@@ -144,6 +144,19 @@ def _strategy(name: str):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     raise OptionError(f"unknown strategy {name!r}; use auto, one, mirrored or multiworker")
+
+
+def set_trainable(model, train: Sequence[str], freeze: Sequence[str], bn: str) -> None:
+    """`train`: only these train (unfrozen first); `freeze`: these don't. Whole layers only."""
+    from .trainability import freeze as freeze_fn, unfreeze as unfreeze_fn
+
+    if train:
+        unfreeze_fn(model, *train, allow_partial=False)
+        variables = open_weights(model).variables()
+        if len(select(variables, train, what=model.name)) < len(variables):
+            freeze_fn(model, except_=list(train), bn=bn, allow_partial=False)
+    elif freeze:
+        freeze_fn(model, *freeze, bn=bn, allow_partial=False)
 
 
 def _clean_copy(model, config: dict | None = None):
@@ -279,7 +292,6 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
     from . import tfimport
     from .lora import enable_lora, merge_lora
     from .lrgroups import learning_rates
-    from .trainability import freeze as freeze_fn, unfreeze as unfreeze_fn
 
     keras = tfimport.keras()
     if framework_of(model) == "tf_keras":
@@ -312,14 +324,7 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
     with scope:
         if dist is not None or mixed_precision:
             model = _mixed_copy(model, keras) if mixed_precision else _clean_copy(model)
-        if train:
-            unfreeze_fn(model, *train, allow_partial=False)
-            chosen = {v.path for v in select(open_weights(model).variables(), train,
-                                             what=model.name)}
-            if len(chosen) < len(open_weights(model)):
-                freeze_fn(model, except_=list(train), bn=bn, allow_partial=False)
-        elif freeze:
-            freeze_fn(model, *freeze, bn=bn, allow_partial=False)
+        set_trainable(model, train, freeze, bn)
         if lora_rank:
             enable_lora(model, *lora_select, rank=int(lora_rank))
         if not model.trainable_weights:

@@ -97,9 +97,8 @@ def finetune_multiworker(model: Any, data: Any, *, train=(), freeze=(), bn="infe
                           "use --strategy mirrored (Keras fit) for those")
     from . import tfimport
     from .datasets import Data, check_against_model, load_data, train_pipeline
-    from .finetuning import FinetuneResult, _clean_copy, _params, infer_loss
+    from .finetuning import FinetuneResult, _clean_copy, _params, infer_loss, set_trainable
     from .lrgroups import _make
-    from .trainability import freeze as freeze_fn, unfreeze as unfreeze_fn
 
     tf = tfimport.tensorflow()
     keras = tfimport.keras()
@@ -112,16 +111,7 @@ def finetune_multiworker(model: Any, data: Any, *, train=(), freeze=(), bn="infe
     strategy = distribution or tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         model = _clean_copy(model)
-        if train:
-            from .selection import select
-            from .sources import open_weights
-
-            unfreeze_fn(model, *train, allow_partial=False)
-            if len(select(open_weights(model).variables(), train, what=model.name)) < \
-                    len(open_weights(model)):
-                freeze_fn(model, except_=list(train), bn=bn, allow_partial=False)
-        elif freeze:
-            freeze_fn(model, *freeze, bn=bn, allow_partial=False)
+        set_trainable(model, train, freeze, bn)
         opt = _make(optimizer, lr, keras)
         if loss == "auto":
             name, _, from_logits = infer_loss(model, data.y)

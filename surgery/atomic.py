@@ -53,10 +53,7 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: b
     for inp in inputs:
         if inp is None or not isinstance(inp, (str, os.PathLike)):
             continue
-        if os.path.exists(path) and _same_file(path, os.fspath(inp)):
-            raise OutputError(f"{path}: this is the input {os.fspath(inp)}; write the output to "
-                              "another path (surgery never writes over its input)")
-        if os.path.realpath(path) == os.path.realpath(os.fspath(inp)):
+        if _same_file(path, os.fspath(inp)):  # same inode (hard link), or same real path
             raise OutputError(f"{path}: this is the input {os.fspath(inp)}; write the output to "
                               "another path (surgery never writes over its input)")
     if os.path.isdir(path):

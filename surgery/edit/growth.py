@@ -18,8 +18,7 @@ from .. import reshape as R
 from ..errors import OptionError, SurgeryError
 from ..rebuild import keras_module
 from ..sources import open_weights
-from .core import EditResult, apply_edits, consumers, edit_nested, find_layer, \
-    shared_layers
+from .core import EditResult, apply_edits, edit_nested, find_layer, graph, shared_layers
 
 __all__ = ["widen", "deepen"]
 
@@ -36,7 +35,8 @@ def _trace(model, start: str) -> tuple[list[str], list[tuple[str, int]]]:
     """(BatchNorms to widen, (reader, flatten positions or 0)) downstream of `start`."""
     bns, readers = [], []
     shared = shared_layers(model)
-    stack = [(c, 0, [start, c]) for c in consumers(model, start)]
+    succ = graph(model)[0]  # read the config once, not per layer
+    stack = [(c, 0, [start, c]) for c in succ.get(start, [])]
     if not stack:
         raise SurgeryError(f"layer {start!r} feeds no other layer; widening it changes the "
                            "model's output width")
@@ -60,7 +60,7 @@ def _trace(model, start: str) -> tuple[list[str], list[tuple[str, int]]]:
             raise SurgeryError(f"widen {start!r}: {cls} {name!r} on the path "
                                f"{' -> '.join(path)} mixes or reshapes channels, which Net2Wider "
                                "can't follow; widen another layer")
-        nxt = consumers(model, name)
+        nxt = succ.get(name, [])
         if not nxt:
             raise SurgeryError(f"widen {start!r}: the path {' -> '.join(path)} reaches the "
                                "model's output without a Dense/Conv to absorb the new units")

@@ -19,7 +19,7 @@ from ..rebuild import keras_module, model_config
 from ..selection import closest_paths
 
 __all__ = ["EditReport", "EditResult", "apply_edits", "layer_names", "find_layer",
-           "consumers", "graph", "params", "model_config", "shared_layers", "edit_nested"]
+           "graph", "params", "model_config", "shared_layers", "edit_nested"]
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,6 @@ def shared_layers(model) -> set[str]:
         return set()
     return {lc["name"] for lc in model_config(model)["config"]["layers"]
             if len(lc.get("inbound_nodes") or []) > 1}
-
-
-def consumers(model, name: str) -> list[str]:
-    """Names of the top-level layers that take `name`'s output as an input."""
-    return graph(model)[0].get(name, [])
 
 
 def _producers(layer_config: Mapping) -> list[str]:

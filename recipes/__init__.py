@@ -35,7 +35,7 @@ class Recipe:
         """Keyword options the recipe accepts, with their defaults."""
         sig = inspect.signature(self.load())
         return {n: p.default for n, p in sig.parameters.items()
-                if p.kind == p.KEYWORD_ONLY and n not in ("echo",)}
+                if p.kind == p.KEYWORD_ONLY and n not in ("echo", "overwrite")}
 
     def run(self, **kwargs):
         return self.load()(**kwargs)

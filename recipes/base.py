@@ -50,8 +50,9 @@ class RecipeResult:
 
 
 def finish(name: str, model: Any, steps: list[str], test=None, output: str | None = None,
-           **metrics) -> RecipeResult:
-    """The common end of a training recipe: parameter counts, test accuracy, optional save."""
+           *, overwrite: bool = False, inputs=(), **metrics) -> RecipeResult:
+    """The common end of a training recipe: parameter counts, test accuracy, optional save
+    (never over an existing file unless `overwrite`, never over one of `inputs`)."""
     import numpy as np
 
     import surgery
@@ -63,5 +64,5 @@ def finish(name: str, model: Any, steps: list[str], test=None, output: str | Non
         metrics["accuracy"] = surgery.accuracy(model, *test)
         steps.append("accuracy(model, x_test, y_test)")
     if output:
-        surgery.save_model(model, output, overwrite=True)
+        surgery.save_model(model, output, overwrite=overwrite, inputs=inputs)
     return RecipeResult(name, model, steps, metrics, output)

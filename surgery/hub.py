@@ -14,8 +14,7 @@ weights into a native Keras model instead (`surgery transplant hub_dir model.ker
 from __future__ import annotations
 
 import os
-import shutil
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -154,35 +153,33 @@ def hub_layer(path: str, *, trainable: bool = False, signature: str | None = Non
 
 
 def export_model(model: Any, directory: str, *, fmt: str = "hub", overwrite: bool = False,
-                 verify: bool = True, atol: float = 1e-5) -> str:
+                 verify: bool = True, atol: float = 1e-5, inputs: Sequence = ()) -> str:
     """Writes `model` as a TF2 Hub module (``hub``: callable, ``variables`` and
     ``trainable_variables`` exposed, loadable with `hub.KerasLayer`) or a SavedModel
     (``savedmodel``: Keras's `model.export`, signature ``serve``), then reloads it and checks
     its outputs against the model's. Written beside `directory` and renamed into place.
 
+    An existing `directory` is replaced only with `overwrite`, and only if it is an earlier
+    export (a SavedModel folder holding nothing else) that holds none of `inputs` (the paths
+    the caller read; the model's own file is always one).
+
     Raises:
         CheckFailed: the reloaded module's outputs differ (nothing left at `directory`).
+        OutputError: `directory` may not be written or replaced (see `atomic.atomic_dir`).
 
     Example:
     ```python
     surgery.export_model(model, "exported/hub_module", fmt="hub")
     ```
     """
-    from .atomic import TMP_MARK, check_output, clean_stale
+    from .atomic import atomic_dir
+    from .modelio import source_path
     from .verification import probe_inputs
 
     if fmt not in ("hub", "savedmodel"):
         raise OptionError(f"unknown export format {fmt!r}; use hub or savedmodel")
     directory = os.fspath(directory)
-    if os.path.isdir(directory) and overwrite:
-        pass
-    elif os.path.exists(directory):
-        raise InputError(f"{directory}: already exists; pass --overwrite to replace it")
-    check_output(directory + ".probe", overwrite=True)
-    clean_stale(directory)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(directory)),
-                       f".{os.path.basename(directory)}{TMP_MARK}{os.getpid()}-0")
-    try:
+    with atomic_dir(directory, inputs=[source_path(model), *inputs], overwrite=overwrite) as tmp:
         if fmt == "savedmodel":
             model.export(tmp, verbose=False)
         else:
@@ -209,10 +206,4 @@ def export_model(model: Any, directory: str, *, fmt: str = "hub", overwrite: boo
             if diff > atol:
                 raise CheckFailed(f"{directory}: the exported module's outputs differ from the "
                                   f"model's by {diff:.3g}; nothing was written")
-        if os.path.isdir(directory):
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     return directory

@@ -42,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CheckFailed, InputError, SurgeryError
+from .atomic import atomic_path, check_outputs
+from .errors import CheckFailed, InputError, ShapeError, SurgeryError
 
 __all__ = ["Plan", "PlanError", "PlanReport"]
 
@@ -168,6 +169,22 @@ class Plan:
 
     def resolve(self, rel: str) -> str:
         return rel if os.path.isabs(rel) else os.path.join(self.folder, rel)
+
+    def input_paths(self) -> list[str]:
+        """Every file the plan reads: the plan itself, its models, rules, data and probes."""
+        data = self.data
+        paths = [self.path]
+        for table in ("target", "source"):
+            if isinstance(data.get(table), dict) and isinstance(data[table].get("model"), str):
+                paths.append(self.resolve(data[table]["model"]))
+        for step in data.get("step", []) if isinstance(data.get("step"), list) else []:
+            for key in ("rules", "data", "val"):
+                if isinstance(step, dict) and isinstance(step.get(key), str):
+                    paths.append(self.resolve(step[key]))
+        verify = data.get("verify")
+        if isinstance(verify, dict) and isinstance(verify.get("inputs"), str):
+            paths.append(self.resolve(verify["inputs"]))
+        return paths
 
     def validate(self) -> None:
         problems: list[str] = []
@@ -348,7 +365,8 @@ class Plan:
 
     def _execute(self, dry_run: bool) -> tuple[Any, PlanReport]:
         import surgery
-        from .verification import probe_inputs
+        from .verification import _load_inputs, snapshot
+        from .verification import verify as compare
 
         data = self.data
         target_path = self.resolve(data["target"]["model"])
@@ -358,26 +376,26 @@ class Plan:
         verify = data.get("verify", {})
         preserve = set(verify.get("preserve", []))
         atol = float(verify.get("atol", 1e-5))
-        xs = None
-        if preserve:
-            if "inputs" in verify:
-                with np.load(self.resolve(verify["inputs"])) as z:
-                    xs = z["x"] if "x" in z else z[z.files[0]]
-            else:
-                xs = probe_inputs(original, seed=int(verify.get("seed", 0)))[0]
+        xs = _load_inputs(self.resolve(verify["inputs"]), original) \
+            if preserve and "inputs" in verify else None  # bad inputs fail here, exit 2
         report = PlanReport(self.path, dry_run, params_before=original.count_params())
-        worst = 0.0
+        worst, diverged = 0.0, []
         notes: dict[str, list[str]] = {}
         for i, step in enumerate(data["step"], 1):
-            before_out = np.asarray(model(xs)) if i in preserve else None
+            before = snapshot(model) if i in preserve else None  # steps may act in place
             model, summary, step_notes = self._run_step(model, step, source, dry_run)
             for path, note in step_notes.items():
                 notes.setdefault(path, []).append(f"step {i}: {note}")
             entry = {"op": step["op"], "summary": summary}
             if i in preserve:
-                after_out = np.asarray(model(xs))
-                diff = float(np.abs(after_out - before_out).max()) \
-                    if after_out.shape == before_out.shape else float("inf")
+                try:
+                    v = compare(before, model, xs, atol=atol, seed=int(verify.get("seed", 0)))
+                    diff = v.max_abs_diff
+                    entry["verify"] = v.to_dict()
+                    if not v.ok:
+                        diverged.append(f"step {i}: {v.reason}")
+                except ShapeError:  # the step changed the outputs' shape
+                    diff = float("inf")
                 entry["max_output_diff"] = diff
                 worst = max(worst, diff)
             report.steps.append(entry)
@@ -389,6 +407,7 @@ class Plan:
         if preserve:
             report.verification["max_output_diff"] = worst
             report.verification["atol"] = atol
+            report.verification["diverged"] = diverged
         allowed = verify.get("changes")
         if allowed is not None:
             from .selection import compile_selector
@@ -417,31 +436,37 @@ class Plan:
 
         import surgery
 
+        out = self.data.get("output", {})
+        overwrite = bool(out.get("overwrite", False)) if overwrite is None else overwrite
+        inputs = self.input_paths()
+        outputs = [self.resolve(out[k]) for k in ("model", "report")
+                   if isinstance(out.get(k), str)]
+        check_outputs(outputs, inputs=inputs, overwrite=overwrite)  # before the slow part
         model, report = self._execute(dry_run=False)
         v = report.verification
         if v.get("max_output_diff", 0.0) > v.get("atol", 1e-5):
             raise CheckFailed(f"{self.path}: verification failed: outputs changed by "
                               f"{v['max_output_diff']:.3g} (atol {v['atol']:g}); nothing was "
                               "written")
+        if v.get("diverged"):
+            raise CheckFailed(f"{self.path}: verification failed: {'; '.join(v['diverged'])}; "
+                              "nothing was written")
         if v.get("unexpected_changes"):
             raise CheckFailed(f"{self.path}: verification failed: variables changed outside "
                               f"[verify] changes: {', '.join(v['unexpected_changes'][:5])}; "
                               "nothing was written")
-        out = self.data.get("output", {})
-        overwrite = bool(out.get("overwrite", False)) if overwrite is None else overwrite
-        inputs = [self.resolve(self.data["target"]["model"])] + (
+        models = [self.resolve(self.data["target"]["model"])] + (
             [self.resolve(self.data["source"]["model"])] if "source" in self.data else [])
         report.hashes = {"plan": _sha256(self.path), **{os.path.relpath(p, self.folder):
-                                                          _sha256(p) for p in inputs}}
+                                                          _sha256(p) for p in models}}
         report.versions = {"surgery": surgery.__version__, "keras": _keras.__version__,
                            "tensorflow": _tf.__version__}
         if "model" in out:
             report.output = surgery.save_model(model, self.resolve(out["model"]),
                                                overwrite=overwrite, inputs=inputs)
         if "report" in out:
-            from .atomic import atomic_path
-
-            with atomic_path(self.resolve(out["report"]), overwrite=True) as tmp:
+            with atomic_path(self.resolve(out["report"]), inputs=inputs,
+                             overwrite=overwrite) as tmp:
                 with open(tmp, "w") as f:
                     json.dump(report.to_dict(), f, indent=2, default=str)
         return report

@@ -10,7 +10,7 @@ or streamed into a new `.keras` archive for file -> file work (no TensorFlow nee
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -48,12 +48,14 @@ def _count_nonfinite(a: np.ndarray) -> int:
 
 
 def evaluate(plan: TransplantPlan, source: WeightSource, targets: list[VariableInfo],
-             nonfinite: dict[str, int]) -> Iterator[tuple[VariableInfo, Entry,
-                                                          np.ndarray | None]]:
+             nonfinite: dict[str, int], initial: WeightSource | None = None
+             ) -> Iterator[tuple[VariableInfo, Entry, np.ndarray | None]]:
     """Runs the plan over the source, one target at a time.
 
     Yields (target info, report entry, array or None); arrays are cast to the target's dtype.
-    Counts NaN/Inf values of each source tensor read into `nonfinite`. Raises the adapters'
+    Counts NaN/Inf values of each source tensor read into `nonfinite`. `initial` (the target,
+    before anything is written) gives growing adapters the target's own values for new units.
+    Raises the adapters'
     errors (naming the target, both shapes and the adapter) before the caller has written
     anything for that target.
     """
@@ -95,7 +97,9 @@ def evaluate(plan: TransplantPlan, source: WeightSource, targets: list[VariableI
                 inputs = {"": read(step.sources[0])}
                 outs = {"": t.shape}
                 where = t.path
-            result = run_adapter(adapter, inputs, outs, rule.option_dict, where)
+            fresh = None if initial is None or adapter.is_layer else \
+                (lambda p=t.path: initial.read(p))
+            result = run_adapter(adapter, inputs, outs, rule.option_dict, where, initial=fresh)
             if result.lossy and not rule.lossy:
                 raise RulesError(f"{where}: adapter '{rule.name}' would drop source values "
                                  f"({result.note}); add lossy = true to its rule to accept that")
@@ -174,12 +178,12 @@ def transplant(source: Any, target: Any, rules: Any = None, *, strict: bool = Fa
         nonfinite: dict[str, int] = {}
         # Evaluation pass: every adapter runs and every shape is checked before the model
         # is touched, so a failure leaves it as it was.
-        entries = [entry for _, entry, _ in evaluate(plan, src, tgt.variables(), nonfinite)]
+        entries = [entry for _, entry, _ in evaluate(plan, src, tgt.variables(), nonfinite, tgt)]
         report = _report(plan, src, tgt.name, entries, nonfinite, strict, dry_run)
         _check_strict(report)
         if dry_run:
             return report
-        for info, _, array in evaluate(plan, src, tgt.variables(), {}):
+        for info, _, array in evaluate(plan, src, tgt.variables(), {}, tgt):
             if array is not None:
                 tgt.handles[info.key].assign(array)
         return report
@@ -190,7 +194,7 @@ def transplant(source: Any, target: Any, rules: Any = None, *, strict: bool = Fa
 
 def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
                     strict: bool = False, dry_run: bool = False, overwrite: bool = False,
-                    safe_mode: bool = True) -> TransplantReport:
+                    safe_mode: bool = True, inputs: Sequence = ()) -> TransplantReport:
     """File -> file transplant: writes `target`'s architecture with `source`'s weights to
     `output` (a `.keras`), streaming one tensor at a time without TensorFlow.
 
@@ -200,6 +204,8 @@ def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
         output: the `.keras` to write, atomically; never an input.
         rules, strict, dry_run: as in `transplant`.
         overwrite: replace an existing output.
+        inputs: other files the caller read (an architecture file, probe inputs): never
+            written.
         safe_mode: refuse a target config that would run code from outside Keras.
 
     Raises:
@@ -215,6 +221,7 @@ def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
     from .kerasfile_writer import write_keras_archive
     from .safety import check_config
 
+    readers = [_path_of(source), target, *inputs] + ([rules] if isinstance(rules, str) else [])
     tgt = open_weights(target)
     if not isinstance(tgt, KerasFileSource):
         tgt.close()
@@ -225,19 +232,19 @@ def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
         if safe_mode:
             check_config(tgt.config, target)
         if not dry_run:
-            check_output(output, inputs=[_path_of(source), target], overwrite=overwrite)
+            check_output(output, inputs=readers, overwrite=overwrite)
         rules, plan = _plan(src, tgt.variables(), rules)
         strict = strict or rules.strict
         nonfinite: dict[str, int] = {}
         entries: list[Entry] = []
         if dry_run:
-            entries = [e for _, e, _ in evaluate(plan, src, tgt.variables(), nonfinite)]
+            entries = [e for _, e, _ in evaluate(plan, src, tgt.variables(), nonfinite, tgt)]
             report = _report(plan, src, target, entries, nonfinite, strict, True)
             _check_strict(report)
             return report
 
         def values():
-            for info, entry, array in evaluate(plan, src, tgt.variables(), nonfinite):
+            for info, entry, array in evaluate(plan, src, tgt.variables(), nonfinite, tgt):
                 entries.append(entry)
                 if array is not None:
                     yield info.key, array
@@ -250,7 +257,7 @@ def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
         replaced = {t.key for t, step in zip(tgt.variables(), plan.steps)
                     if step.action in ("copy", "adapt")}
         return write_keras_archive(tgt, output, replaced, values(), check,
-                                   inputs=[_path_of(source), target], overwrite=overwrite)
+                                   inputs=readers, overwrite=overwrite)
     finally:
         if src is not source:
             src.close()

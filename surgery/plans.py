@@ -44,26 +44,11 @@ import numpy as np
 
 from .atomic import atomic_path, check_outputs
 from .errors import CheckFailed, InputError, ShapeError, SurgeryError
+from .inventory import inspect as inspect_fn
+from .plan_schema import check_plan
+from .selection import select
 
 __all__ = ["Plan", "PlanError", "PlanReport"]
-
-_TOP = {"source": {"model"}, "target": {"model"}, "verify": {"seed", "inputs", "preserve",
-                                                             "atol", "changes"},
-        "output": {"model", "report", "overwrite"}, "step": None}
-_STEPS = {
-    "head": {"classes": int, "keep_classes": list, "activation": str, "layer": str,
-             "seed": int},
-    "freeze": {"select": list, "except": list, "bn": str},
-    "unfreeze": {"select": list, "except": list},
-    "reinit": {"select": list, "initializer": str, "seed": int},
-    "transplant": {"rules": (str, dict), "strict": bool},
-    "lora": {"select": list, "rank": int, "alpha": float},
-    "edit": {"action": str, "layer": str, "channels": list, "ratio": float, "units": int,
-             "after": str, "residual": bool, "shape": list, "seed": int, "layer_json": dict},
-    "finetune": {"data": str, "train": list, "freeze": list, "epochs": int, "batch_size": int,
-                 "lr": float, "seed": int, "bn": str},
-}
-_EDITS = ("delete-channels", "widen", "deepen", "delete-layer", "insert", "change-input")
 
 
 class PlanError(SurgeryError):
@@ -165,7 +150,7 @@ class Plan:
     def _step_line(self, index: int) -> str:
         hits = [i for i, t in enumerate(self.text.splitlines(), 1)
                 if re.match(r"^\s*\[\[\s*step\s*\]\]", t)]
-        return f"{self.path}:{hits[index]}" if index < len(hits) else self.path
+        return f"{self.path}:{hits[index]}" if index < len(hits) else self._line("step")
 
     def resolve(self, rel: str) -> str:
         return rel if os.path.isabs(rel) else os.path.join(self.folder, rel)
@@ -187,106 +172,97 @@ class Plan:
         return paths
 
     def validate(self) -> None:
-        problems: list[str] = []
-        data = self.data
-        for key in data:
-            if key not in _TOP:
-                problems.append(f"{self._line(key)}: unknown table '{key}'; plans know "
-                                f"{', '.join(sorted(_TOP))}")
-        for table, keys in _TOP.items():
-            if keys is None or table not in data:
-                continue
-            if not isinstance(data[table], dict):
-                problems.append(f"{self._line(table)}: '{table}' must be a table")
-                continue
-            for key in data[table]:
-                if key not in keys:
-                    problems.append(f"{self._line(key)}: unknown key '{key}' in [{table}]; it "
-                                    f"takes {', '.join(sorted(keys))}")
-        if "target" not in data or "model" not in data.get("target", {}):
-            problems.append(f"{self.path}: a plan needs [target] model = \"...\"")
-        for table in ("source", "target"):
-            rel = data.get(table, {}).get("model") if isinstance(data.get(table), dict) else None
-            if isinstance(rel, str) and not os.path.exists(self.resolve(rel)):
-                problems.append(f"{self._line('model', 0 if table == 'source' or 'source' not in data else 1)}: "
-                                f"[{table}] model {rel!r} does not exist")
-        steps = data.get("step", [])
-        if not isinstance(steps, list) or not steps:
-            problems.append(f"{self.path}: a plan needs at least one [[step]]")
-            steps = []
-        target_model = None
-        target_rel = data.get("target", {}).get("model") if isinstance(data.get("target"),
-                                                                       dict) else None
-        if isinstance(target_rel, str) and os.path.exists(self.resolve(target_rel)):
-            try:
-                from .inventory import inspect as inspect_fn
-
-                target_model = inspect_fn(self.resolve(target_rel))
-            except SurgeryError as e:
-                problems.append(f"{self._line('model')}: {e}")
-        reshaped = False  # selectors are checked against the target until a step reshapes it
-        for i, step in enumerate(steps):
-            where = self._step_line(i)
-            if not isinstance(step, dict):
-                problems.append(f"{where}: a step must be a table")
-                continue
-            op = step.get("op")
-            if op not in _STEPS:
-                problems.append(f"{where}: step {i + 1} has op {op!r}; use one of "
-                                f"{', '.join(_STEPS)}")
-                continue
-            for key, value in step.items():
-                if key == "op":
-                    continue
-                want = _STEPS[op].get(key)
-                if want is None:
-                    problems.append(f"{where}: unknown key '{key}' in a {op} step; it takes "
-                                    f"{', '.join(sorted(_STEPS[op]))}")
-                elif not isinstance(value, want) or (want is int and isinstance(value, bool)):
-                    problems.append(f"{where}: '{key}' in a {op} step must be "
-                                    f"{getattr(want, '__name__', want)}, got {value!r}")
-            if op == "transplant" and "source" not in data:
-                problems.append(f"{where}: a transplant step needs a [source] model")
-            if op == "transplant" and isinstance(step.get("rules"), str) and \
-                    not os.path.exists(self.resolve(step["rules"])):
-                problems.append(f"{where}: rules file {step['rules']!r} does not exist")
-            if op == "finetune" and isinstance(step.get("data"), str) and \
-                    not os.path.exists(self.resolve(step["data"])):
-                problems.append(f"{where}: data {step['data']!r} does not exist")
-            if op == "edit" and step.get("action") not in _EDITS:
-                problems.append(f"{where}: edit action {step.get('action')!r}; use one of "
-                                f"{', '.join(_EDITS)}")
-            if op == "head" and "classes" not in step:
-                problems.append(f"{where}: a head step needs classes = N")
-            if op == "head" and target_model is not None and not reshaped and not any(
-                    l.class_name == "Dense" for l in target_model.layers):
-                problems.append(f"{where}: a head step on a model without a Dense head "
-                                f"({target_rel}); add one first or name the layer")
-            if target_model is not None and not reshaped and \
-                    op in ("freeze", "unfreeze", "reinit"):
-                from .selection import select
-
-                for sel in step.get("select", []) + step.get("except", []):
-                    try:
-                        select(list(target_model.variables), [sel], what=target_rel)
-                    except SurgeryError as e:
-                        problems.append(f"{where}: {e}")
-            if op in ("head", "edit", "lora"):
-                reshaped = True
-        verify = data.get("verify", {})
-        if isinstance(verify, dict):
-            for idx in verify.get("preserve", []) if isinstance(verify.get("preserve"),
-                                                                list) else []:
-                if not isinstance(idx, int) or not 1 <= idx <= len(steps):
-                    problems.append(f"{self._line('preserve')}: preserve lists step {idx!r}; "
-                                    f"steps are 1..{len(steps)}")
-            if isinstance(verify.get("inputs"), str) and \
-                    not os.path.exists(self.resolve(verify["inputs"])):
-                problems.append(f"{self._line('inputs')}: inputs {verify['inputs']!r} do not "
-                                "exist")
+        """Raises `PlanError` listing every problem, each with its line in the plan."""
+        problems = [f"{self._where(where)}: {text}" for where, text in check_plan(self.data)]
+        broken = {where[1] for where, _ in check_plan(self.data)
+                  if isinstance(where, tuple) and where[0] == "step"}
+        problems += self._missing_files()
+        problems += self._check_steps_against_target(broken)
+        problems += self._check_verify()
         if problems:
             more = f" ({len(problems)} problems)" if len(problems) > 1 else ""
             raise PlanError(f"invalid plan{more}: " + "; ".join(problems))
+
+    def _where(self, where) -> str:
+        if isinstance(where, tuple) and where[0] == "step":
+            return self._step_line(where[1])
+        if isinstance(where, tuple):  # (table, key): the key's line inside that table
+            table, key, current = where[0], where[1], None
+            for i, line in enumerate(self.text.splitlines(), 1):
+                header = re.match(r"^\s*\[\[?\s*([\w.-]+)\s*\]\]?", line)
+                if header:
+                    current = header.group(1)
+                elif current == table and re.match(rf"^\s*{re.escape(key)}\s*=", line):
+                    return f"{self.path}:{i}"
+            return self._line(table)
+        return self._line(where) if where in self.text else self.path
+
+    def _missing_files(self) -> list[str]:
+        data, problems = self.data, []
+        for n, table in enumerate(("source", "target")):
+            rel = data.get(table, {}).get("model") if isinstance(data.get(table), dict) else None
+            if isinstance(rel, str) and rel and not os.path.exists(self.resolve(rel)):
+                nth = 0 if table == "source" or "source" not in data else 1
+                problems.append(f"{self._line('model', nth)}: [{table}] model {rel!r} does "
+                                "not exist")
+        for i, step in enumerate(self._steps()):
+            where = self._step_line(i)
+            if step.get("op") == "transplant" and "source" not in data:
+                problems.append(f"{where}: a transplant step needs a [source] model")
+            for key, what in (("rules", "rules file"), ("data", "data")):
+                if isinstance(step.get(key), str) and step[key] and \
+                        not os.path.exists(self.resolve(step[key])):
+                    problems.append(f"{where}: {what} {step[key]!r} does not exist")
+        return problems
+
+    def _steps(self) -> list[dict]:
+        steps = self.data.get("step")
+        return [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else []
+
+    def _check_steps_against_target(self, broken: set[int]) -> list[str]:
+        """Selectors and heads are checked against the target until a step reshapes it."""
+        target = self.data.get("target")
+        rel = target.get("model") if isinstance(target, dict) else None
+        if not isinstance(rel, str) or not rel or not os.path.exists(self.resolve(rel)):
+            return []
+        try:
+            inventory = inspect_fn(self.resolve(rel))
+        except SurgeryError as e:
+            return [f"{self._line('model')}: {e}"]
+        problems = []
+        steps = self.data.get("step") if isinstance(self.data.get("step"), list) else []
+        for i, step in enumerate(steps):
+            if i in broken or not isinstance(step, dict):
+                continue
+            where, op = self._step_line(i), step.get("op")
+            if op == "head" and not any(l.class_name == "Dense" for l in inventory.layers):
+                problems.append(f"{where}: a head step on a model without a Dense head "
+                                f"({rel}); add one first or name the layer")
+            if op in ("freeze", "unfreeze", "reinit"):
+                for sel in step.get("select", []) + step.get("except", []):
+                    try:
+                        select(list(inventory.variables), [sel], what=rel)
+                    except SurgeryError as e:
+                        problems.append(f"{where}: {e}")
+            if op in ("head", "edit", "lora"):
+                break
+        return problems
+
+    def _check_verify(self) -> list[str]:
+        verify, problems = self.data.get("verify"), []
+        if not isinstance(verify, dict):
+            return problems
+        n = len(self.data["step"]) if isinstance(self.data.get("step"), list) else 0
+        preserve = verify.get("preserve")
+        for idx in preserve if isinstance(preserve, list) else []:
+            if not isinstance(idx, int) or not 1 <= idx <= n:
+                problems.append(f"{self._line('preserve')}: preserve lists step {idx!r}; "
+                                f"steps are 1..{n}")
+        if isinstance(verify.get("inputs"), str) and verify["inputs"] and \
+                not os.path.exists(self.resolve(verify["inputs"])):
+            problems.append(f"{self._line('inputs')}: inputs {verify['inputs']!r} do not "
+                            "exist")
+        return problems
 
     # -------------------------------------------------------------- running
     def _run_step(self, model, step: dict, source: str | None, dry_run: bool):

@@ -58,7 +58,10 @@ def test_usage_error_is_one_line():
 
 def test_debug_shows_traceback(tmp_path):
     r = run("--debug", "inspect", str(tmp_path / "nope"))
-    assert r.exit_code != 0 and r.exception is not None
+    # CliRunner keeps a SystemExit in r.exception too: --debug must let the real error out
+    assert r.exit_code != 0 and type(r.exception).__name__ == "InputError", repr(r.exception)
+    r = run("inspect", str(tmp_path / "nope"))
+    assert isinstance(r.exception, SystemExit) and r.output.startswith("error: ")
 
 
 _BLOCK_TF = """

@@ -381,8 +381,10 @@ def test_cli_verify_failure_writes_nothing(samples, tmp_path):
     rules.write_text('skip = ["head/*"]\n')
     r = run("transplant", samples["lstm"], samples["lstm"], "-o", out, "--verify", "--rules",
             rules)
-    # The target's own head equals the source's (same file), so skip a real layer instead:
-    assert r.exit_code == 0
+    # Skipping the head leaves the target's own head, which is the source's (same file): the
+    # function is kept, verify passes and OUT is written with the source's weights.
+    assert r.exit_code == 0 and out.exists(), r.output
+    assert surgery.diff(samples["lstm"], str(out)).identical
     from sample_models.build import lstm_model
     fresh = tmp_path / "fresh.keras"
     lstm_model().save(fresh)

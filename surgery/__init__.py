@@ -75,10 +75,17 @@ _PUBLIC = {
     "CheckFailed": "errors",
 }
 
-__all__ = sorted(_PUBLIC) + ["__version__"]
+# Subpackages reachable as attributes after a plain ``import surgery`` (surgery.edit.widen).
+_SUBMODULES = ("edit", "reshape", "errors")
+
+__all__ = sorted(_PUBLIC) + ["__version__", *_SUBMODULES]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = value
+        return value
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'surgery' has no attribute {name!r}")
@@ -88,4 +95,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+    return sorted(set(globals()) | set(_PUBLIC) | set(_SUBMODULES))

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import OptionError, SelectorError, SurgeryError
+from .livemodels import require_live_model
 from .rebuild import carry_weights, find_layer_config, iter_layer_configs, keras_module, \
     model_config, rebuild
 from .sources import open_weights
@@ -94,6 +95,7 @@ def replace_head(model: Any, num_classes: int, *, keep_classes: Sequence[int] | 
     new = surgery.replace_head(model, 4, keep_classes=[0, 3, 7])
     ```
     """
+    require_live_model(model, "replace_head")
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise OptionError(f"num_classes must be a positive integer, got {num_classes!r}")
     path = find_head(model, head)
@@ -150,6 +152,7 @@ def add_head(backbone: Any, num_classes: int, *, pooling: str | None = "avg",
     model = surgery.add_head(backbone, 5, pooling="avg")
     ```
     """
+    require_live_model(backbone, "add_head")
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise OptionError(f"num_classes must be a positive integer, got {num_classes!r}")
     if pooling not in ("avg", "max", "flatten", None):

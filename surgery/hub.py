@@ -142,6 +142,9 @@ def hub_layer(path: str, *, trainable: bool = False, signature: str | None = Non
     surgery.freeze(model, "hub/l1/*")            # partial fine-tuning of the module
     ```
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"hub_layer needs a SavedModel/TF Hub folder path, got "
+                         f"{type(path).__name__}")
     layer = HubLayer(os.fspath(path), trainable=trainable, signature=signature,
                      output_key=output_key, name=name)
     if signature is not None and output_key is None:

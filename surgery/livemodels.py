@@ -9,13 +9,16 @@ own name is its Keras 3 ``name`` (``kernel``) or the last part of its tf_keras n
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from .entries import LayerInfo, VariableInfo
+from .errors import InputError
 
-__all__ = ["Walk", "is_live_model", "walk_model", "variable_name", "framework_of"]
+__all__ = ["Walk", "is_live_model", "require_live_model", "walk_model", "variable_name",
+           "framework_of"]
 
 _SUFFIX = re.compile(r":\d+$")
 
@@ -24,6 +27,14 @@ def is_live_model(obj: Any) -> bool:
     """True for a Keras 3 or tf_keras model/layer object (duck-typed)."""
     return all(hasattr(obj, a) for a in ("weights", "get_weights", "set_weights", "trainable")) \
         and hasattr(obj, "layers")
+
+
+def require_live_model(obj: Any, what: str) -> None:
+    """Raises `InputError` unless `obj` is a live Keras model (a path is the usual mistake)."""
+    if not is_live_model(obj):
+        hint = (f"load it first: model = surgery.load_model({obj!r})"
+                if isinstance(obj, (str, os.PathLike)) else "pass a Keras model")
+        raise InputError(f"{what} needs a live Keras model, got {type(obj).__name__}; {hint}")
 
 
 def framework_of(obj: Any) -> str:

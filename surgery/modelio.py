@@ -173,6 +173,8 @@ def save_model(model: Any, path: Any, *, overwrite: bool = False,
 
     if not is_live_model(model):
         raise InputError(f"save_model needs a Keras model, got a {type(model).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise OutputError(f"save_model needs a file path, got {type(path).__name__}")
     path = os.fspath(path)
     kind = _save_kind(path, model)
     origin = source_path(model)

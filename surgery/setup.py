@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import OptionError, SurgeryError
 from .layertypes import layer_type
+from .livemodels import require_live_model
 from .selection import Selector, select
 
 __all__ = ["describe_setup", "variable_stats", "set_regularizer", "set_initializer",
@@ -139,6 +140,7 @@ def _set(model: Any, selectors, what: str, build) -> Any:
     from .rebuild import carry_weights, find_layer_config, model_config, rebuild
     from .sources import open_weights
 
+    require_live_model(model, f"set_{what}")
     src = open_weights(model)
     chosen = select(src.variables(), selectors, what=model.name)
     config = model_config(model)
@@ -172,7 +174,11 @@ def set_regularizer(model: Any, *selectors: Selector, l1: float = 0.0, l2: float
     new = surgery.set_regularizer(model, "dense_1/kernel", l2=1e-4)
     ```
     """
-    if l1 < 0 or l2 < 0 or (l1 == 0 and l2 == 0):
+    for name, value in (("l1", l1), ("l2", l2)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or \
+                not np.isfinite(value) or value < 0:
+            raise OptionError(f"{name} must be a finite number >= 0, got {value!r}")
+    if l1 == 0 and l2 == 0:
         raise OptionError(f"give a positive l1 and/or l2 (got l1={l1}, l2={l2})")
     if not selectors:
         raise OptionError("set_regularizer needs a selector (e.g. '*/kernel')")

@@ -28,7 +28,8 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 fuzz: $(STAMP)
-	SURGERY_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests/test_fuzz.py
+	SURGERY_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests/test_fuzz.py tests/test_fuzz_data.py \
+	    tests/bad_inputs/test_bad_plans.py::test_fuzzed_plans_only_raise_plan_errors
 
 bench: $(STAMP)
 	$(PY) -m tests.bench

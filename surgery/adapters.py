@@ -5,11 +5,21 @@ is one entry in `ADAPTERS` with the options it accepts; single-tensor adapters m
 tensor onto one target variable, layer adapters (``lstm_from_torch``...) map named source
 tensors onto the variables of one target layer. An adapter says when its result dropped
 source values (``lossy``): a rule must then say ``lossy = true``. Pure numpy.
+
+Growing adapters (``pad``, ``fit``) keep zeros only where the function needs them: the new
+input rows of a kernel (the rows read from new units upstream) are zero for the existing
+output units, so those units compute what they did. Everything else that is new (new output
+units: kernel columns, biases, BatchNorm entries, embedding rows) comes from the target's own
+initialized values when the caller passes them (a transplant does), otherwise from the Keras
+default of the variable's role (``glorot_uniform`` kernels, zero biases, unit ``gamma``): a
+zero column after a ReLU would be a unit that never trains. The note says which entries got
+what.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -50,17 +60,110 @@ class Adapter:
     roles: tuple[str, ...] = ()
     required: int = 0
     outputs: tuple[str, ...] = ()
+    misplaced: Mapping[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
 
     @property
     def is_layer(self) -> bool:
         return bool(self.outputs)
+
+    def misplaced_option(self, rule: Mapping[str, Any]) -> str | None:
+        """Why a rule sets one of this adapter's options under a rule key (``source =
+        "channels_first"`` for ``from_layout``), or None; such a value would be taken as a
+        tensor name."""
+        for key, (option, values) in self.misplaced.items():
+            value = rule.get(key)
+            if isinstance(value, str) and value in values:
+                return (f"adapter '{self.name}': {key} = {value!r} names the rule's {key} "
+                        f"tensor, not a layout; write {option} = {value!r} (its layout "
+                        f"options are {', '.join(o for o, _ in self.misplaced.values())})")
+        return None
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a single-tensor adapter knows of its target variable: its path and, when the
+    caller has them, its current (freshly initialized) values."""
+
+    path: str
+    initial: Callable[[], np.ndarray] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
 
 
 def _shape(a) -> tuple:
     return tuple(np.shape(a))
 
 
+# Variables without input axes: every new entry is a new unit (or token).
+_NO_INPUT_AXES = {"bias", "beta", "gamma", "moving_mean", "moving_variance", "mean", "variance",
+                  "embeddings", "alpha"}
+_ROLE_INIT = {"bias": "zeros", "beta": "zeros", "moving_mean": "zeros", "mean": "zeros",
+              "alpha": "zeros", "gamma": "ones", "moving_variance": "ones", "variance": "ones",
+              "embeddings": "random_uniform"}
+
+
+def _role_initializer(name: str, ndim: int) -> str:
+    return _ROLE_INIT.get(name, "glorot_uniform" if ndim >= 2 else "zeros")
+
+
+def _axis_label(axis: int, ndim: int) -> str:
+    if ndim == 1:
+        return "entries"
+    if ndim == 2:
+        return ("rows", "columns")[axis]
+    return f"axis {axis}"
+
+
+def _fresh(a: np.ndarray, target: tuple, opts) -> tuple[np.ndarray, str]:
+    """Values of the target's shape for the new entries, and where they come from."""
+    ctx = opts.get("_target")
+    name = ctx.name if ctx is not None else ""
+    if "initializer" in opts:
+        init = opts["initializer"]
+        return (R.initialize(init, target, fan_shape=target, seed=opts.get("seed"),
+                             dtype=a.dtype), f"from initializer {init!r}")
+    if ctx is not None and ctx.initial is not None:
+        values = np.asarray(ctx.initial())
+        if tuple(values.shape) == tuple(target):
+            return values.astype(a.dtype, copy=True), "from the target's initialized values"
+    role = _role_initializer(name, len(target))
+    return (R.initialize(role, target, fan_shape=target, seed=opts.get("seed"), dtype=a.dtype),
+            f"from {role} (the {name or 'variable'} role's Keras default)")
+
+
+def _grow(a: np.ndarray, target: tuple, opts) -> tuple[np.ndarray, str]:
+    """`a` (no axis longer than `target`) grown to `target`; zeros only in the new input rows
+    of the existing output units, target values elsewhere; and a note saying which."""
+    if tuple(a.shape) == tuple(target):
+        return a, ""
+    ctx = opts.get("_target")
+    ndim = len(target)
+    out, origin = _fresh(a, target, opts)
+    inputs = () if ndim < 2 or (ctx is not None and ctx.name in _NO_INPUT_AXES) else \
+        range(ndim - 1)
+    last_grew = target[-1] > a.shape[-1]
+    parts = []
+    for axis in range(ndim):
+        have, want = a.shape[axis], target[axis]
+        if want <= have:
+            continue
+        span = f"{_axis_label(axis, ndim)} {have}..{want - 1}"
+        if axis in inputs:
+            index = [slice(None)] * ndim
+            index[axis] = slice(have, None)
+            index[-1] = slice(0, a.shape[-1])
+            out[tuple(index)] = 0
+            parts.append(f"{span} zeros (input{', for the existing units' if last_grew else ''})")
+        else:
+            parts.append(f"{span} {origin}")
+    out[tuple(slice(0, n) for n in a.shape)] = a
+    return out, "; ".join(parts)
+
+
 def _fit_axes(a: np.ndarray, target: tuple, allow_crop: bool, allow_pad: bool, opts):
+    """(array, cropped, note of what the grown entries hold)."""
     if a.ndim != len(target):
         raise ShapeError(f"source {a.shape} and target {target} have different ranks")
     out, cropped = a, False
@@ -70,12 +173,12 @@ def _fit_axes(a: np.ndarray, target: tuple, allow_crop: bool, allow_pad: bool, o
                 raise ShapeError(f"axis {axis} would shrink {have} -> {want}; use 'slice' or "
                                  "'fit'")
             out, cropped = np.take(out, range(want), axis=axis), True
-        elif want > have:
-            if not allow_pad:
-                raise ShapeError(f"axis {axis} would grow {have} -> {want}; use 'pad' or 'fit'")
-            out = R.pad_units(out, want, axis=axis, initializer=opts.get("initializer", "zeros"),
-                              fan_shape=target, seed=opts.get("seed"))
-    return out, cropped
+        elif want > have and not allow_pad:
+            raise ShapeError(f"axis {axis} would grow {have} -> {want}; use 'pad' or 'fit'")
+    if not allow_pad:
+        return out, cropped, ""
+    out, note = _grow(out, tuple(target), opts)
+    return out, cropped, note
 
 
 def _single(fn):
@@ -92,21 +195,22 @@ def _slice(a, target, opts):
         out = R.slice_units(a, opts["keep"], axis=axis)
         return Adapted({"": out}, out.shape[axis] < a.shape[axis],
                        f"kept units {list(opts['keep'])} of axis {axis}")
-    out, cropped = _fit_axes(a, target, True, False, opts)
+    out, cropped, _ = _fit_axes(a, target, True, False, opts)
     return Adapted({"": out}, cropped, f"sliced {a.shape} -> {target}")
 
 
 @_single
 def _pad(a, target, opts):
-    out, _ = _fit_axes(a, target, False, True, opts)
-    return Adapted({"": out}, False, f"padded {a.shape} -> {target} with "
-                                     f"{opts.get('initializer', 'zeros')}")
+    out, _, note = _fit_axes(a, target, False, True, opts)
+    return Adapted({"": out}, False, f"padded {a.shape} -> {tuple(target)}" +
+                   (f": {note}" if note else ""))
 
 
 @_single
 def _fit(a, target, opts):
-    out, cropped = _fit_axes(a, target, True, True, opts)
-    return Adapted({"": out}, cropped, f"fitted {a.shape} -> {target}")
+    out, cropped, note = _fit_axes(a, target, True, True, opts)
+    return Adapted({"": out}, cropped, f"fitted {a.shape} -> {tuple(target)}" +
+                   (f": {note}" if note else ""))
 
 
 @_single
@@ -158,16 +262,28 @@ def _conv_to_dense(a, target, opts):
     return Adapted({"": R.conv_to_dense(a)}, False, f"Conv {a.shape} -> Dense {target}")
 
 
+_LAYOUTS = ("channels_first", "channels_last")
+
+
 @_single
 def _flatten_rows(a, target, opts):
+    for old, new in (("source", "from_layout"), ("target", "to_layout")):
+        if old in opts:
+            raise OptionError(f"adapter 'reorder_flatten_rows' has no option '{old}' (it is a "
+                              f"rule key); use {new}")
     if "feature_shape" not in opts:
         raise OptionError("adapter 'reorder_flatten_rows' needs feature_shape = [height, width, "
                           "channels]")
-    out = R.reorder_flatten_rows(a, opts["feature_shape"],
-                                 source=opts.get("source", "channels_first"),
-                                 target=opts.get("target", "channels_last"))
-    return Adapted({"": out}, False, f"Flatten rows {opts.get('source', 'channels_first')} -> "
-                                     f"{opts.get('target', 'channels_last')}")
+    layouts = []
+    for key, default in (("from_layout", "channels_first"), ("to_layout", "channels_last")):
+        value = opts.get(key, default)
+        if value not in _LAYOUTS:
+            raise OptionError(f"{key} must be 'channels_first' or 'channels_last', got "
+                              f"{value!r}")
+        layouts.append(value)
+    out = R.reorder_flatten_rows(a, opts["feature_shape"], source=layouts[0],
+                                 target=layouts[1])
+    return Adapted({"": out}, False, f"Flatten rows {layouts[0]} -> {layouts[1]}")
 
 
 @_single
@@ -261,7 +377,9 @@ def _recurrent_units(inputs, targets, opts):
                    f"{old} -> {units} units, gate by gate ({gates} gates)")
 
 
-_FILL = {"initializer": "initializer name for new entries (default zeros)", "seed": "integer"}
+_FILL = {"initializer": "initializer name for new units (default: the target's own initialized "
+                         "values; new input rows stay zeros for the existing units)",
+         "seed": "integer"}
 _TORCH_ROLES = ("w_ih", "w_hh", "b_ih", "b_hh")
 _RNN_OUT = ("kernel", "recurrent_kernel", "bias")
 
@@ -269,7 +387,8 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in [
     Adapter("slice", {"keep": "list of units to keep (default: the first ones)",
                       "axis": "axis of keep (default -1)"}, _slice,
             "crop each axis to the target shape, or keep listed units"),
-    Adapter("pad", _FILL, _pad, "grow each axis to the target shape, new entries initialized"),
+    Adapter("pad", _FILL, _pad, "grow each axis to the target shape: new units from the "
+            "target's initialized values, new input rows zero"),
     Adapter("fit", _FILL, _fit, "crop or grow each axis to the target shape"),
     Adapter("transpose", {"axes": "list of axes (default: reversed)"}, _transpose,
             "transpose axes"),
@@ -282,9 +401,12 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in [
     Adapter("dense_to_conv", {}, _dense_to_conv, "Flatten+Dense kernel -> Conv kernel"),
     Adapter("conv_to_dense", {}, _conv_to_dense, "Conv kernel -> Flatten+Dense kernel"),
     Adapter("reorder_flatten_rows", {"feature_shape": "[height, width, channels]",
-                                     "source": "channels_first|channels_last",
-                                     "target": "channels_first|channels_last"},
-            _flatten_rows, "Dense rows after Flatten for another data format"),
+                                     "from_layout": "channels_first|channels_last (default "
+                                                    "channels_first)",
+                                     "to_layout": "channels_first|channels_last (default "
+                                                  "channels_last)"},
+            _flatten_rows, "Dense rows after Flatten for another data format",
+            misplaced={"source": ("from_layout", _LAYOUTS), "target": ("to_layout", _LAYOUTS)}),
     Adapter("conv_from_torch", {"kind": "conv|depthwise|transpose"}, _conv_from_torch,
             "PyTorch conv weight (O,I,kh,kw) -> Keras kernel"),
     Adapter("conv_to_torch", {"kind": "conv|depthwise|transpose"}, _conv_to_torch,
@@ -318,16 +440,37 @@ def get_adapter(name: str) -> Adapter:
     return adapter
 
 
+def _nonfinite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(_nonfinite(v) for v in value)
+    return False
+
+
 def run_adapter(adapter: Adapter, inputs: Mapping[str, np.ndarray],
-                targets: Mapping[str, tuple], options: Mapping[str, Any], where: str) -> Adapted:
+                targets: Mapping[str, tuple], options: Mapping[str, Any], where: str, *,
+                initial: Callable[[], np.ndarray] | None = None) -> Adapted:
     """Runs `adapter`, checking every output against its target shape.
+
+    Args:
+        initial: for a single-tensor adapter, returns the target variable's current
+            (freshly initialized) values: growing adapters take new units from them.
 
     Raises:
         ShapeError: naming `where` (the target), both shapes and the adapter.
+        OptionError: a NaN or infinite option value.
     """
+    for key, value in options.items():
+        if _nonfinite(value):
+            raise OptionError(f"{where}: adapter '{adapter.name}' option {key} = {value!r} is "
+                              "not a finite number; give a finite value")
     src = ", ".join(f"{_shape(a)}" for a in inputs.values())
+    opts = dict(options)
+    if not adapter.is_layer:
+        opts["_target"] = _Target(where, initial)
     try:
-        result = adapter.fn(dict(inputs), dict(targets), dict(options))
+        result = adapter.fn(dict(inputs), dict(targets), opts)
     except (ShapeError, OptionError) as e:
         raise type(e)(f"{where}: adapter '{adapter.name}' can't map source {src} onto target "
                       f"{_fmt_targets(targets)}: {e}") from None

@@ -2,9 +2,16 @@
 
 By default each variable gets the initializer its own layer is configured with (``kernel``,
 ``bias``, ``recurrent_kernel``, ``gamma``/``beta``, moving mean/variance, ``embeddings``,
-depthwise/pointwise kernels; an LSTM with ``unit_forget_bias`` gets ones in its forget gate); a
-named Keras initializer overrides them all. The same seed gives the same values; only the
-selected variables change.
+depthwise/pointwise kernels; an LSTM with ``unit_forget_bias`` gets ones in its forget gate).
+
+A named initializer goes by variable role: it applies to weights (kernels, recurrent kernels,
+embeddings, depthwise/pointwise kernels, and variables of unknown role); biases, ``beta``,
+``moving_mean`` get zeros and ``gamma``, ``moving_variance`` ones, the values a fresh layer
+starts from (HeNormal on a moving variance would make it negative, and the layer's output NaN).
+A variable selected explicitly by its own path (``block3_bn/gamma``, ``*/gamma``, a callable),
+rather than through its layer (``block3_*``, ``type:BatchNormalization``), gets the named
+initializer whatever its role. The report says what each variable got. The same seed gives the
+same values; only the selected variables change.
 """
 
 from __future__ import annotations
@@ -13,6 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+import fnmatch
+import re
 
 from .errors import OptionError, SurgeryError
 from .livemodels import framework_of
@@ -26,6 +36,10 @@ _SETUP = {"kernel": ("kernel", "depthwise"), "bias": ("bias",),
           "moving_mean": ("moving_mean",), "moving_variance": ("moving_variance",),
           "embeddings": ("embeddings",), "depthwise_kernel": ("depthwise",),
           "pointwise_kernel": ("pointwise",), "alpha": ("alpha",)}
+# Roles of the variables a named initializer does not reach unless selected by path: the
+# value a fresh layer starts from.
+_ROLE_DEFAULTS = {"bias": "zeros", "beta": "zeros", "moving_mean": "zeros",
+                  "gamma": "ones", "moving_variance": "ones"}
 _KNOWN = ("glorot_uniform, glorot_normal, he_uniform, he_normal, lecun_uniform, "
           "lecun_normal, orthogonal, random_normal, random_uniform, truncated_normal, zeros, "
           "ones")
@@ -86,6 +100,31 @@ def _describe(init: Any) -> str:
     return type(init).__name__ if not isinstance(init, str) else init
 
 
+def _names_variable(selector: Selector, info) -> bool:
+    """Whether `selector` picks `info` by the variable's own path, not through its layer."""
+    if callable(selector):
+        return bool(selector(info))
+    if not isinstance(selector, str) or selector.startswith("type:"):
+        return False
+    if selector.startswith("re:"):
+        try:
+            match = re.compile(selector[3:]).fullmatch
+        except re.error:
+            return False
+    else:
+        match = re.compile(fnmatch.translate(selector)).match
+    layers = [p for p, _ in info.owners if p] + ([info.layer] if info.layer else [])
+    return bool(match(info.path)) and not any(match(p) for p in layers)
+
+
+def _role_default(info, selectors) -> str | None:
+    """'zeros'/'ones' for a bias or normalization variable reached through its layer."""
+    default = _ROLE_DEFAULTS.get(info.name)
+    if default is None or any(_names_variable(s, info) for s in selectors):
+        return None
+    return default
+
+
 def reinitialize(model: Any, *selectors: Selector, initializer: Any = None,
                  seed: int | None = None, dry_run: bool = False) -> ReinitReport:
     """Reinitializes the selected variables of `model` in place.
@@ -93,8 +132,11 @@ def reinitialize(model: Any, *selectors: Selector, initializer: Any = None,
     Args:
         model: a Keras 3 or tf_keras model.
         *selectors: which variables (a layer selector reaches all of its variables).
-        initializer: a Keras initializer name or object for all of them; default: each
-            variable's own configured initializer.
+        initializer: a Keras initializer name or object for the weights among them
+            (kernels, recurrent kernels, embeddings); biases, ``beta`` and ``moving_mean``
+            get zeros, ``gamma`` and ``moving_variance`` ones, unless a selector names the
+            variable by its own path (``"bn/gamma"``). Default: each variable's own
+            configured initializer.
         seed: base seed; variable i of the selection is drawn with ``seed + i``.
         dry_run: report only.
 
@@ -115,12 +157,28 @@ def reinitialize(model: Any, *selectors: Selector, initializer: Any = None,
                            "surgery.load_model first")
     if not selectors:
         raise SurgeryError("reinitialize needs at least one selector (e.g. 'head')")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise OptionError(f"seed must be an integer, got {seed!r}")
     chosen = select(src.variables(), selectors, what=getattr(model, "name", "model"))
+    named = None if initializer is None else \
+        _describe(get_initializer(initializer, model))  # an unknown name fails here, always
     plan = []
     for i, info in enumerate(chosen):
-        var_seed = None if seed is None else int(seed) + i
+        var_seed = None if seed is None else seed + i
         if initializer is not None:
-            init = get_initializer(initializer, model, var_seed)
+            role = _role_default(info, selectors)
+            if role is None:
+                init = get_initializer(initializer, model, var_seed)
+            else:
+                init = get_initializer(role, model, var_seed)
+                holder = src.holders[info.key]
+                why = f"{info.name} role; select {info.path} by path for {named}"
+                if info.name == "bias" and getattr(holder, "unit_forget_bias", False):
+                    plan.append((info, _ForgetBias(init),
+                                 f"{_describe(init)} + unit forget bias ({why})"))
+                    continue
+                plan.append((info, init, f"{_describe(init)} ({why})"))
+                continue
         else:
             holder = src.holders[info.key]
             configured = initializer_for(holder, info.name)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import reshape as R
 from ..errors import OptionError, SurgeryError
+from ..reshape.net2net import check_noise, net2wider_mapping
 from ..rebuild import keras_module
 from ..sources import open_weights
 from .core import EditResult, apply_edits, edit_nested, find_layer, graph, shared_layers
@@ -76,11 +77,13 @@ def widen(model: Any, layer: str, units: int, *, seed: int | None = None,
         model: a Keras 3 Functional or Sequential model.
         layer: the layer to widen.
         units: its new width (more than today).
-        seed: which units are copied.
+        seed: which units are copied (drawn once, shared by the layer, its BatchNorms and
+            every reader; None draws fresh copies each call, still consistent within it).
         noise: relative noise on the copies' incoming weights (breaks symmetry; the function
-            then changes slightly).
+            then changes slightly); finite and >= 0.
 
     Raises:
+        OptionError: `units` not above today's width; NaN, infinite or negative `noise`.
         SurgeryError: a layer type that can't be widened, or a path to the next Dense/Conv
             through a layer that mixes channels (named, with the path).
 
@@ -103,7 +106,11 @@ def widen(model: Any, layer: str, units: int, *, seed: int | None = None,
     if not isinstance(units, (int, np.integer)) or units <= width:
         raise OptionError(f"widen {layer!r}: {units!r} units is not more than its {width}; "
                           "Net2Wider only grows (use delete_channels to shrink)")
+    noise = check_noise(noise, f"widen {layer!r}")
     bns, readers = _trace(model, layer)
+    # One draw of the copies, shared by the kernel, every reader and every BatchNorm: drawn
+    # separately (seed=None), they would disagree and the function would change.
+    mapping = net2wider_mapping(width, int(units), seed=seed)
     config = old.get_config()
     config[key] = int(units)
     new_layer = type(old).from_config(config)
@@ -121,7 +128,8 @@ def widen(model: Any, layer: str, units: int, *, seed: int | None = None,
                 k_out = src.read(f"{reader}/kernel")
                 if flat:
                     k_out = k_out.reshape(flat, width, k_out.shape[-1])
-                out = R.net2wider(k_in, b_in, k_out, units, seed=seed, noise=noise)
+                out = R.net2wider(k_in, b_in, k_out, units, seed=seed, noise=noise,
+                                  mapping=mapping)
                 new_out = out[2].reshape(-1, out[2].shape[-1]) if flat else out[2]
                 dst.variable(f"{reader}/kernel").assign(new_out)
                 converted.append(f"{reader}/kernel")
@@ -131,9 +139,9 @@ def widen(model: Any, layer: str, units: int, *, seed: int | None = None,
                     if b_in is not None:
                         dst.variable(f"{layer}/bias").assign(out[1])
                         converted.append(f"{layer}/bias")
-            for b in bns:  # the same seed picks the same copies
+            for b in bns:  # the same mapping: the same copies
                 mapped = R.net2wider(k_in, b_in, np.zeros((width, 1), k_in.dtype), units,
-                                     seed=seed, bn=bn_arrays[b])[3]
+                                     mapping=mapping, bn=bn_arrays[b])[3]
                 for name, value in zip(("gamma", "beta", "moving_mean", "moving_variance"),
                                        mapped):
                     if f"{b}/{name}" in dst:

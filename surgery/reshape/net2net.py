@@ -4,13 +4,47 @@ from __future__ import annotations
 
 import numpy as np
 
+import math
+
+from ..errors import OptionError
 from ._checks import as_array, need, need_rank
 
-__all__ = ["net2wider", "identity_kernel"]
+__all__ = ["net2wider", "net2wider_mapping", "identity_kernel"]
+
+
+def net2wider_mapping(width: int, units: int, *, seed: int | None = None) -> np.ndarray:
+    """Which old unit each of the `units` new units copies: ``0..width-1`` first, then random
+    picks. Draw it once and pass it to every `net2wider` call of one edit (the kernel, each
+    reader, each BatchNorm), so all of them agree on the copies.
+
+    Example:
+    ```python
+    g = net2wider_mapping(64, 96, seed=0)        # g[:64] == arange(64)
+    ```
+    """
+    need(isinstance(width, (int, np.integer)) and width > 0,
+         f"net2wider_mapping: width must be a positive integer, got {width!r}")
+    need(isinstance(units, (int, np.integer)) and units >= width,
+         f"net2wider_mapping: can't widen from {width} to {units!r} units; Net2Wider only "
+         "grows (use delete_channels to shrink)")
+    rng = np.random.default_rng(seed)
+    return np.concatenate([np.arange(width), rng.integers(0, width, int(units) - width)])
+
+
+def check_noise(noise, where: str = "net2wider") -> float:
+    """`noise` as a float; NaN, infinite or negative noise is an `OptionError`."""
+    try:
+        value = float(noise)
+    except (TypeError, ValueError):
+        raise OptionError(f"{where}: noise must be a number, got {noise!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise OptionError(f"{where}: noise must be a finite number >= 0, got {noise!r}; pass "
+                          "e.g. 0.01 (or 0 for an exact copy)")
+    return value
 
 
 def net2wider(kernel_in, bias_in, kernel_out, units: int, *, bn=None, seed: int | None = None,
-              noise: float = 0.0):
+              noise: float = 0.0, mapping=None):
     """Net2WiderNet: widen the units between two layers without changing the function.
 
     New unit j copies a randomly chosen old unit g(j) (its incoming kernel column, bias and
@@ -26,7 +60,10 @@ def net2wider(kernel_in, bias_in, kernel_out, units: int, *, bn=None, seed: int 
         bn: (gamma, beta, moving_mean, moving_variance) of a BatchNorm between them, or None.
         seed: which units are copied.
         noise: relative noise added to the copies' incoming weights to break symmetry
-            (the function then changes slightly).
+            (the function then changes slightly); finite and >= 0.
+        mapping: the copies, from `net2wider_mapping` (overrides `seed` for the choice of
+            copies). Pass the same mapping to every call that widens one layer: two calls
+            with ``seed=None`` and no mapping pick different copies.
 
     Returns:
         (kernel_in, bias_in, kernel_out) or, with `bn`, (kernel_in, bias_in, kernel_out, bn).
@@ -49,8 +86,17 @@ def net2wider(kernel_in, bias_in, kernel_out, units: int, *, bn=None, seed: int 
     if b1 is not None:
         need(b1.shape == (u,), f"net2wider: bias_in has shape {b1.shape} but kernel_in "
                                f"{k1.shape} needs ({u},)")
+    noise = check_noise(noise)
     rng = np.random.default_rng(seed)
-    mapping = np.concatenate([np.arange(u), rng.integers(0, u, units - u)])
+    if mapping is None:
+        mapping = np.concatenate([np.arange(u), rng.integers(0, u, units - u)])
+    else:
+        mapping = np.asarray(mapping)
+        need(mapping.shape == (units,) and mapping.dtype.kind in "iu" and
+             bool(np.all(mapping[:u] == np.arange(u))) and
+             bool(np.all((mapping >= 0) & (mapping < u))),
+             f"net2wider: mapping {mapping.shape} must list {units} units: 0..{u - 1} first, "
+             f"then copies of units in 0..{u - 1} (use net2wider_mapping({u}, {units}))")
     counts = np.bincount(mapping, minlength=u).astype(np.float64)
     new_k1 = np.take(k1, mapping, axis=-1)
     if noise and units > u:

@@ -19,8 +19,8 @@ from sample_models import tasks
 
 from .base import SAMPLE_CNN, Echo, RecipeResult, finish, quiet
 
-__all__ = ["new_task", "scratch_baseline", "input_channels", "resolution", "inflate_3d",
-           "grow"]
+__all__ = ["new_task", "scratch_baseline", "recompute_bn_statistics", "input_channels",
+           "resolution", "inflate_3d", "grow"]
 
 
 def _default_task(per_class: int, seed: int):
@@ -31,21 +31,82 @@ def _trained_params(model) -> int:
     return sum(int(np.prod(v.shape)) for v in model.trainable_weights)
 
 
+def _until_converged(early_stop: int | None, min_delta: float) -> tuple[list, str]:
+    """Keras's `EarlyStopping` on the training loss (stop once it has not improved by
+    `min_delta` for `early_stop` epochs; the `epochs` given stay the cap) and its step text;
+    no callback when `early_stop` is None."""
+    if not early_stop:
+        return [], ""
+    from surgery.tfimport import keras
+
+    stop = keras().callbacks.EarlyStopping(monitor="loss", patience=int(early_stop),
+                                           min_delta=float(min_delta))
+    return [stop], f" (at most; early_stop={early_stop} on loss, min_delta={min_delta:g})"
+
+
+def recompute_bn_statistics(model: Any, x: np.ndarray, *, batch_size: int = 256) -> list[str]:
+    """Sets the moving mean and variance of each trainable BatchNormalization layer to the
+    exact mean and (biased) variance of its inputs over `x` ("precise BatchNorm").
+
+    A trainable BatchNorm runs in training mode during `fit`: the weights learn against batch
+    statistics while the moving statistics trail behind (momentum 0.99 keeps ~28% of their
+    initial values after 125 steps), so inference can be far from what was trained. Frozen
+    BatchNorm layers ran in inference mode and keep their statistics. Layers are done from
+    the input up, each measured with the layers below already updated, in inference mode.
+    Changes `model` in place (its statistics, as `fit` does); top-level layers of a
+    functional model only.
+
+    Returns:
+        The names of the layers whose statistics were recomputed.
+
+    Example:
+    ```python
+    recompute_bn_statistics(result.model, x_train)
+    ```
+    """
+    from surgery.tfimport import keras
+
+    k = keras()
+    done = []
+    for layer in model.layers:
+        if type(layer).__name__ != "BatchNormalization" or not layer.trainable:
+            continue
+        probe = k.Model(model.inputs, layer.input)
+        axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
+        total, total_sq, count = 0.0, 0.0, 0
+        for i in range(0, len(x), batch_size):
+            f = np.asarray(probe([x[i:i + batch_size]], training=False), np.float64)
+            f = np.moveaxis(f, axis, -1).reshape(-1, f.shape[axis])
+            total, total_sq, count = total + f.sum(0), total_sq + (f * f).sum(0), \
+                count + len(f)
+        mean = total / count
+        layer.moving_mean.assign(mean.astype(np.float32))
+        layer.moving_variance.assign(np.maximum(total_sq / count - mean * mean, 0.0)
+                                     .astype(np.float32))
+        done.append(layer.name)
+    return done
+
+
 def new_task(model: Any = SAMPLE_CNN, data=None, test=None, *, classes: int | None = None,
              head_epochs: int = 15, tune_epochs: int = 10, lr: float = 3e-3,
              tune_lr: float = 3e-4, top: Sequence[str] = ("fc", "block3_*"),
              batch_size: int = 16, per_class: int = 20, seed: int = 0,
-             output: str | None = None, echo: Echo = quiet) -> RecipeResult:
+             output: str | None = None,
+             overwrite: bool = False, early_stop: int | None = None, min_delta: float = 0.0,
+             echo: Echo = quiet) -> RecipeResult:
     """Pretrained CNN -> a new task, in Keras's two-phase transfer procedure.
 
     1. load the pretrained model; 2. a new head for the task's classes; 3. train the head
-    with the backbone frozen; 4. unfreeze the top block (`top`) at a lower learning rate,
-    BatchNorm kept in inference mode; 5. measure test accuracy.
+    with the backbone frozen; 4. unfreeze the top block (`top`) at a lower learning rate; the
+    BatchNorm layers left frozen stay in inference mode (one inside `top`, like `block3_bn`,
+    trains in training mode); 5. measure test accuracy.
 
     Args:
         model: the pretrained CNN (default: sample_models/cnn.keras).
         data, test: (x, y) arrays or data paths; default: the 4 shapes the sample CNN never
             saw, `per_class` labels each, and 600 test images.
+        early_stop, min_delta: stop each phase once its training loss has not improved by
+            `min_delta` for `early_stop` epochs; `head_epochs`/`tune_epochs` are then caps.
 
     Example:
     ```python
@@ -62,37 +123,42 @@ def new_task(model: Any = SAMPLE_CNN, data=None, test=None, *, classes: int | No
     m = surgery.replace_head(m, classes, seed=seed)
     steps.append(f"replace_head(model, {classes})")
     echo(f"  head: {classes} classes; training the head, backbone frozen")
+    stop, until = _until_converged(early_stop, min_delta)
     r1 = surgery.finetune(m, data, train=["head"], epochs=head_epochs, batch_size=batch_size,
-                          lr=lr, seed=seed, verbose=0)
-    steps.append(f"finetune(train=['head'], epochs={head_epochs}, lr={lr})")
-    echo(f"  unfreezing {', '.join(top)} at lr {tune_lr}, BatchNorm in inference mode")
+                          lr=lr, seed=seed, verbose=0, callbacks=stop)
+    steps.append(f"finetune(train=['head'], epochs={head_epochs}{until}, lr={lr})")
+    echo(f"  unfreezing {', '.join(top)} at lr {tune_lr}, frozen BatchNorm in inference mode")
+    stop, until = _until_converged(early_stop, min_delta)
     r2 = surgery.finetune(r1.model, data, train=["head", *top], bn="inference",
                           epochs=tune_epochs, batch_size=batch_size, lr=tune_lr, seed=seed,
-                          verbose=0)
+                          verbose=0, callbacks=stop)
     steps.append(f"finetune(train=['head', {', '.join(repr(t) for t in top)}], "
-                 f"bn='inference', epochs={tune_epochs}, lr={tune_lr})")
-    return finish("cnn-new-task", r2.model, steps, test, output)
+                 f"bn='inference', epochs={tune_epochs}{until}, lr={tune_lr})")
+    return finish("cnn-new-task", r2.model, steps, test, output, overwrite=overwrite,
+                  inputs=[model, data, test], epochs=[len(r1.epochs), len(r2.epochs)])
 
 
 def scratch_baseline(architecture: Any, data, test=None, *, epochs: int, lr: float,
-                     batch_size: int = 16, seed: int = 0, name: str = "scratch"
-                     ) -> RecipeResult:
+                     batch_size: int = 16, seed: int = 0, name: str = "scratch",
+                     early_stop: int | None = None, min_delta: float = 0.0) -> RecipeResult:
     """The same architecture, fresh weights, every layer trained, on the same data for the
-    same epochs."""
+    same epochs (or, with `early_stop`, until the training loss has not improved by
+    `min_delta` for `early_stop` epochs, `epochs` being the cap)."""
     from surgery.rebuild import model_config, rebuild
     from surgery.tfimport import keras
 
     keras().utils.set_random_seed(seed)
     fresh = rebuild(architecture, model_config(architecture))
+    stop, until = _until_converged(early_stop, min_delta)
     r = surgery.finetune(fresh, data, train=["*"], epochs=epochs, batch_size=batch_size, lr=lr,
-                         seed=seed, verbose=0)
+                         seed=seed, verbose=0, callbacks=stop)
     metrics = {"trained_params": r.epochs[-1]["trainable_params"],
-               "total_params": r.model.count_params()}
+               "total_params": r.model.count_params(), "epochs": [len(r.epochs)]}
     if test is not None:
         metrics["accuracy"] = surgery.accuracy(r.model, *test)
     return RecipeResult(name, r.model, ["rebuild (fresh weights)",
-                                        f"finetune(train=['*'], epochs={epochs}, lr={lr})"],
-                        metrics)
+                                        f"finetune(train=['*'], epochs={epochs}{until}, "
+                                        f"lr={lr})"], metrics)
 
 
 def _images(n: int, seed: int, size: int = tasks.IMAGE_SIZE):
@@ -101,7 +167,8 @@ def _images(n: int, seed: int, size: int = tasks.IMAGE_SIZE):
 
 def input_channels(model: Any = SAMPLE_CNN, *, channels: int = 1, mode: str = "sum",
                    indices: Sequence[int | None] | None = None, seed: int = 0,
-                   output: str | None = None, echo: Echo = quiet) -> RecipeResult:
+                   output: str | None = None,
+                   overwrite: bool = False, echo: Echo = quiet) -> RecipeResult:
     """Adapt a pretrained CNN to another input: gray (``channels=1``, ``sum``), multispectral
     (``channels=6``, ``repeat``), or reordered channels (``channels=3``, ``select`` with
     ``indices=[2, 1, 0]`` for BGR input).
@@ -148,12 +215,13 @@ def input_channels(model: Any = SAMPLE_CNN, *, channels: int = 1, mode: str = "s
     steps.append(f"compare outputs on matching inputs{scale}")
     metrics = {"max_output_diff": diff, "adapted": [e.path for e in t.adapted]}
     if output:
-        surgery.save_model(new, output, overwrite=True)
+        surgery.save_model(new, output, overwrite=overwrite, inputs=[model])
     return RecipeResult("cnn-channels", new, steps, metrics, output)
 
 
 def resolution(model: Any = SAMPLE_CNN, *, size: int = 64, seed: int = 0,
-               output: str | None = None, echo: Echo = quiet) -> RecipeResult:
+               output: str | None = None,
+               overwrite: bool = False, echo: Echo = quiet) -> RecipeResult:
     """Run a CNN trained at one input size on larger inputs.
 
     A model with global pooling only needs a new input shape (`edit.change_input`); a model
@@ -189,12 +257,13 @@ def resolution(model: Any = SAMPLE_CNN, *, size: int = 64, seed: int = 0,
     metrics = {"max_output_diff_at_old_size": diff, "output_shape_at_new_size":
                list(out.shape[1:])}
     if output:
-        surgery.save_model(big, output, overwrite=True)
+        surgery.save_model(big, output, overwrite=overwrite, inputs=[model])
     return RecipeResult("cnn-resolution", big, steps, metrics, output)
 
 
 def inflate_3d(model: Any = SAMPLE_CNN, *, frames: int = 8, depth: int = 3,
                mode: str = "center", seed: int = 0, output: str | None = None,
+               overwrite: bool = False,
                echo: Echo = quiet) -> RecipeResult:
     """2D CNN -> 3D CNN for short clips (I3D); a static clip reproduces the 2D prediction.
 
@@ -214,7 +283,7 @@ def inflate_3d(model: Any = SAMPLE_CNN, *, frames: int = 8, depth: int = 3,
              f"edit.inflate(model, frames={frames}, depth={depth}, mode={mode!r})",
              "compare a static clip's prediction with the image's"]
     if output:
-        surgery.save_model(video, output, overwrite=True)
+        surgery.save_model(video, output, overwrite=overwrite, inputs=[model])
     return RecipeResult("cnn-inflate", video, steps, {"max_output_diff_static_clip": diff,
                                                       "converted": list(report.converted)},
                         output)
@@ -222,7 +291,8 @@ def inflate_3d(model: Any = SAMPLE_CNN, *, frames: int = 8, depth: int = 3,
 
 def grow(model: Any = SAMPLE_CNN, data=None, test=None, *, widen_layer: str = "fc",
          units: int = 96, deepen_after: str = "fc", epochs: int = 3, lr: float = 3e-4,
-         seed: int = 0, output: str | None = None, echo: Echo = quiet) -> RecipeResult:
+         seed: int = 0, output: str | None = None,
+         overwrite: bool = False, echo: Echo = quiet) -> RecipeResult:
     """Widen and deepen a trained CNN (Net2Net) without changing its function, then keep
     training it.
 
@@ -252,5 +322,5 @@ def grow(model: Any = SAMPLE_CNN, data=None, test=None, *, widen_layer: str = "f
                "params_after": r.model.count_params(), "accuracy_grown": before,
                "accuracy_after_training": surgery.accuracy(r.model, *test)}
     if output:
-        surgery.save_model(r.model, output, overwrite=True)
+        surgery.save_model(r.model, output, overwrite=overwrite, inputs=[model])
     return RecipeResult("cnn-grow", r.model, steps, metrics, output)

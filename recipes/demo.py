@@ -1,10 +1,22 @@
 """`surgery demo`: transfer against training from scratch, on the shipped sample models.
 
 For each task (the CNN on 4 shapes it never saw, the LSTM encoder on motif families), with
-20 labels per class, the transfer recipe and the same architecture trained from scratch get
-the same data and the same number of epochs; both are measured on 600 test samples, over
-several seeds. The table shows mean accuracy with its spread (min..max), time, and parameters
-trained.
+20 labels per class, the transfer recipe and the same architecture trained from scratch (every
+layer, fresh weights) get the same data and the same rules:
+
+- **training**: every training run (the recipe's two phases, the scratch run) goes on until
+  its training loss has not improved by `min_delta` for `patience` epochs (Keras's
+  `EarlyStopping` on ``loss``), at most `max_epochs`, and keeps its best epoch's weights;
+- **BatchNorm**: every BatchNorm layer that ran in training mode (it trained, so `fit` used
+  batch statistics while its moving statistics trailed behind at momentum 0.99) gets its
+  moving mean and variance recomputed on the training images afterwards
+  (`cnn.recompute_bn_statistics`); frozen BatchNorm layers ran in inference mode and keep
+  theirs. Without this, a CNN trained from scratch for a few hundred steps predicts one class
+  for every image in inference mode.
+
+Both arms are then measured in inference mode on their own training set and on 600 test
+samples, over several seeds. The table shows test accuracy (mean, min..max), training
+accuracy, epochs run, time and parameters trained.
 
 Example:
 ```python
@@ -28,37 +40,57 @@ from sample_models import tasks
 from . import cnn, lstm
 from .base import Echo, quiet
 
-__all__ = ["run_demo", "TASKS", "format_table"]
+__all__ = ["run_demo", "TASKS", "format_table", "LABELS_PER_CLASS", "PATIENCE", "MIN_DELTA",
+           "MAX_EPOCHS"]
+
+LABELS_PER_CLASS = 20
+PATIENCE = 5        # epochs without an improvement of MIN_DELTA in the training loss
+MIN_DELTA = 0.01
+MAX_EPOCHS = 100    # cap of each training run
+SCRATCH_LR = 3e-3   # the recipes' head learning rate
 
 TASKS = {
-    "cnn": ("CNN: 4 new shapes", cnn.new_task, lambda seed: tasks.shape_transfer_task(20,
-                                                                                       seed=seed)),
+    "cnn": ("CNN: 4 new shapes", cnn.new_task,
+            lambda seed: tasks.shape_transfer_task(LABELS_PER_CLASS, seed=seed)),
     "lstm": ("LSTM: motif families", lstm.encoder_reuse,
-             lambda seed: tasks.motif_transfer_task(20, seed=seed)),
+             lambda seed: tasks.motif_transfer_task(LABELS_PER_CLASS, seed=seed)),
 }
 
 
-def _run_task(key: str, seed: int, out_dir: str | None, echo: Echo) -> dict:
+def _measure(model, data, test, epochs: list[int], max_epochs: int, seconds: float,
+             trained_params: int, bn: list[str]) -> dict:
+    return {"test_accuracy": surgery.accuracy(model, *test),
+            "train_accuracy": surgery.accuracy(model, *data),
+            "epochs": epochs, "hit_cap": any(e >= max_epochs for e in epochs),
+            "seconds": seconds, "trained_params": trained_params, "bn_recomputed": bn}
+
+
+def _run_task(key: str, seed: int, out_dir: str | None, echo: Echo, *, patience: int,
+              min_delta: float, max_epochs: int) -> dict:
     label, recipe, make = TASKS[key]
     data, test = make(seed)
+    stop = {"early_stop": patience, "min_delta": min_delta}
     t0 = time.perf_counter()
-    transfer = recipe(data=data, test=test, seed=seed, echo=echo)
+    transfer = recipe(data=data, seed=seed, head_epochs=max_epochs, tune_epochs=max_epochs,
+                      echo=echo, **stop)
+    transfer_bn = cnn.recompute_bn_statistics(transfer.model, data[0])
     t_transfer = time.perf_counter() - t0
-    epochs = 25  # the recipe's head + tune epochs: the same budget
     t0 = time.perf_counter()
-    scratch = cnn.scratch_baseline(transfer.model, data, test, epochs=epochs, lr=3e-3,
-                                   seed=seed)
+    scratch = cnn.scratch_baseline(transfer.model, data, epochs=max_epochs, lr=SCRATCH_LR,
+                                   seed=seed, **stop)
+    scratch_bn = cnn.recompute_bn_statistics(scratch.model, data[0])
     t_scratch = time.perf_counter() - t0
     if out_dir:
-        surgery.save_model(transfer.model, os.path.join(out_dir, f"{key}_transfer_seed{seed}"
-                                                        ".keras"), overwrite=True)
-        surgery.save_model(scratch.model, os.path.join(out_dir, f"{key}_scratch_seed{seed}"
-                                                       ".keras"), overwrite=True)
+        for arm, result in (("transfer", transfer), ("scratch", scratch)):
+            surgery.save_model(result.model, os.path.join(out_dir, f"{key}_{arm}_seed{seed}"
+                                                          ".keras"), overwrite=True)
     return {"task": key, "seed": seed,
-            "transfer": {"accuracy": transfer.metrics["accuracy"], "seconds": t_transfer,
-                         "trained_params": transfer.metrics["trained_params"]},
-            "scratch": {"accuracy": scratch.metrics["accuracy"], "seconds": t_scratch,
-                        "trained_params": scratch.metrics["trained_params"]}}
+            "transfer": _measure(transfer.model, data, test, transfer.metrics["epochs"],
+                                 max_epochs, t_transfer, transfer.metrics["trained_params"],
+                                 transfer_bn),
+            "scratch": _measure(scratch.model, data, test, scratch.metrics["epochs"],
+                                max_epochs, t_scratch, scratch.metrics["trained_params"],
+                                scratch_bn)}
 
 
 def _summarize(runs: list[dict]) -> dict:
@@ -69,35 +101,91 @@ def _summarize(runs: list[dict]) -> dict:
             continue
         row = {"label": TASKS[key][0], "seeds": [r["seed"] for r in mine]}
         for arm in ("transfer", "scratch"):
-            accs = [r[arm]["accuracy"] for r in mine]
-            row[arm] = {"accuracy_mean": float(np.mean(accs)), "accuracy_min": float(min(accs)),
-                        "accuracy_max": float(max(accs)),
-                        "seconds_mean": float(np.mean([r[arm]["seconds"] for r in mine])),
-                        "trained_params": mine[0][arm]["trained_params"]}
-        row["gain_points"] = 100 * (row["transfer"]["accuracy_mean"] -
-                                    row["scratch"]["accuracy_mean"])
+            a = {}
+            for what in ("test_accuracy", "train_accuracy"):
+                values = [r[arm][what] for r in mine]
+                a.update({f"{what}_mean": float(np.mean(values)),
+                          f"{what}_min": float(min(values)),
+                          f"{what}_max": float(max(values))})
+            a.update({"epochs_mean": [float(np.mean(e)) for e in
+                                      zip(*[r[arm]["epochs"] for r in mine])],
+                      "hit_cap": any(r[arm]["hit_cap"] for r in mine),
+                      "seconds_mean": float(np.mean([r[arm]["seconds"] for r in mine])),
+                      "trained_params": mine[0][arm]["trained_params"],
+                      "bn_recomputed": mine[0][arm]["bn_recomputed"]})
+            row[arm] = a
+        row["gain_points"] = 100 * (row["transfer"]["test_accuracy_mean"] -
+                                    row["scratch"]["test_accuracy_mean"])
         out[key] = row
     return out
 
 
+def _setup(seeds: Sequence[int], patience: int, min_delta: float, max_epochs: int) -> dict:
+    return {"labels_per_class": LABELS_PER_CLASS, "test_samples": 600,
+            "seeds": list(seeds), "patience": patience, "min_delta": min_delta,
+            "max_epochs": max_epochs, "batch_size": 16,
+            "transfer": "new head trained with the backbone frozen (lr 3e-3), then the top "
+                        "unfrozen at lr 3e-4: each phase until converged",
+            "scratch": f"same architecture, fresh weights, every layer trained at lr "
+                       f"{SCRATCH_LR:g} until converged",
+            "stopping": f"each training run stops once its training loss has not improved by "
+                        f"{min_delta:g} for {patience} epochs (at most {max_epochs}); its best "
+                        "epoch is kept",
+            "batchnorm": "BatchNorm layers that trained (training mode) get their moving "
+                         "statistics recomputed on the training images; frozen ones keep "
+                         "theirs; accuracy measured in inference mode"}
+
+
 def format_table(summary: dict) -> str:
-    lines = [f"{'task':<24} {'arm':<9} {'accuracy (min..max)':<22} {'time':>7} "
-             f"{'params trained':>15}"]
-    for row in summary.values():
+    """The demo's table; given the whole summary (not only its ``tasks``), the setup too."""
+    rows = summary.get("tasks", summary)
+    lines = []
+    setup = summary.get("setup")
+    if isinstance(setup, dict):
+        seeds = ", ".join(str(s) for s in setup["seeds"])
+        lines += [f"setup: {setup['labels_per_class']} labels per class, "
+                  f"{setup['test_samples']} test samples, seeds {seeds}, batch "
+                  f"{setup['batch_size']}",
+                  f"  training: every run until its training loss has not improved by "
+                  f"{setup['min_delta']:g} for {setup['patience']} epochs",
+                  f"            (at most {setup['max_epochs']} epochs); its best epoch kept",
+                  "  BatchNorm: layers that trained get their moving statistics recomputed "
+                  "on the",
+                  "             training images; frozen ones keep theirs",
+                  "  accuracy: inference mode, on the arm's own training set and on the test "
+                  "set", ""]
+    lines.append(f"{'task':<22} {'arm':<9} {'test acc (min..max)':<20} {'train acc':>9} "
+                 f"{'epochs':>7} {'time':>6} {'params trained':>14}")
+    for row in rows.values():
         for arm in ("transfer", "scratch"):
             a = row[arm]
-            acc = f"{a['accuracy_mean']:.3f} ({a['accuracy_min']:.2f}..{a['accuracy_max']:.2f})"
-            lines.append(f"{row['label'] if arm == 'transfer' else '':<24} {arm:<9} {acc:<22} "
-                         f"{a['seconds_mean']:>6.1f}s {a['trained_params']:>15,}")
-        lines.append(f"{'':<24} {'gain':<9} {row['gain_points']:+.1f} accuracy points over "
-                     f"{len(row['seeds'])} seed{'s' if len(row['seeds']) > 1 else ''}")
+            acc = (f"{a['test_accuracy_mean']:.3f} ({a['test_accuracy_min']:.2f}.."
+                   f"{a['test_accuracy_max']:.2f})")
+            epochs = "+".join(f"{e:.0f}" for e in a["epochs_mean"]) + \
+                ("!" if a["hit_cap"] else "")
+            lines.append(f"{row['label'] if arm == 'transfer' else '':<22} {arm:<9} "
+                         f"{acc:<20} {a['train_accuracy_mean']:>9.3f} {epochs:>7} "
+                         f"{a['seconds_mean']:>5.1f}s {a['trained_params']:>14,}")
+        n = len(row["seeds"])
+        lines.append(f"{'':<22} {'gain':<9} {row['gain_points']:+.1f} test accuracy points "
+                     f"over {n} seed{'s' if n > 1 else ''}")
+        bn = [f"{arm} {', '.join(row[arm]['bn_recomputed'])}" for arm in ("transfer", "scratch")
+              if row[arm]["bn_recomputed"]]
+        if bn:
+            lines.append(f"  BatchNorm recomputed: {'; '.join(bn)}")
+    if any(row[arm]["hit_cap"] for row in rows.values() for arm in ("transfer", "scratch")):
+        lines.append("! a training run reached the epoch cap before its loss stopped improving")
     return "\n".join(lines)
 
 
 def run_demo(out_dir: str | None = "demo-out", *, seeds: Sequence[int] = (0, 1, 2),
-             tasks_to_run: Sequence[str] = ("cnn", "lstm"), echo: Echo = quiet) -> dict:
-    """Runs the demo; writes its models and ``summary.json`` into `out_dir`; returns the
-    summary (per task: transfer and scratch accuracy mean/min/max, time, params, gain)."""
+             tasks_to_run: Sequence[str] = ("cnn", "lstm"), patience: int = PATIENCE,
+             min_delta: float = MIN_DELTA, max_epochs: int = MAX_EPOCHS,
+             echo: Echo = quiet) -> dict:
+    """Runs the demo; writes its models and ``summary.json`` into `out_dir` (none if None);
+    returns the summary: per task and arm, test and training accuracy (mean/min/max), epochs
+    run (per training phase), time, parameters trained, the BatchNorm layers recomputed, and
+    the gain in test accuracy points; plus each run and the setup."""
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
     t0 = time.perf_counter()
@@ -105,15 +193,18 @@ def run_demo(out_dir: str | None = "demo-out", *, seeds: Sequence[int] = (0, 1, 
     for key in tasks_to_run:
         for seed in seeds:
             echo(f"{TASKS[key][0]}, seed {seed}: transfer recipe, then the same architecture "
-                 "from scratch")
-            run = _run_task(key, seed, out_dir, echo)
-            echo(f"  accuracy: transfer {run['transfer']['accuracy']:.3f}, scratch "
-                 f"{run['scratch']['accuracy']:.3f}")
+                 "from scratch, each until its training loss stops improving")
+            run = _run_task(key, seed, out_dir, echo, patience=patience, min_delta=min_delta,
+                            max_epochs=max_epochs)
+            t, s = run["transfer"], run["scratch"]
+            echo(f"  test accuracy: transfer {t['test_accuracy']:.3f}, scratch "
+                 f"{s['test_accuracy']:.3f} (training set: {t['train_accuracy']:.3f}, "
+                 f"{s['train_accuracy']:.3f}; epochs {'+'.join(map(str, t['epochs']))}, "
+                 f"{'+'.join(map(str, s['epochs']))})")
             runs.append(run)
     summary = {"tasks": _summarize(runs), "runs": runs,
                "seconds": round(time.perf_counter() - t0, 1),
-               "setup": "20 labels per class; transfer: new head 15 epochs (backbone frozen) + "
-                        "top unfrozen 10 epochs at lr/10; scratch: 25 epochs; 600 test samples"}
+               "setup": _setup(seeds, patience, min_delta, max_epochs)}
     if out_dir:
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

@@ -18,6 +18,7 @@ import surgery
 from sample_models import tasks
 
 from .base import SAMPLE_LSTM, Echo, RecipeResult, finish, quiet
+from .cnn import _until_converged
 
 __all__ = ["encoder_reuse", "vocabulary", "bidirectional", "grow", "pytorch_roundtrip"]
 
@@ -26,7 +27,8 @@ def encoder_reuse(model: Any = SAMPLE_LSTM, data=None, test=None, *,
                   classes: int | None = None, head_epochs: int = 15, tune_epochs: int = 10,
                   lr: float = 3e-3, tune_lr: float = 3e-4, batch_size: int = 16,
                   per_class: int = 20, seed: int = 0, output: str | None = None,
-                  echo: Echo = quiet) -> RecipeResult:
+                  overwrite: bool = False, early_stop: int | None = None,
+                  min_delta: float = 0.0, echo: Echo = quiet) -> RecipeResult:
     """The pretrained Embedding + LSTM encoder -> a classifier for another task.
 
     1. load the pretrained model; 2. a new head; 3. train the head, encoder frozen; 4. unfreeze
@@ -36,6 +38,8 @@ def encoder_reuse(model: Any = SAMPLE_LSTM, data=None, test=None, *,
         model: the pretrained sequence model (default: sample_models/lstm.keras).
         data, test: (x, y) arrays or data paths; default: motif families (3 classes, each two
             pretraining motifs, noisier sequences), `per_class` labels each.
+        early_stop, min_delta: stop each phase once its training loss has not improved by
+            `min_delta` for `early_stop` epochs; `head_epochs`/`tune_epochs` are then caps.
 
     Example:
     ```python
@@ -52,16 +56,19 @@ def encoder_reuse(model: Any = SAMPLE_LSTM, data=None, test=None, *,
     m = surgery.replace_head(m, classes, seed=seed)
     steps.append(f"replace_head(model, {classes})")
     echo("  training the new head, encoder frozen")
+    stop, until = _until_converged(early_stop, min_delta)
     r1 = surgery.finetune(m, data, train=["head"], epochs=head_epochs, batch_size=batch_size,
-                          lr=lr, seed=seed, verbose=0)
-    steps.append(f"finetune(train=['head'], epochs={head_epochs}, lr={lr})")
+                          lr=lr, seed=seed, verbose=0, callbacks=stop)
+    steps.append(f"finetune(train=['head'], epochs={head_epochs}{until}, lr={lr})")
     echo(f"  unfreezing the encoder at lr {tune_lr}")
+    stop, until = _until_converged(early_stop, min_delta)
     r2 = surgery.finetune(r1.model, data, train=["head", "encoder", "embed"],
                           epochs=tune_epochs, batch_size=batch_size, lr=tune_lr, seed=seed,
-                          verbose=0)
-    steps.append(f"finetune(train=['head', 'encoder', 'embed'], epochs={tune_epochs}, "
+                          verbose=0, callbacks=stop)
+    steps.append(f"finetune(train=['head', 'encoder', 'embed'], epochs={tune_epochs}{until}, "
                  f"lr={tune_lr})")
-    return finish("lstm-encoder", r2.model, steps, test, output)
+    return finish("lstm-encoder", r2.model, steps, test, output, overwrite=overwrite,
+                  inputs=[model, data, test], epochs=[len(r1.epochs), len(r2.epochs)])
 
 
 def _sequences(n: int, seed: int):
@@ -69,7 +76,8 @@ def _sequences(n: int, seed: int):
 
 
 def vocabulary(model: Any = SAMPLE_LSTM, *, old_vocab=None, new_vocab=None, fill: str = "mean",
-               seed: int = 0, output: str | None = None, echo: Echo = quiet) -> RecipeResult:
+               seed: int = 0, output: str | None = None,
+               overwrite: bool = False, echo: Echo = quiet) -> RecipeResult:
     """Move the Embedding (and an output layer over tokens, if any) to a new vocabulary with
     `remap_rows`: known tokens keep their vectors, new tokens start from `fill`.
 
@@ -109,12 +117,13 @@ def vocabulary(model: Any = SAMPLE_LSTM, *, old_vocab=None, new_vocab=None, fill
     metrics = {"vocabulary": f"{len(old_vocab)} -> {len(new_vocab)}",
                "note": report.adapted[0].note, "max_output_diff_carried_tokens": diff}
     if output:
-        surgery.save_model(new, output, overwrite=True)
+        surgery.save_model(new, output, overwrite=overwrite, inputs=[model])
     return RecipeResult("lstm-vocab", new, steps, metrics, output)
 
 
 def bidirectional(model: Any = SAMPLE_LSTM, *, layer: str = "encoder", seed: int = 0,
-                  output: str | None = None, echo: Echo = quiet) -> RecipeResult:
+                  output: str | None = None,
+                  overwrite: bool = False, echo: Echo = quiet) -> RecipeResult:
     """A unidirectional LSTM becomes Bidirectional; the forward direction carries the old
     weights, the backward direction starts fresh, and the next layer's rows for the backward
     half start at zero, so the new model begins with exactly the old outputs.
@@ -144,12 +153,12 @@ def bidirectional(model: Any = SAMPLE_LSTM, *, layer: str = "encoder", seed: int
     steps.append("compare outputs with the original")
     metrics = {"carried": len(report.copied), "max_output_diff": diff}
     if output:
-        surgery.save_model(new, output, overwrite=True)
+        surgery.save_model(new, output, overwrite=overwrite, inputs=[model])
     return RecipeResult("lstm-bidirectional", new, steps, metrics, output)
 
 
 def grow(model: Any = SAMPLE_LSTM, *, layer: str = "encoder", units: int = 96,
-         stack: bool = True, seed: int = 0, output: str | None = None,
+         stack: bool = True, seed: int = 0, output: str | None = None, overwrite: bool = False,
          echo: Echo = quiet) -> RecipeResult:
     """More LSTM units (gate by gate: the old units keep their outputs, the next layer's new
     rows start at zero: the same function), then optionally one more LSTM layer on top,
@@ -209,7 +218,7 @@ def grow(model: Any = SAMPLE_LSTM, *, layer: str = "encoder", units: int = 96,
         metrics["max_output_diff"] = float(np.abs(np.asarray(result(x)) -
                                                   np.asarray(src(x))).max())
     if output:
-        surgery.save_model(result, output, overwrite=True)
+        surgery.save_model(result, output, overwrite=overwrite, inputs=[model])
     return RecipeResult("lstm-grow", result, steps, metrics, output)
 
 

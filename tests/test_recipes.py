@@ -8,18 +8,85 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from recipes.demo import run_demo
+from recipes import cnn
+from recipes.demo import format_table, run_demo
 
 
-def test_demo_one_seed_transfer_beats_scratch(tmp_path):
-    summary = run_demo(str(tmp_path), seeds=(0,))
-    for key, row in summary["tasks"].items():
-        assert row["gain_points"] >= 10, (key, row)
-        assert row["transfer"]["trained_params"] < row["scratch"]["trained_params"] or \
-            key == "lstm"
+def _arms(summary):
+    return [(key, arm, row[arm]) for key, row in summary["tasks"].items()
+            for arm in ("transfer", "scratch")]
+
+
+@pytest.mark.slow  # ~14 s of CPU: three Keras training compilations
+def test_demo_smoke_reports_train_and_test_accuracy_of_both_arms():
+    # Tiny budget (1 epoch per training run): the summary's shape, not the claim.
+    summary = run_demo(None, seeds=(0,), tasks_to_run=("cnn",), max_epochs=1, patience=1)
+    assert set(summary["tasks"]) == {"cnn"}
+    for key, arm, a in _arms(summary):
+        for what in ("test_accuracy", "train_accuracy"):
+            assert 0.0 <= a[f"{what}_mean"] <= 1.0, (arm, what)
+        assert a["hit_cap"]  # 1 epoch is the cap here, and the table says so
+    run = summary["runs"][0]
+    assert run["transfer"]["epochs"] == [1, 1] and run["scratch"]["epochs"] == [1]
+    # the BatchNorm rule: layers that trained get their statistics recomputed, frozen keep
+    assert run["transfer"]["bn_recomputed"] == ["block3_bn"]
+    assert run["scratch"]["bn_recomputed"] == ["block1_bn", "block2_bn", "block3_bn"]
+    table = format_table(summary)
+    assert "train acc" in table and "20 labels per class" in table and "!" in table
+
+
+def test_recompute_bn_statistics_matches_keras_batch_statistics():
+    # Reference: Keras's own training-mode forward pass, which normalizes with the statistics
+    # of the batch. Once the moving statistics are those of the whole training set, inference
+    # on that set (one batch) must give the same outputs; a frozen BatchNorm keeps its own.
+    import keras
+    import numpy as np
+
+    from recipes.base import SAMPLE_CNN
+    from sample_models import tasks
+    from surgery.rebuild import model_config, rebuild
+
+    (x, _), _ = tasks.shape_transfer_task(20, seed=0)
+    keras.utils.set_random_seed(0)
+    pretrained = keras.saving.load_model(SAMPLE_CNN)
+    m = rebuild(pretrained, model_config(pretrained))  # fresh: moving statistics 0 and 1
+    m.get_layer("block1_bn").trainable = False
+    frozen = [v.numpy() for v in m.get_layer("block1_bn").weights]
+    features = keras.Model(m.inputs, m.get_layer("gap").output)  # before the softmax
+    trained = np.asarray(features([x], training=True))
+    assert np.abs(np.asarray(features([x], training=False)) - trained).max() > 0.1  # differ
+    assert cnn.recompute_bn_statistics(m, x, batch_size=32) == ["block2_bn", "block3_bn"]
+    np.testing.assert_allclose(np.asarray(features([x], training=False)), trained, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(m(x, training=False)),
+                               np.asarray(m(x, training=True)), atol=1e-5)
+    for v, before in zip(m.get_layer("block1_bn").weights, frozen):
+        np.testing.assert_array_equal(v.numpy(), before)
+
+
+@pytest.mark.slow
+def test_demo_scratch_arm_learns_its_training_set(tmp_path):
+    # The bug this guards: the scratch CNN predicted one class for every image in inference
+    # mode (0.25 on its own training set) because its BatchNorm statistics were still mostly
+    # their initial values. Reference: the saved model run by plain Keras on the training
+    # images and labels the task generator makes, not the demo's own figures.
+    import keras
+    import numpy as np
+
+    from sample_models import tasks
+
+    summary = run_demo(str(tmp_path), seeds=(0,), tasks_to_run=("cnn",))
+    (x, y), (x_test, _) = tasks.shape_transfer_task(20, seed=0)
+    model = keras.saving.load_model(str(tmp_path / "cnn_scratch_seed0.keras"))
+    pred = model.predict(x, verbose=0).argmax(-1)
+    assert (pred == y).mean() > 0.35, (pred == y).mean()  # 4 classes: chance is 0.25
+    assert len(np.unique(model.predict(x_test, verbose=0).argmax(-1))) == 4
+    assert summary["runs"][0]["scratch"]["train_accuracy"] == pytest.approx((pred == y).mean())
+    row = summary["tasks"]["cnn"]
+    assert not row["scratch"]["hit_cap"] and not row["transfer"]["hit_cap"]
+    assert row["gain_points"] >= 10, row
+    assert row["transfer"]["trained_params"] < row["scratch"]["trained_params"]
     saved = json.load(open(tmp_path / "summary.json"))
-    assert set(saved["tasks"]) == {"cnn", "lstm"}
-    assert (tmp_path / "cnn_transfer_seed0.keras").exists()
+    assert saved["setup"]["patience"] == 5 and set(saved["tasks"]) == {"cnn"}
 
 
 @pytest.mark.slow
@@ -28,6 +95,7 @@ def test_demo_three_seeds_transfer_beats_scratch_by_ten_points(tmp_path):
     for key, row in summary["tasks"].items():
         assert row["gain_points"] >= 10, (key, row)
         assert len(row["seeds"]) == 3
+        assert row["scratch"]["train_accuracy_min"] > 0.8, (key, row)  # it did learn
 
 
 @pytest.mark.slow
@@ -36,6 +104,7 @@ def test_demo_cli_prints_table(tmp_path):
                                   "lstm"])
     assert r.exit_code == 0, r.output
     assert "LSTM: motif families" in r.output and "gain" in r.output
+    assert "train acc" in r.output and "labels per class" in r.output
 
 
 # ------------------------------------------------------------------ each recipe's promise

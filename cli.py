@@ -8,8 +8,10 @@ unless ``--debug`` is given. ``--json`` prints machine-readable output only. ``-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -38,6 +40,10 @@ class SurgeryGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
         debug = _debug_requested(args)
+        with _terminate_as_interrupt(), _native_stderr_quiet(not debug):
+            self._main(args, complete_var, debug, **extra)
+
+    def _main(self, args, complete_var, debug, **extra):
         try:
             rv = super().main(args=args, prog_name="surgery",
                               complete_var=complete_var, standalone_mode=False, **extra)
@@ -70,6 +76,54 @@ class SurgeryGroup(click.Group):
                        "with --debug for the traceback and report it)", err=True)
             sys.exit(2)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM unwinds like Ctrl-C: outputs being written are removed, one error line."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except (ValueError, OSError):  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _native_stderr_quiet(enabled: bool):
+    """TensorFlow's C++ runtime writes start-up lines to file descriptor 2 whenever it is
+    first imported. For the command's duration, Python's stderr (error lines, warnings) keeps
+    the real stream while descriptor 2 points at /dev/null; --debug leaves both alone."""
+    try:
+        real = enabled and os.environ.get("SURGERY_QUIET_TF") == "1" and \
+            sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # CliRunner and other captured streams
+        real = False
+    if not real:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    stream = open(saved, "w", buffering=1, encoding=sys.stderr.encoding,
+                  errors="backslashreplace", closefd=False)
+    old = sys.stderr
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        sys.stderr = stream
+        yield
+    finally:
+        stream.flush()
+        sys.stderr = old
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _print_json(data: Any) -> None:
@@ -182,7 +236,8 @@ Rules (TOML, --rules R.toml; see the README for every adapter):
 @click.option("--dry-run", is_flag=True, help="Print the full report; write nothing.")
 @click.option("--verify", "do_verify", is_flag=True, help="Run SOURCE and the result on a probe "
               "batch; exit 1 (nothing written) if outputs differ.")
-@click.option("--inputs", metavar="X.npz", help="Probe inputs for --verify (default: random).")
+@click.option("--inputs", metavar="X.npz", help="Your own inputs for --verify, compared "
+              "besides the random probe families (implies --verify).")
 @click.option("--atol", default=1e-5, show_default=True, help="Tolerance for --verify.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 @click.option("--source-architecture", metavar="MODEL.keras|config.json",
@@ -211,6 +266,8 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
     if not dry_run and not output:
         raise click.UsageError("give -o/--output (or --dry-run)")
     source_path = source
+    do_verify = do_verify or inputs is not None
+    readers = [source, target, rules, source_architecture, inputs]
     if source_architecture:
         source = surgery.open_weights(source, architecture=source_architecture)
     try:
@@ -225,16 +282,14 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
                 if not verification.ok:
                     _emit_report(report, as_json, verification)
                     raise CheckFailed(f"{target}: outputs differ from {source_path} by "
-                                      f"{verification.max_abs_diff:.3g} (atol {atol:g}); "
-                                      "nothing was written")
+                                      f"{verification.reason}; nothing was written")
             if not dry_run:
-                surgery.save_model(model, output, overwrite=overwrite,
-                                   inputs=[source_path, target])
+                surgery.save_model(model, output, overwrite=overwrite, inputs=readers)
         else:
             verification = None
             report = surgery.transplant_file(source, target, output, rules, strict=strict,
                                              dry_run=dry_run, overwrite=overwrite,
-                                             safe_mode=not unsafe)
+                                             safe_mode=not unsafe, inputs=readers)
     except CheckFailed as e:
         if getattr(e, "report", None) is not None:
             _emit_report(e.report, as_json, None)
@@ -256,18 +311,38 @@ def _emit_report(report, as_json: bool, verification) -> None:
 
 
 def _edit_model(path: str, output: str | None, *, unsafe: bool, dry_run: bool,
-                overwrite: bool, as_json: bool, operation) -> int:
-    """Loads MODEL, runs `operation(model) -> (model_to_save, report)`, saves, prints."""
+                overwrite: bool, as_json: bool, operation, verify: bool = False,
+                atol: float = 1e-5, verify_inputs: str | None = None) -> int:
+    """The one runner of the model commands: checks the output before the slow part, loads
+    MODEL, runs `operation(model) -> (model_to_save, report)`, verifies when asked (exit 1,
+    nothing written, when the result differs), saves atomically, prints."""
+    from surgery.atomic import check_output
+    from surgery.errors import CheckFailed
+
     if not dry_run and not output:
         raise click.UsageError("give -o/--output (or --dry-run)")
+    readers = [path, verify_inputs]
+    if not dry_run:
+        check_output(output, inputs=readers, overwrite=overwrite)  # before the slow part
     model = surgery.load_model(path, safe_mode=not unsafe)
     result, report = operation(model)
+    data = report.to_dict()
+    v = None
+    if verify:
+        v = surgery.verify(model, result, verify_inputs, atol=atol)
+        data["verify"] = v.to_dict()
+        if not v.ok:
+            click.echo(json.dumps(data, indent=2, default=str) if as_json else f"{report}\n{v}")
+            raise CheckFailed(f"{path}: the edited model's outputs differ by {v.reason}; "
+                              "nothing was written")
     if not dry_run:
-        surgery.save_model(result, output, overwrite=overwrite, inputs=[path])
+        surgery.save_model(result, output, overwrite=overwrite, inputs=readers)
     if as_json:
-        _print_json({**report.to_dict(), "output": None if dry_run else output})
+        _print_json({**data, "output": None if dry_run else output})
     else:
         click.echo(str(report))
+        if v is not None:
+            click.echo(str(v))
         if not dry_run:
             click.echo(f"wrote {output}")
     return 0
@@ -335,7 +410,9 @@ _freeze_command("unfreeze", True)
 @_model_options
 @click.option("--select", "selects", multiple=True, required=True, metavar="S",
               help="Variables or layers to reinitialize; repeatable.")
-@click.option("--initializer", metavar="NAME", help="A Keras initializer for all of them "
+@click.option("--initializer", metavar="NAME", help="A Keras initializer for the kernels "
+              "(embeddings, recurrent kernels) among them; biases, BN beta and moving mean get "
+              "zeros, gamma and moving variance ones, unless selected by their own path "
               "(default: each variable's own configured initializer).")
 @click.option("--seed", type=int, help="Same seed, same values.")
 def reinit_cmd(model, output, dry_run, overwrite, unsafe, as_json, selects, initializer, seed):
@@ -388,6 +465,10 @@ def head_cmd(model, output, dry_run, overwrite, unsafe, as_json, classes, keep_c
       surgery head sample_models/cnn.keras -o cnn4.keras --classes 4
       surgery head sample_models/cnn.keras -o cnn4.keras --classes 4 --keep-classes 0,3,7
     """
+    from surgery.errors import OptionError
+
+    if classes < 1:  # before the slow part (TensorFlow's import)
+        raise OptionError(f"num_classes must be a positive integer, got {classes}")
     keep = _int_list(keep_classes)
 
     def operation(m):
@@ -447,18 +528,22 @@ def _lr_mults(values) -> dict[str, float]:
 @click.option("--l2sp-head", type=float, metavar="BETA", help="L2-SP's plain L2 on the head.")
 @click.option("--mixed-precision", is_flag=True, help="Compute in float16 (GPU) / bfloat16 "
               "(CPU); variables and OUT stay float32.")
-@click.option("--lora-rank", type=int, metavar="R", help="Train LoRA adapters of rank R; OUT "
-              "holds the merged model.")
+@click.option("--lora-rank", type=int, metavar="R", help="Train LoRA adapters of rank R (only "
+              "they train, plus what --train names); OUT holds the merged model.")
 @click.option("--lora-select", multiple=True, metavar="S", help="Layers that get LoRA "
-              "(default: every supported trainable layer).")
+              "(default: every supported layer --train does not name).")
 @click.option("--save-adapters", metavar="A.npz", help="Also write the LoRA adapter weights.")
 @click.option("--checkpoint", metavar="DIR", help="Per-epoch checkpoint folder (default: "
-              "OUT.ckpt); removed after a finished run.")
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint.")
+              "OUT.ckpt), created by surgery; one of an earlier run needs --resume or "
+              "--overwrite; a folder surgery did not create is never used. Its files are "
+              "removed after a finished run.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint (same model, data "
+              "and settings; --epochs may grow).")
 @click.option("--metrics-out", metavar="M.json", help="Per-epoch metrics as JSON.")
 @click.option("--plot", metavar="CURVES.png", help="Training curves as PNG (needs "
               "matplotlib: pip install 'surgery[plot]').")
-@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT (and start over in "
+              "the checkpoint folder of an earlier run).")
 @click.option("--unsafe", is_flag=True, help="Allow Lambda layers and configs outside Keras.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
@@ -485,12 +570,19 @@ def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, l
       surgery finetune model.keras --data d.npz -o tuned.keras --lora-rank 4 \\
           --lora-select fc --save-adapters adapters.npz
     """
-    from surgery.atomic import check_output
+    from surgery.atomic import check_outputs
     from surgery.training_outputs import write_adapters, write_metrics, write_plot
 
-    for path in (output, metrics_out, plot, save_adapters):
-        if path:
-            check_output(path, inputs=[model, data], overwrite=overwrite)
+    readers = [model, data, val]
+    check_outputs([output, metrics_out, plot, save_adapters], inputs=readers,
+                  overwrite=overwrite)
+    # the checkpoint folder: finetune checks it against the inputs and its own marker
+    ckpt = checkpoint or (None if strategy == "multiworker" else f"{output}.ckpt")
+    for path in (output, metrics_out, plot, save_adapters) if ckpt else ():
+        if path and os.path.realpath(path) == os.path.realpath(ckpt):
+            from surgery.errors import OutputError
+            raise OutputError(f"{ckpt}: is also the output {path} of this command; give each "
+                              "output its own path")
     if plot:
         from surgery.training_outputs import require_matplotlib
         require_matplotlib()
@@ -505,22 +597,25 @@ def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, l
             logging.basicConfig(level=logging.INFO, format="%(message)s")
     else:
         run = surgery.finetune
-        extra.update(mixed_precision=mixed_precision, l2sp=l2sp, l2sp_head=l2sp_head)
+        extra.update(mixed_precision=mixed_precision, l2sp=l2sp, l2sp_head=l2sp_head,
+                     keep_checkpoint=True)  # removed only once OUT is safely written
     m = surgery.load_model(model, safe_mode=not unsafe)
     result = run(m, data, train=trains, freeze=freezes, bn=bn, epochs=epochs,
                  batch_size=batch_size, lr=lr, lr_mult=_lr_mults(lr_mult),
                  layer_decay=layer_decay, optimizer=optimizer, loss=loss, label=label, val=val,
                  val_split=val_split, early_stop=early_stop, seed=seed, strategy=strategy,
                  lora_rank=lora_rank, lora_select=lora_select,
-                 checkpoint=checkpoint or f"{output}.ckpt", resume=resume,
+                 checkpoint=ckpt, resume=resume, overwrite=overwrite,
                  verbose=0 if (quiet or as_json) else 1, **extra)
-    surgery.save_model(result.model, output, overwrite=overwrite, inputs=[model, data])
+    surgery.save_model(result.model, output, overwrite=overwrite, inputs=readers)
     if metrics_out:
-        write_metrics(result, metrics_out, overwrite=overwrite)
+        write_metrics(result, metrics_out, overwrite=overwrite, inputs=readers)
     if plot:
-        write_plot(result, plot, overwrite=overwrite)
+        write_plot(result, plot, overwrite=overwrite, inputs=readers)
     if save_adapters:
-        write_adapters(result.adapters, save_adapters, overwrite=overwrite)
+        write_adapters(result.adapters, save_adapters, overwrite=overwrite, inputs=readers)
+    if hasattr(result, "remove_checkpoint"):
+        result.remove_checkpoint()
     if as_json:
         _print_json({**result.to_dict(), "output": output})
     else:
@@ -555,6 +650,10 @@ def _edit_options(f):
         click.option("--verify", "do_verify", is_flag=True, help="Compare outputs with MODEL "
                      "on a probe batch; exit 1 (nothing written) if they differ."),
         click.option("--atol", default=1e-5, show_default=True, help="Tolerance for --verify."),
+        click.option("--inputs", metavar="X.npz", expose_value=False, help="Your own inputs "
+                     "for --verify, besides the random probe families (implies --verify).",
+                     callback=lambda ctx, _, value: ctx.meta.__setitem__("verify_inputs",
+                                                                         value)),
         click.option("--overwrite", is_flag=True, help="Replace an existing OUT."),
         click.option("--unsafe", is_flag=True, help="Allow Lambda layers and configs outside "
                      "Keras."),
@@ -565,31 +664,16 @@ def _edit_options(f):
 
 
 def _run_edit(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json, fn) -> int:
-    from surgery.errors import CheckFailed
+    inputs = click.get_current_context().meta.get("verify_inputs")
 
-    if not dry_run and not output:
-        raise click.UsageError("give -o/--output (or --dry-run)")
-    m = surgery.load_model(model, safe_mode=not unsafe)
-    result = fn(m)
-    data = result.report.to_dict()
-    if do_verify:
-        v = surgery.verify(m, result.model, atol=atol)
-        data["verify"] = v.to_dict()
-        if not v.ok:
-            click.echo(json.dumps(data, indent=2) if as_json else f"{result.report}\n{v}")
-            raise CheckFailed(f"{model}: the edited model's outputs differ by "
-                              f"{v.max_abs_diff:.3g} (atol {atol:g}); nothing was written")
-    if not dry_run:
-        surgery.save_model(result.model, output, overwrite=overwrite, inputs=[model])
-    if as_json:
-        _print_json({**data, "output": None if dry_run else output})
-    else:
-        click.echo(str(result.report))
-        if do_verify:
-            click.echo(str(surgery.verify(m, result.model, atol=atol)))
-        if not dry_run:
-            click.echo(f"wrote {output}")
-    return 0
+    def operation(m):
+        result = fn(m)
+        return result.model, result.report
+
+    return _edit_model(model, output, unsafe=unsafe, dry_run=dry_run, overwrite=overwrite,
+                       as_json=as_json, operation=operation,
+                       verify=do_verify or inputs is not None, atol=atol,
+                       verify_inputs=inputs)
 
 
 @edit_group.command("delete-channels")
@@ -681,11 +765,20 @@ def edit_delete_layer(model, output, dry_run, do_verify, atol, overwrite, unsafe
                      lambda m: edit.delete_layer(m, layer))
 
 
+_LAYER_JSON_LIMIT = 64 * 1024
+
+
 def _layer_spec(text: str) -> dict:
+    if len(text) > _LAYER_JSON_LIMIT:
+        raise click.BadParameter(f"{len(text):,} characters; a layer's config is at most "
+                                 f"{_LAYER_JSON_LIMIT:,}", param_hint="--layer-json")
     try:
         return json.loads(text)
     except ValueError as e:
         raise click.BadParameter(f"not JSON ({e})", param_hint="--layer-json") from None
+    except RecursionError:
+        raise click.BadParameter("nested too deeply; give one layer's {\"class_name\": ..., "
+                                 "\"config\": {...}}", param_hint="--layer-json") from None
 
 
 @edit_group.command("insert")
@@ -782,10 +875,12 @@ def set_cmd(model, output, dry_run, overwrite, unsafe, as_json, selects, l2, l1,
 @click.option("-o", "--output", required=True, metavar="OUT.keras", help="The Keras 3 model.")
 @click.option("--atol", default=1e-5, show_default=True, help="Tolerance for the output "
               "check.")
+@click.option("--inputs", metavar="X.npz", help="Your own inputs for the check, besides the "
+              "random probe families.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 @click.option("--unsafe", is_flag=True, help="Allow Lambda layers and configs outside Keras.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
-def convert_cmd(model, output, atol, overwrite, unsafe, as_json) -> int:
+def convert_cmd(model, output, atol, inputs, overwrite, unsafe, as_json) -> int:
     """Convert a Keras 2 (tf_keras) .h5 model to a Keras 3 .keras, verified.
 
     The model is rebuilt as Keras 3 with its weights carried; both versions run on a probe
@@ -800,12 +895,13 @@ def convert_cmd(model, output, atol, overwrite, unsafe, as_json) -> int:
     old = surgery.load_model(model, safe_mode=not unsafe, legacy=True)
     new = surgery.load_model(model, safe_mode=not unsafe)
     weights = surgery.diff(old, new)
-    v = surgery.verify(old, new, atol=atol)
+    v = surgery.verify(old, new, inputs, atol=atol)
     if not v.ok or not weights.identical:
-        raise CheckFailed(f"{model}: the Keras 3 rebuild differs (outputs by "
-                          f"{v.max_abs_diff:.3g}, weights {'same' if weights.identical else 'differ'}"
-                          "); nothing was written")
-    surgery.save_model(new, output, overwrite=overwrite, inputs=[model])
+        raise CheckFailed(f"{model}: the Keras 3 rebuild differs (outputs by {v.reason}; "
+                          f"weights {'same' if weights.identical else 'differ'}); nothing was "
+                          "written")
+    surgery.save_model(new, output, overwrite=overwrite,
+                       inputs=[model] + ([inputs] if inputs else []))
     data = {"input": model, "output": output, "variables": len(weights.variables),
             "weights_identical": weights.identical, "verify": v.to_dict()}
     if as_json:
@@ -832,8 +928,11 @@ def export_cmd(model, output, fmt, overwrite, unsafe) -> int:
       surgery export sample_models/cnn.keras -o cnn_hub --format hub
       surgery export sample_models/cnn.keras -o cnn_savedmodel --format savedmodel
     """
+    from surgery.atomic import check_output_dir
+
+    check_output_dir(output, inputs=[model], overwrite=overwrite)  # before the slow part
     m = surgery.load_model(model, safe_mode=not unsafe)
-    surgery.export_model(m, output, fmt=fmt, overwrite=overwrite)
+    surgery.export_model(m, output, fmt=fmt, overwrite=overwrite, inputs=[model])
     click.echo(f"wrote {output} ({fmt}); its outputs match the model's")
     return 0
 
@@ -843,8 +942,10 @@ def export_cmd(model, output, fmt, overwrite, unsafe) -> int:
 @click.option("--dry-run", is_flag=True, help="Print what every variable will undergo; write "
               "nothing (finetune steps are not run).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output model.")
+@click.option("--inputs", metavar="X.npz", help="Inputs for the plan's [verify] preserve "
+              "checks, besides the random probe families (replaces its inputs key).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON only.")
-def apply_cmd(plan, dry_run, overwrite, as_json) -> int:
+def apply_cmd(plan, dry_run, overwrite, inputs, as_json) -> int:
     """Run a declarative surgery plan (TOML): validate, dry-run or apply, verify, report.
 
     \b
@@ -853,6 +954,12 @@ def apply_cmd(plan, dry_run, overwrite, as_json) -> int:
       surgery apply examples/plans/prune_residual.toml --overwrite
     """
     p = surgery.Plan.from_file(plan)
+    if inputs is not None:
+        from surgery.errors import InputError
+        if not os.path.isfile(inputs):
+            raise InputError(f"{inputs}: no such inputs file (an .npz with one array per "
+                             "model input)")
+        p.data.setdefault("verify", {})["inputs"] = os.path.abspath(inputs)
     report = p.dry_run() if dry_run else p.apply(overwrite=overwrite or None)
     _emit(report, as_json)
     return 0
@@ -902,17 +1009,22 @@ def _option_value(text: str):
 
 @recipe_group.command("run")
 @click.argument("name")
+@click.option("--model", "model_path", metavar="MODEL.keras", help="Your pretrained model "
+              "(default: the shipped sample model the recipe is written for).")
 @click.option("-o", "--output", metavar="OUT", help="Where to write the resulting model.")
 @click.option("--seed", type=int, help="Seed (recipes that train or draw).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="A recipe option (see `surgery recipe list`); VALUE is JSON or text.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
-def recipe_run(name: str, output: str | None, seed: int | None, settings, as_json: bool) -> int:
+def recipe_run(name: str, model_path: str | None, output: str | None, seed: int | None,
+               settings, overwrite: bool, as_json: bool) -> int:
     """Run recipe NAME (defaults use the shipped sample models).
 
     \b
     Examples:
       surgery recipe run cnn-new-task -o new_task.keras --seed 0
+      surgery recipe run cnn-channels --model my_cnn.keras --set channels=1 -o gray.keras
       surgery recipe run cnn-channels --set channels=3 --set mode=select \\
           --set 'indices=[2, 1, 0]' -o bgr.keras
       surgery recipe run cnn-inflate --set frames=8 -o video.keras
@@ -930,23 +1042,36 @@ def recipe_run(name: str, output: str | None, seed: int | None, settings, as_jso
             raise click.BadParameter(f"recipe {name} has no option {key!r}; it takes "
                                      f"{', '.join(accepted)}", param_hint="--set")
         kwargs[key] = _option_value(value)
+    params = inspect_params(recipe)
+    if model_path is not None:
+        if "model" not in params:
+            raise click.BadParameter(f"recipe {name} takes no model", param_hint="--model")
+        kwargs["model"] = model_path
     if output is not None:
         if "output" not in accepted:
             raise click.BadParameter(f"recipe {name} writes no model", param_hint="-o")
+        from surgery.atomic import check_output
+
+        readers = [v for v in kwargs.values() if isinstance(v, str) and os.path.exists(v)]
+        default = getattr(params.get("model"), "default", None)
+        check_output(output, inputs=readers + [default, kwargs.get("model")],
+                     overwrite=overwrite)
         kwargs["output"] = output
+        if "overwrite" in params:
+            kwargs["overwrite"] = overwrite
     if seed is not None:
         kwargs["seed"] = seed
-    if not as_json and "echo" in inspect_params(recipe):
+    if not as_json and "echo" in params:
         kwargs["echo"] = click.echo
     result = recipe.run(**kwargs)
     _emit(result, as_json)
     return 0
 
 
-def inspect_params(recipe) -> set[str]:
+def inspect_params(recipe) -> dict:
     import inspect as _inspect
 
-    return set(_inspect.signature(recipe.load()).parameters)
+    return dict(_inspect.signature(recipe.load()).parameters)
 
 
 @main.command("demo")
@@ -963,8 +1088,10 @@ def demo_cmd(out_dir: str, seeds: int, tasks_, overwrite: bool, as_json: bool) -
 
     Runs the CNN new-task recipe (the sample CNN on 4 shapes it never saw) and the LSTM
     encoder-reuse recipe (motif families), each with 20 labels per class, against the same
-    architecture trained from scratch on the same data for the same epochs, over --seeds
-    seeds, and prints accuracy (mean and spread), time and parameters trained.
+    architecture trained from scratch on the same data, every training run until its
+    training loss stops improving, BatchNorm statistics of layers that trained recomputed on
+    the training images, over --seeds seeds; prints the setup, then test accuracy (mean and
+    spread), training accuracy, epochs, time and parameters trained.
 
     \b
     Example:
@@ -979,7 +1106,7 @@ def demo_cmd(out_dir: str, seeds: int, tasks_, overwrite: bool, as_json: bool) -
         _print_json(summary)
         return 0
     click.echo("")
-    click.echo(format_table(summary["tasks"]))
+    click.echo(format_table(summary))
     click.echo(f"\ntotal {summary['seconds']:.0f} s; models and summary.json in {out_dir}")
     return 0
 

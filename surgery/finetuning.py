@@ -3,18 +3,22 @@
 Order: read and check the data; set what trains (`--train` = only these, `--freeze` = these
 not; frozen BatchNorm in inference mode unless ``bn="train"``); optional LoRA; the optimizer
 (per-layer learning rates through `learning_rates`); the loss (inferred from the head and the
-labels when ``auto``); then `fit`, with a checkpoint (weights, optimizer state, epoch, early
-stopping state) written after every epoch so that ``resume=True`` continues exactly, and the
-best epoch's weights (by validation loss, or training loss without validation) restored at the
-end. The returned model is a clean copy (no optimizer, LoRA merged) ready to save.
+labels when ``auto``; a head without softmax/sigmoid outputs logits); then `fit`, with a
+checkpoint (weights, optimizer state, epoch, early stopping state; see `TrainingCheckpoint`)
+written after every epoch so that ``resume=True`` continues exactly, and the best epoch's
+weights (by validation loss, or training loss without validation) restored at the end. The
+returned model is a clean copy (no optimizer, LoRA merged) ready to save.
+
+Apart from the best-epoch restore, a run is exactly what plain Keras trains with the same
+frozen layers, ``compile(optimizer, loss)`` and ``fit`` in the same batch order
+(tests/test_finetune_vs_keras.py).
 """
 
 from __future__ import annotations
 
-import json
 import math
+import numbers
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -22,12 +26,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from .datasets import Data, check_against_model, eval_pipeline, load_data, train_pipeline
-from .errors import InputError, OptionError, SelectorError, SurgeryError
+from .errors import OptionError, SelectorError, SurgeryError
 from .livemodels import framework_of
 from .selection import select
 from .sources import open_weights
 
-__all__ = ["FinetuneResult", "finetune", "infer_loss", "Interrupted", "set_trainable"]
+__all__ = ["FinetuneResult", "finetune", "infer_loss", "loss_object", "make_loss", "Interrupted",
+           "set_trainable"]
 
 
 class Interrupted(SurgeryError):
@@ -57,6 +62,13 @@ class FinetuneResult:
     data: str = ""
     settings: dict = field(default_factory=dict)
     adapters: dict = field(default_factory=dict)
+    checkpoint: Any = field(default=None, repr=False, compare=False)
+
+    def remove_checkpoint(self) -> None:
+        """Removes a checkpoint kept with ``keep_checkpoint=True`` (only the files it wrote)."""
+        if self.checkpoint is not None:
+            self.checkpoint.finish()
+            self.checkpoint = None
 
     @property
     def history(self) -> dict[str, list]:
@@ -81,7 +93,10 @@ class FinetuneResult:
 
 
 def infer_loss(model, y: np.ndarray) -> tuple[str, list[str], bool]:
-    """(loss name, metrics, from_logits) from the head's width and activation and the labels."""
+    """(loss name, metrics, from_logits) from the head's width and activation and the labels.
+
+    A head without softmax/sigmoid outputs logits: its crossentropy takes ``from_logits``.
+    """
     head = _output_activation(model)
     width = int(model.outputs[0].shape[-1])
     integer = y.dtype.kind in "iu"
@@ -92,15 +107,65 @@ def infer_loss(model, y: np.ndarray) -> tuple[str, list[str], bool]:
     if integer and y.ndim == 1:
         return "sparse_categorical_crossentropy", ["accuracy"], head != "softmax"
     if y.ndim == 2 and y.shape[1] == width:
-        if head in ("softmax",):
-            return "categorical_crossentropy", ["accuracy"], False
+        one_hot = bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1))
+        if head == "softmax" or one_hot:
+            return "categorical_crossentropy", ["accuracy"], head != "softmax"
         return "mean_squared_error", ["mean_absolute_error"], False
     raise SurgeryError(f"can't infer a loss for labels {y.dtype} {y.shape[1:]} and a head of "
                        f"{width} units ({head}); pass --loss NAME")
 
 
+# Keras's loss functions by name take probabilities; these classes take `from_logits`.
+_CROSSENTROPY = {"sparse_categorical_crossentropy": "SparseCategoricalCrossentropy",
+                 "categorical_crossentropy": "CategoricalCrossentropy",
+                 "binary_crossentropy": "BinaryCrossentropy"}
+
+
+def loss_object(name: str, from_logits: bool, *, reduction: str | None = "sum_over_batch_size"):
+    """The Keras loss object for `name` (a Keras loss name), honouring `from_logits`.
+
+    ``keras.losses.get({"class_name": "sparse_categorical_crossentropy", "config": {...}})``
+    returns the plain function and drops the config, so a logits head would be trained as if
+    it output probabilities: the classes are built here instead.
+    """
+    from .tfimport import keras as _keras
+
+    keras = _keras()
+    try:
+        fn = keras.losses.get(name)
+    except (ValueError, TypeError):
+        raise OptionError(f"unknown loss {name!r}; use auto or a Keras loss name such as "
+                          "sparse_categorical_crossentropy, mse") from None
+    canonical = getattr(fn, "__name__", None)
+    if canonical in _CROSSENTROPY:
+        return getattr(keras.losses, _CROSSENTROPY[canonical])(from_logits=from_logits,
+                                                                reduction=reduction)
+    return fn  # a per-sample function (Keras reduces it) or a Loss object
+
+
+def make_loss(model, y: np.ndarray, loss: str = "auto"):
+    """(loss object, metrics, description) for `loss` (``auto`` or a Keras loss name).
+
+    A named crossentropy on a head without softmax/sigmoid takes its outputs as logits (the
+    description says so): treating logits as probabilities trains nothing useful.
+    """
+    if not isinstance(loss, str):
+        raise OptionError(f"loss must be auto or a Keras loss name, got {loss!r}")
+    if loss == "auto":
+        name, metrics, from_logits = infer_loss(model, y)
+    else:
+        name, metrics = loss, []
+        from_logits = _output_activation(model) not in ("softmax", "sigmoid")
+    obj = loss_object(name, from_logits)
+    logits = from_logits and type(obj).__name__ in _CROSSENTROPY.values()
+    return obj, metrics, name + (" (from logits)" if logits else "")
+
+
 def _output_activation(model) -> str:
-    layer = model.layers[-1]
+    try:  # the layer that produced the (first) output; not always the last in model.layers
+        layer = model.outputs[0]._keras_history[0]
+    except (AttributeError, IndexError, TypeError):
+        layer = model.layers[-1]
     while hasattr(layer, "layers") and layer.layers:
         layer = layer.layers[-1]
     name = type(layer).__name__
@@ -115,12 +180,12 @@ def _params(model) -> tuple[int, int]:
     return t, sum(int(np.prod(v.shape)) for v in model.weights) - t
 
 
-def _fingerprint(model) -> dict[str, list]:
+def fingerprint(model) -> dict[str, list]:
     with open_weights(model) as w:
         return {v.path: list(v.shape) for v in w.variables()}
 
 
-def _fingerprint_diff(saved: dict, now: dict) -> str:
+def fingerprint_diff(saved: dict, now: dict) -> str:
     only_saved = [p for p in saved if p not in now]
     only_now = [p for p in now if p not in saved]
     shapes = [f"{p} {tuple(saved[p])} vs {tuple(now[p])}" for p in saved
@@ -143,11 +208,19 @@ def _strategy(name: str):
         return None
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        raise OptionError("strategy multiworker trains through its own loop: call "
+                          "surgery.multiworker.finetune_multiworker (the CLI does)")
     raise OptionError(f"unknown strategy {name!r}; use auto, one, mirrored or multiworker")
 
 
-def set_trainable(model, train: Sequence[str], freeze: Sequence[str], bn: str) -> None:
-    """`train`: only these train (unfrozen first); `freeze`: these don't. Whole layers only."""
+def set_trainable(model, train: Sequence[str], freeze: Sequence[str], bn: str, *,
+                  lora: bool = False) -> None:
+    """`train`: only these train (unfrozen first); `freeze`: these don't. Whole layers only.
+
+    With `lora`, everything `train` does not name is frozen: LoRA adapters (enabled after
+    this) and `train` are what trains.
+    """
     from .trainability import freeze as freeze_fn, unfreeze as unfreeze_fn
 
     if train:
@@ -155,8 +228,34 @@ def set_trainable(model, train: Sequence[str], freeze: Sequence[str], bn: str) -
         variables = open_weights(model).variables()
         if len(select(variables, train, what=model.name)) < len(variables):
             freeze_fn(model, except_=list(train), bn=bn, allow_partial=False)
+    elif lora:
+        if freeze:  # redundant with LoRA (everything is frozen), but must match something
+            select(open_weights(model).variables(), freeze, what=model.name)
+        freeze_fn(model, bn=bn, allow_partial=False)
     elif freeze:
         freeze_fn(model, *freeze, bn=bn, allow_partial=False)
+
+
+def _lora_targets(model, lora_select: Sequence, train: Sequence) -> list:
+    """The LoRA selectors: `lora_select`, or every supported layer `train` doesn't train."""
+    from .lora import SUPPORTED
+
+    src = open_weights(model)
+    trained = {v.layer for v in select(src.variables(), train, what=model.name)} \
+        if train else set()
+    if lora_select:
+        both = sorted(trained & {v.layer for v in select(src.variables(), lora_select,
+                                                         what=model.name)})
+        if both:
+            raise SelectorError(f"--train and --lora-select overlap on {', '.join(both[:3])}; a "
+                                "layer trains either fully or through LoRA adapters")
+        return list(lora_select)
+    layers = [p for p, layer in src.layer_objects.items()
+              if type(layer).__name__ in SUPPORTED and p not in trained]
+    if not layers:
+        raise SelectorError(f"{model.name}: no layer left for LoRA ({', '.join(SUPPORTED)}) "
+                            "outside --train; name some with --lora-select")
+    return [(lambda v, p=p: v.layer == p) for p in layers]
 
 
 def _clean_copy(model, config: dict | None = None):
@@ -176,8 +275,6 @@ def _l2sp_loss(model, base, keras, alpha: float, beta: float):
     if source_path(model) is None:
         raise SurgeryError(f"--l2sp needs pretrained weights to anchor to; {model.name} was not "
                            "loaded from a file (load it with surgery.load_model first)")
-    if alpha < 0 or beta < 0:
-        raise OptionError(f"L2-SP factors must be non-negative (got {alpha}, {beta})")
     try:
         head = find_head(model)
     except SurgeryError:
@@ -236,6 +333,75 @@ def _mixed_copy(model, keras):
     return _clean_copy(model, config)
 
 
+def _real(name: str, value: Any, *, low: float, high: float | None = None,
+          low_open: bool = True, high_open: bool = False, optional: bool = False) -> None:
+    """Refuses a value that is not a finite real number in the given range."""
+    if value is None and optional:
+        return
+    rng = (f"above {low:g}" if low_open else f"of at least {low:g}") if high is None else \
+        f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and \
+        math.isfinite(value) and (value > low if low_open else value >= low) and \
+        (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        raise OptionError(f"{name} must be a finite number {rng}, got {value!r}")
+
+
+def _whole(name: str, value: Any, *, low: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        raise OptionError(f"{name} must be a whole number of at least {low}, got {value!r}")
+
+
+def _check_options(o: dict) -> None:
+    """Refuses non-finite, out-of-range and contradictory options before anything runs."""
+    _whole("--epochs", o["epochs"], low=1)
+    _whole("--batch-size", o["batch_size"], low=1)
+    _whole("--seed", o["seed"], low=0)
+    _whole("--early-stop", o["early_stop"], low=1, optional=True)
+    _whole("--lora-rank", o["lora_rank"], low=1, optional=True)
+    _real("--lr", o["lr"], low=0)
+    _real("--layer-decay", o["layer_decay"], low=0, high=1, optional=True)
+    _real("--l2sp", o["l2sp"], low=0, low_open=False, optional=True)
+    _real("--l2sp-head", o["l2sp_head"], low=0, low_open=False, optional=True)
+    _real("--val-split", o["val_split"], low=0, high=1, high_open=True, optional=True)
+    for selector, mult in (o["lr_mult"] or {}).items():
+        _real(f"--lr-mult {selector}", mult, low=0)
+    if o["bn"] not in ("inference", "train"):
+        raise OptionError(f"--bn must be inference or train, got {o['bn']!r}")
+    if o["lora_select"] and not o["lora_rank"]:
+        raise OptionError("--lora-select needs --lora-rank R (the adapters' rank)")
+    if o["val"] is not None and o["val_split"] is not None:
+        raise OptionError("--val and --val-split both give validation data; pass one")
+
+
+def _names(selectors: Sequence) -> list:
+    return [s if isinstance(s, str) else getattr(s, "__qualname__", repr(s))
+            for s in selectors or ()]
+
+
+def _input_paths(model, data, val) -> list[str]:
+    from .modelio import source_path
+
+    paths = [source_path(model)]
+    for d in (data, val):
+        if isinstance(d, (str, os.PathLike)):
+            paths.append(os.fspath(d))
+        elif isinstance(d, Data) and d.kind != "arrays":
+            paths.append(d.source)
+    return [p for p in paths if p]
+
+
+def _ordered_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, epochs: int):
+    """Batches in the data's own order, every epoch (``shuffle=False``)."""
+    from .tfimport import tensorflow
+
+    tf = tensorflow()
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).repeat(
+        max(epochs, 1)).prefetch(tf.data.AUTOTUNE)
+
+
 def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequence[str] = (),
              bn: str = "inference", epochs: int = 1, batch_size: int = 32, lr: float = 1e-3,
              lr_mult: dict | None = None, layer_decay: float | None = None,
@@ -243,9 +409,10 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
              val: Any = None, val_split: float | None = None, early_stop: int | None = None,
              seed: int = 0, strategy: str = "auto", lora_rank: int | None = None,
              lora_select: Sequence[str] = (), checkpoint: str | None = None,
-             resume: bool = False, verbose: int = 1, callbacks: Sequence[Any] = (),
-             mixed_precision: bool = False, l2sp: float | None = None,
-             l2sp_head: float | None = None) -> FinetuneResult:
+             resume: bool = False, overwrite: bool = False, shuffle: bool = True,
+             verbose: int = 1, callbacks: Sequence[Any] = (), mixed_precision: bool = False,
+             l2sp: float | None = None, l2sp_head: float | None = None,
+             keep_checkpoint: bool = False) -> FinetuneResult:
     """Fine-tunes the selected part of a Keras 3 model on real data.
 
     Args:
@@ -258,15 +425,26 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
         bn: ``inference`` (frozen BatchNorm keeps its statistics) or ``train``.
         epochs, batch_size, lr, optimizer: the usual; `optimizer` is adam, adamw, sgd, rmsprop.
         lr_mult: selector -> learning-rate multiplier; layer_decay: from the head down.
-        loss: ``auto`` or a Keras loss name.
+        loss: ``auto`` or a Keras loss name. A crossentropy on a head without softmax/sigmoid
+            takes the outputs as logits (``from_logits=True``).
         label: CSV label column. val / val_split: validation data or held-out fraction.
         early_stop: stop after this many epochs without improvement (validation loss, or
             training loss without validation).
         seed: seeds Keras, the shuffle order and the split: same seed, same result.
         strategy: ``auto``/``one`` (default device) or ``mirrored`` (all local devices).
-        lora_rank, lora_select: train LoRA adapters on these layers; the result is merged.
-        checkpoint: folder for per-epoch checkpoints (default: none unless `resume`).
-        resume: continue from `checkpoint`.
+        lora_rank, lora_select: train LoRA adapters on these layers (default: every supported
+            layer `train` doesn't name); everything else is frozen unless `train` names it.
+            The result is merged.
+        checkpoint: folder for per-epoch checkpoints (default: none). It must be new, or a
+            checkpoint folder of an earlier run (``resume`` or ``overwrite``); see
+            `TrainingCheckpoint`.
+        resume: continue from `checkpoint` (same model, data and settings; more epochs).
+        overwrite: start over in an existing checkpoint folder of an earlier run.
+        keep_checkpoint: leave the finished run's checkpoint in place; the caller removes it
+            with `result.remove_checkpoint()` once the trained model is safely written (the
+            CLI does), so a failing final write never loses the training.
+        shuffle: each epoch in a stateless shuffle order seeded by ``(seed, epoch)``
+            (default), or in the data's own order.
         mixed_precision: compute in float16 (GPU, with loss scaling) or bfloat16 (CPU) while
             variables stay float32; the output model keeps the original float32 policy.
         l2sp: L2-SP (Li, Grandvalet & Davoine, ICML 2018): add ``l2sp/2 * ||w - w0||^2`` for
@@ -278,7 +456,11 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
         A `FinetuneResult`.
 
     Raises:
-        InputError, ShapeError: data that can't be read or doesn't fit the model.
+        OptionError: a non-finite or out-of-range option, a checkpoint of other settings.
+        InputError, ShapeError: data that can't be read or doesn't fit the model; a
+            checkpoint of another model or other data.
+        FormatError: a damaged checkpoint. OutputError: a checkpoint folder that is not the
+            tool's own, holds an input, or exists without `resume`/`overwrite`.
         SelectorError: `train` and `freeze` overlap, or a selector matches nothing.
         Interrupted: Ctrl-C; the last finished epoch's checkpoint is kept.
 
@@ -292,14 +474,18 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
     from . import tfimport
     from .lora import enable_lora, merge_lora
     from .lrgroups import learning_rates
+    from .rebuild import model_config
+    from .training_outputs import TrainingCheckpoint
 
+    _check_options(dict(epochs=epochs, batch_size=batch_size, seed=seed, early_stop=early_stop,
+                        lora_rank=lora_rank, lr=lr, layer_decay=layer_decay, l2sp=l2sp,
+                        l2sp_head=l2sp_head, val_split=val_split, lr_mult=lr_mult, bn=bn,
+                        lora_select=lora_select, val=val))
     keras = tfimport.keras()
     if framework_of(model) == "tf_keras":
         raise SurgeryError("finetune trains Keras 3 models; convert a Keras 2 model first "
                            "(surgery convert MODEL.h5 -o MODEL.keras)")
-    if epochs < 1 or batch_size < 1:
-        raise OptionError(f"epochs and batch size must be at least 1 (got {epochs}, "
-                          f"{batch_size})")
+    inputs = _input_paths(model, data, val)
     if isinstance(data, Data):
         check_against_model(data, model)
     elif isinstance(data, tuple) and len(data) == 2:
@@ -315,18 +501,27 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
         if both:
             raise SelectorError(f"--train and --freeze overlap on {', '.join(both[:3])}"
                                 f"{' ...' if len(both) > 3 else ''}; a variable can't do both")
+    settings = {"train": _names(train), "freeze": _names(freeze), "bn": bn, "epochs": epochs,
+                "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "loss": loss,
+                "seed": seed, "shuffle": bool(shuffle), "strategy": strategy,
+                "lr_mult": {str(k): v for k, v in (lr_mult or {}).items()},
+                "layer_decay": layer_decay, "lora_rank": lora_rank,
+                "lora_select": _names(lora_select), "early_stop": early_stop,
+                "mixed_precision": _policy_name(keras) if mixed_precision else None,
+                "l2sp": l2sp, "l2sp_head": l2sp_head}
+    state = TrainingCheckpoint(checkpoint, model=model, settings=settings, resume=resume,
+                               overwrite=overwrite, inputs=inputs,
+                               data_arrays=(data.x, data.y, data.x_val, data.y_val))
     dist = _strategy(strategy)
     scope = dist.scope() if dist is not None else _NullScope()
     keras.utils.set_random_seed(seed)
-    from .rebuild import model_config
-
     original_config = model_config(model)
     with scope:
         if dist is not None or mixed_precision:
             model = _mixed_copy(model, keras) if mixed_precision else _clean_copy(model)
-        set_trainable(model, train, freeze, bn)
+        set_trainable(model, train, freeze, bn, lora=bool(lora_rank))
         if lora_rank:
-            enable_lora(model, *lora_select, rank=int(lora_rank))
+            enable_lora(model, *_lora_targets(model, lora_select, train), rank=int(lora_rank))
         if not model.trainable_weights:
             raise SelectorError(f"{model.name}: nothing left to train; check --train/--freeze")
         if lr_mult or layer_decay:
@@ -336,30 +531,21 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
             from .lrgroups import _make
 
             opt = _make(optimizer, lr, keras)
-        if loss == "auto":
-            loss_name, metrics, from_logits = infer_loss(model, data.y)
-            loss_obj = keras.losses.get({"class_name": loss_name,
-                                         "config": {"from_logits": from_logits}}) \
-                if from_logits else loss_name
-            loss_desc = loss_name + (" (from logits)" if from_logits else "")
-        else:
-            try:
-                loss_obj = keras.losses.get(loss)
-            except ValueError:
-                raise OptionError(f"unknown loss {loss!r}; use auto or a Keras loss name such "
-                                  "as sparse_categorical_crossentropy, mse") from None
-            metrics, loss_desc = [], loss
+        loss_obj, metrics, loss_desc = make_loss(model, data.y, loss)
         if l2sp is not None or l2sp_head is not None:
             loss_obj = _l2sp_loss(model, loss_obj, keras, l2sp or 0.0, l2sp_head or 0.0)
             loss_desc += f" + L2-SP(alpha={l2sp or 0.0:g}, beta={l2sp_head or 0.0:g})"
         if mixed_precision and _policy_name(keras) == "mixed_float16":
             opt = keras.optimizers.LossScaleOptimizer(opt)
         model.compile(optimizer=opt, loss=loss_obj, metrics=metrics)
-    state = _Checkpoint(checkpoint, model, resume)
     first = state.restore(model)
     steps = math.ceil(len(data.x) / batch_size)
-    train_ds = train_pipeline(data.x, data.y, batch_size=batch_size, seed=seed,
-                              first_epoch=first, epochs=epochs)
+    if shuffle:
+        train_ds = train_pipeline(data.x, data.y, batch_size=batch_size, seed=seed,
+                                  first_epoch=first, epochs=epochs)
+    else:
+        train_ds = _ordered_pipeline(data.x, data.y, batch_size=batch_size,
+                                     epochs=epochs - first)
     val_ds = eval_pipeline(data.x_val, data.y_val, batch_size=batch_size) \
         if data.x_val is not None else None
     tracker = _Tracker(state, early_stop, val_ds is not None)
@@ -380,15 +566,12 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
         result_model = merge_lora(model)
     else:
         result_model = _clean_copy(model, _with_dtypes(model_config(model), original_config))
-    settings = {"train": list(train), "freeze": list(freeze), "bn": bn, "epochs": epochs,
-                "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "seed": seed,
-                "strategy": strategy, "lr_mult": lr_mult or {}, "layer_decay": layer_decay,
-                "lora_rank": lora_rank, "early_stop": early_stop,
-                "mixed_precision": _policy_name(keras) if mixed_precision else None,
-                "l2sp": l2sp, "l2sp_head": l2sp_head}
     result = FinetuneResult(result_model, state.epochs, state.best_epoch, tracker.stopped,
                             loss_desc, data.describe(), settings, adapters)
-    state.finish()
+    if keep_checkpoint:
+        result.checkpoint = state
+    else:
+        state.finish()
     return result
 
 
@@ -400,82 +583,6 @@ class _NullScope:
         return False
 
 
-class _Checkpoint:
-    """Per-epoch checkpoint: weights with optimizer state, epoch, early-stopping state."""
-
-    def __init__(self, folder: str | None, model, resume: bool):
-        self.folder = folder
-        self.resume = resume
-        self.epochs: list[dict] = []
-        self.best: float | None = None
-        self.best_epoch: int | None = None
-        self.wait = 0
-        self.fingerprint = _fingerprint(model)
-        self._best_weights = None
-        if resume and not folder:
-            raise OptionError("--resume needs a checkpoint folder (--checkpoint DIR, default "
-                              "OUT.ckpt)")
-        if folder and not resume and os.path.isdir(folder):
-            shutil.rmtree(folder)  # a stale checkpoint of an earlier run: start fresh
-
-    def _paths(self):
-        return (os.path.join(self.folder, "state.json"),
-                os.path.join(self.folder, "last.weights.h5"),
-                os.path.join(self.folder, "best.weights.h5"))
-
-    def restore(self, model) -> int:
-        if not (self.resume and self.folder):
-            return 0
-        state_path, last, _ = self._paths()
-        if not os.path.isfile(state_path):
-            raise InputError(f"{self.folder}: no checkpoint to resume from (state.json "
-                             "missing); run without --resume")
-        with open(state_path) as f:
-            state = json.load(f)
-        diff = _fingerprint_diff(state["fingerprint"], self.fingerprint)
-        if diff:
-            raise InputError(f"{self.folder}: the checkpoint belongs to another model ({diff});"
-                             " start without --resume or use the matching model")
-        model.optimizer.build(model.trainable_variables)
-        model.load_weights(last)
-        self.epochs = state["epochs"]
-        self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], \
-            state["wait"]
-        return int(state["epoch"])
-
-    def save(self, model, epoch: int, improved: bool) -> None:
-        if improved:
-            self._best_weights = [np.array(v.numpy()) for v in model.weights] \
-                if not self.folder else None
-        if not self.folder:
-            return
-        os.makedirs(self.folder, exist_ok=True)
-        state_path, last, best = self._paths()
-        model.save_weights(last + ".tmp.weights.h5", overwrite=True)
-        os.replace(last + ".tmp.weights.h5", last)
-        if improved:
-            shutil.copyfile(last, best)
-        state = {"epoch": epoch, "epochs": self.epochs, "best": self.best,
-                 "best_epoch": self.best_epoch, "wait": self.wait,
-                 "fingerprint": self.fingerprint}
-        with open(state_path + ".tmp", "w") as f:
-            json.dump(state, f)
-        os.replace(state_path + ".tmp", state_path)
-
-    def load_best(self, model) -> None:
-        if self.best_epoch is None or self.best_epoch == len(self.epochs):
-            return
-        if self.folder:
-            model.load_weights(self._paths()[2])
-        elif self._best_weights is not None:
-            for v, value in zip(model.weights, self._best_weights):
-                v.assign(value)
-
-    def finish(self) -> None:
-        if self.folder and os.path.isdir(self.folder):
-            shutil.rmtree(self.folder)
-
-
 def _callback_base():
     from .tfimport import keras
 
@@ -485,7 +592,7 @@ def _callback_base():
 class _Tracker(_callback_base()):
     """Records each epoch, tracks the best, stops early, writes the checkpoint."""
 
-    def __init__(self, state: _Checkpoint, patience: int | None, has_val: bool):
+    def __init__(self, state, patience: int | None, has_val: bool):
         super().__init__()
         self.state, self.patience = state, patience
         self.monitor = "val_loss" if has_val else "loss"

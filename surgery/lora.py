@@ -3,9 +3,12 @@
 `enable_lora` calls Keras 3's own ``layer.enable_lora`` on the layers a selection reaches
 (Dense, EinsumDense, Embedding, Conv1D/2D/3D), in place: afterwards the kernel (and, unless
 ``train_bias=True``, the bias) is frozen and only ``<layer>/lora_kernel_a`` and
-``<layer>/lora_kernel_b`` train. `merge_lora` returns a new,
-plain model whose kernels include the adapters (kernel + alpha/rank * A @ B), with the same
-outputs. Keras merges on save too, so LoRA is a training-time tool; tf_keras has no LoRA.
+``<layer>/lora_kernel_b`` train, also in a layer that was frozen before (a frozen Keras layer
+trains none of its variables, so the adapted layer is made trainable first). Other layers are
+left as they are: freeze them first (`surgery.freeze`) to train the adapters alone.
+`merge_lora` returns a new, plain model whose kernels include the adapters
+(kernel + alpha/rank * A @ B), with the same outputs. Keras merges on save too, so LoRA is a
+training-time tool; tf_keras has no LoRA.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from .errors import OptionError, SurgeryError
-from .livemodels import framework_of
+from .livemodels import framework_of, require_live_model
 from .rebuild import carry_weights, find_layer_config, model_config, rebuild
 from .selection import Selector, select
-from .sources import LiveModelSource, open_weights
+from .sources import open_weights
 
 __all__ = ["LoraReport", "enable_lora", "merge_lora", "lora_layers", "SUPPORTED"]
 
@@ -78,13 +81,16 @@ def enable_lora(model: Any, *selectors: Selector, rank: int, alpha: float | None
     surgery.enable_lora(model, "fc", "head", rank=4)
     ```
     """
+    require_live_model(model, "enable_lora")
     if framework_of(model) == "tf_keras":
         raise SurgeryError("tf_keras models have no LoRA; convert the model to Keras 3 first "
                            "(surgery convert)")
     if not isinstance(rank, (int, np.integer)) or rank < 1:
         raise OptionError(f"rank must be a positive integer, got {rank!r}")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(
+            alpha, (int, float, np.number)) or not np.isfinite(alpha) or alpha <= 0):
+        raise OptionError(f"alpha must be a finite number above 0, got {alpha!r}")
     src = open_weights(model)
-    assert isinstance(src, LiveModelSource)
     if selectors:
         chosen = select(src.variables(), selectors, what=model.name)
         layers = list(dict.fromkeys(v.layer for v in chosen))
@@ -95,10 +101,18 @@ def enable_lora(model: Any, *selectors: Selector, rank: int, alpha: float | None
         if type(layer).__name__ not in SUPPORTED:
             raise SurgeryError(f"layer {path!r} is a {type(layer).__name__}, which has no LoRA; "
                                f"LoRA works on {', '.join(SUPPORTED)}")
+        if getattr(layer, "kernel_constraint", None) is not None and \
+                not getattr(layer, "lora_enabled", False):
+            raise SurgeryError(f"layer {path!r} has a kernel constraint, which LoRA can't keep "
+                               "(Keras refuses it); leave the layer out of the LoRA selection "
+                               "or remove its constraint first")
     before = _trainable(model)
     for path in layers:
         layer = src.layer_objects[path]
         if not getattr(layer, "lora_enabled", False):
+            # A frozen layer's variables never train, adapters included: the layer itself
+            # must be trainable; Keras's enable_lora then freezes its kernel.
+            layer.trainable = True
             layer.enable_lora(int(rank), lora_alpha=alpha)
         if not train_bias and getattr(layer, "bias", None) is not None:
             layer.bias.trainable = False
@@ -114,6 +128,7 @@ def merge_lora(model: Any) -> Any:
     plain = surgery.merge_lora(model)    # same outputs, no lora_kernel_a/b variables
     ```
     """
+    require_live_model(model, "merge_lora")
     adapted = lora_layers(model)
     config = model_config(model)
     for path in adapted:

@@ -10,13 +10,15 @@ selector function routes by identity. Each group gets its own optimizer at
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import OptionError, SurgeryError
-from .livemodels import framework_of
+from .livemodels import framework_of, require_live_model
 from .selection import select
-from .sources import LiveModelSource, open_weights
+from .sources import open_weights
 
 __all__ = ["LearningRates", "learning_rates", "OPTIMIZERS"]
 
@@ -45,6 +47,11 @@ class LearningRates:
             lines.append(f"  x{m:<8g} lr {lr:<10.3g} {len(paths)} variables "
                          f"({', '.join(paths[:3])}{', ...' if len(paths) > 3 else ''})")
         return "\n".join(lines)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and \
+        math.isfinite(value)
 
 
 def _make(name: str, lr: float, k) -> Any:
@@ -85,15 +92,16 @@ def learning_rates(model: Any, multipliers: Mapping[Any, float] | None = None,
     if framework_of(model) == "tf_keras":
         raise SurgeryError("per-layer learning rates need Keras 3 (tf_keras has no "
                            "MultiOptimizer); convert the model first")
-    if decay is not None and not 0 < decay <= 1:
-        raise OptionError(f"layer decay must be in (0, 1], got {decay}")
-    if base_lr <= 0:
-        raise OptionError(f"base learning rate must be positive, got {base_lr}")
+    if decay is not None and not (_finite(decay) and 0 < decay <= 1):
+        raise OptionError(f"layer decay must be a finite number in (0, 1], got {decay!r}")
+    if not (_finite(base_lr) and base_lr > 0):
+        raise OptionError(f"base learning rate must be a finite number above 0, got "
+                          f"{base_lr!r}")
     from .tfimport import keras
 
     k = keras()
+    require_live_model(model, "learning_rates")
     src = open_weights(model)
-    assert isinstance(src, LiveModelSource)
     variables = src.variables()
     decayed = {v.path: 1.0 for v in variables}
     if decay is not None:
@@ -103,8 +111,9 @@ def learning_rates(model: Any, multipliers: Mapping[Any, float] | None = None,
             decayed[v.path] = decay ** depth.get(v.layer, 0)
     factor = dict(decayed)
     for selector, mult in (multipliers or {}).items():
-        if not mult > 0:
-            raise OptionError(f"multiplier for {selector!r} must be positive, got {mult}")
+        if not (_finite(mult) and mult > 0):
+            raise OptionError(f"multiplier for {selector!r} must be a finite number above 0, "
+                              f"got {mult!r}")
         for v in select(variables, [selector], what=model.name):
             factor[v.path] = decayed[v.path] * float(mult)
     groups: dict[float, list[str]] = {}

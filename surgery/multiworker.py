@@ -7,7 +7,8 @@ runs the same command (each with its own ``-o``), the data is sharded by element
 all-reduced, BatchNorm moving statistics are averaged at the end, and every worker ends with
 the same weights. Supported: `train`/`freeze`, `bn`,
 epochs, batch size (global), learning rate, optimizer, loss, seed. Per-layer learning rates,
-LoRA, early stopping and resume are `fit`-path features.
+LoRA, early stopping, checkpoints and resume, L2-SP and mixed precision are `fit`-path
+features: asked for here, they are refused, never dropped.
 """
 
 from __future__ import annotations
@@ -76,10 +77,17 @@ def make_strategy() -> Any:
 def finetune_multiworker(model: Any, data: Any, *, train=(), freeze=(), bn="inference",
                          epochs=1, batch_size=32, lr=1e-3, optimizer="adam", loss="auto",
                          label=None, val=None, val_split=None, seed=0, lr_mult=None,
-                         layer_decay=None, lora_rank=None, early_stop=None, resume=False,
-                         verbose=1, distribution: Any = None, mixed_precision=False,
-                         **_ignored) -> Any:
+                         layer_decay=None, lora_rank=None, lora_select=(), early_stop=None,
+                         checkpoint=None, resume=False, overwrite=False, shuffle=True,
+                         strategy="multiworker", verbose=1, callbacks=(),
+                         distribution: Any = None, mixed_precision=False, l2sp=None,
+                         l2sp_head=None) -> Any:
     """Fine-tunes across the workers of ``TF_CONFIG`` (see the module docstring).
+
+    Takes `surgery.finetune`'s options; the ones this loop can't honour (per-layer learning
+    rates, LoRA, early stopping, checkpoints and resume, mixed precision, L2-SP, Keras
+    callbacks, an unshuffled order) are refused with an `OptionError` naming them, never
+    dropped. `overwrite` (which only concerns a checkpoint) is accepted.
 
     Args:
         distribution: the strategy from `make_strategy` (created first thing in the process);
@@ -89,15 +97,27 @@ def finetune_multiworker(model: Any, data: Any, *, train=(), freeze=(), bn="infe
         A `FinetuneResult` (validation metrics are not computed on this path).
     """
     read_tf_config()
-    unsupported = [name for name, value in (("--lr-mult", lr_mult), ("--layer-decay",
-                   layer_decay), ("--lora-rank", lora_rank), ("--early-stop", early_stop),
-                   ("--resume", resume), ("--mixed-precision", mixed_precision)) if value]
+    if strategy not in ("multiworker", "auto"):
+        raise OptionError(f"finetune_multiworker runs strategy multiworker, not {strategy!r}")
+    unsupported = [name for name, value in (
+        ("--lr-mult", lr_mult), ("--layer-decay", layer_decay), ("--lora-rank", lora_rank),
+        ("--lora-select", lora_select), ("--early-stop", early_stop),
+        ("--checkpoint", checkpoint), ("--resume", resume),
+        ("--mixed-precision", mixed_precision), ("--l2sp", l2sp is not None),
+        ("--l2sp-head", l2sp_head is not None), ("callbacks", callbacks),
+        ("shuffle=False", not shuffle)) if value]
     if unsupported:
         raise OptionError(f"--strategy multiworker does not support {', '.join(unsupported)}; "
                           "use --strategy mirrored (Keras fit) for those")
+    from .finetuning import _check_options
+
+    _check_options(dict(epochs=epochs, batch_size=batch_size, seed=seed, early_stop=None,
+                        lora_rank=None, lr=lr, layer_decay=None, l2sp=None, l2sp_head=None,
+                        val_split=val_split, lr_mult=None, bn=bn, lora_select=(), val=val))
     from . import tfimport
     from .datasets import Data, check_against_model, load_data, train_pipeline
-    from .finetuning import FinetuneResult, _clean_copy, _params, infer_loss, set_trainable
+    from .finetuning import (FinetuneResult, _clean_copy, _output_activation, _params,
+                             infer_loss, loss_object, set_trainable)
     from .lrgroups import _make
 
     tf = tfimport.tensorflow()
@@ -116,10 +136,10 @@ def finetune_multiworker(model: Any, data: Any, *, train=(), freeze=(), bn="infe
         if loss == "auto":
             name, _, from_logits = infer_loss(model, data.y)
         else:
-            name, from_logits = loss, False
-        loss_fn = keras.losses.get({"class_name": name, "config": {
-            "from_logits": from_logits, "reduction": None}} if name != "mean_squared_error"
-            else {"class_name": "MeanSquaredError", "config": {"reduction": None}})
+            name = loss
+            from_logits = _output_activation(model) not in ("softmax", "sigmoid")
+        # per-example losses (reduction None); from_logits honoured (see loss_object)
+        loss_fn = loss_object(name, from_logits, reduction=None)
         opt.build(model.trainable_variables)
     steps = math.ceil(len(data.x) / batch_size)
     ds = train_pipeline(data.x, data.y, batch_size=batch_size, seed=seed, first_epoch=0,

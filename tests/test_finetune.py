@@ -318,12 +318,19 @@ def test_cli_bad_inputs(saved, tmp_path, monkeypatch, make, args, start):
 
 
 def test_cli_resume_other_model(saved, tmp_path, keras):
+    """A real checkpoint of another model (interrupted run), resumed by the CLI: refused."""
     model, data = saved
     ckpt = tmp_path / "ck"
-    os.makedirs(ckpt)
-    (ckpt / "state.json").write_text(json.dumps({"fingerprint": {"x/kernel": [1, 2]}}))
+    other = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(name="x"),
+                              keras.layers.Dense(3, activation="softmax", name="head")])
+    with pytest.raises(Interrupted):
+        surgery.finetune(other, toy_images(32), epochs=3, batch_size=16, verbose=0,
+                         checkpoint=str(ckpt), callbacks=[_StopAt(1)])
     r = run("finetune", model, "--data", data, "-o", tmp_path / "o.keras", "--checkpoint", ckpt,
             "--resume", "--quiet")
     assert r.exit_code == 2
-    assert r.output.startswith(f"error: {ckpt}: the checkpoint belongs to another model (only "
-                               "in the checkpoint: x/kernel; only in the model: c1/kernel")
+    assert r.output == (f"error: {ckpt}: the checkpoint belongs to another model (shapes "
+                        "differ: head/kernel (64, 3) vs (4, 3); only in the model: c1/kernel, "
+                        "c1/bias, bn/gamma); start without --resume or use the matching "
+                        "model\n")
+    assert not (tmp_path / "o.keras").exists()

@@ -11,13 +11,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import stat
 import struct
 import zipfile
 from typing import Any
 
 from .errors import FormatError, InputError
 
-__all__ = ["SafeZip", "KerasArchive", "parse_json", "MAX_JSON_BYTES", "MAX_JSON_DEPTH"]
+__all__ = ["SafeZip", "KerasArchive", "parse_json", "read_small_file", "MAX_JSON_BYTES",
+           "MAX_JSON_DEPTH"]
 
 MAX_JSON_BYTES = 64 * 1024 * 1024
 MAX_JSON_DEPTH = 200
@@ -25,27 +28,24 @@ _MAX_RATIO = 1000  # declared size / stored size beyond which a member is a bomb
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
+# a JSON string or a bracket; possessive single-character loops keep the matcher's memory flat
+# on a long string, and an unterminated string runs to the end (no scan fails and restarts)
+_JSON_TOKENS = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"?|[\[\]{}]', re.S)
+
+
 def _json_depth(text: str) -> int:
-    """Nesting depth of a JSON text, counted without parsing (strings skipped)."""
+    """Nesting depth of a JSON text, counted without parsing (strings skipped), stopping as
+    soon as it passes `MAX_JSON_DEPTH`."""
     depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
+    for m in _JSON_TOKENS.finditer(text):
+        ch = m.group()
+        if ch in ("[", "{"):
             depth += 1
             if depth > deepest:
                 deepest = depth
                 if deepest > MAX_JSON_DEPTH:
                     return deepest
-        elif ch in "]}":
+        elif ch in ("]", "}"):
             depth -= 1
     return deepest
 
@@ -74,6 +74,46 @@ def parse_json(data: bytes | str, where: str) -> Any:
         return json.loads(text)
     except (ValueError, RecursionError) as e:
         raise FormatError(f"{where}: malformed JSON ({e})") from None
+
+
+def read_small_file(path: str, what: str, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes. A FIFO, device, socket or
+    directory is refused, never waited on: the file is opened non-blocking and checked on the
+    open descriptor, so swapping it after a check can't hang the reader either.
+
+    Raises:
+        InputError: missing, unreadable, not a regular file, or larger than `limit`.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such {what}") from None
+    except OSError as e:
+        raise InputError(f"{path}: can't read the {what} ({e.strerror})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) \
+                else "a character device" if stat.S_ISCHR(mode) else "a special file"
+            raise InputError(f"{path}: is {kind}, not a regular file; pass the {what} as a "
+                             "regular file")
+        os.set_blocking(fd, True)
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise InputError(f"{path}: can't read the {what} ({e.strerror})") from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise InputError(f"{path}: more than {limit} bytes, too large for a {what}; check the "
+                         "path")
+    return b"".join(chunks)
 
 
 class Span(io.RawIOBase):
@@ -132,6 +172,10 @@ class SafeZip:
     def __init__(self, path: str):
         self.path = path
         try:
+            mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode):
+                raise InputError(f"{path}: not a regular file (a FIFO, device or directory); "
+                                 f"pass a {self.kind} file")
             with open(path, "rb") as f:
                 magic = f.read(4)
         except OSError as e:
@@ -142,7 +186,7 @@ class SafeZip:
         try:
             self._zip = zipfile.ZipFile(path)
             infos = self._zip.infolist()
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
             raise FormatError(f"{path}: truncated or damaged {self.kind} ({e}); "
                               "re-save it or use an intact copy") from None
         self._size = os.path.getsize(path)

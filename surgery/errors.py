@@ -26,8 +26,13 @@ class SurgeryError(Exception):
     exit_code = 2
 
     def __init__(self, message: str):
-        # One line, always: a multi-line message would break the CLI's `error:` contract.
-        super().__init__(" ".join(str(message).split("\n")))
+        # One line, always: a multi-line message would break the CLI's `error:` contract; other
+        # control characters (from names read out of files: ESC, CR, bidi overrides) are
+        # escaped so that they can't reach the terminal.
+        text = " ".join(str(message).split("\n"))
+        if not text.isprintable():
+            text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        super().__init__(text)
 
 
 class InputError(SurgeryError):

@@ -9,13 +9,20 @@ Two layouts:
   ``weight_names`` attributes; weight names carry tf_keras's scope names (``enc/lstm_cell/...``)
   that are translated to canonical paths.
 
-HDF5 files are untrusted: external links, soft links, external-storage and virtual datasets,
-and datasets whose declared size is far beyond what the file stores are refused.
+HDF5 files are untrusted. `open_h5` walks every object once before anything else reads the
+file (`scan_h5`): external, soft and user-defined links, an object reached by two hard links
+(a DAG or a cycle, which would make a tree walk exponential), groups nested deeper than
+`MAX_DEPTH`, more than `MAX_OBJECTS` links or attributes, external-storage and virtual
+datasets, datasets whose declared size is far beyond what the file stores, and datasets that
+are not real numbers (strings, variable-length data, references, records, complex numbers) are
+refused with a `FormatError` before any dataset is read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import posixpath
 import re
 from typing import Any, Iterator, Mapping
 
@@ -27,10 +34,13 @@ from .errors import FormatError
 from .layertypes import RNN_CELLS, VariableSpec, variable_specs
 
 __all__ = [
-    "guard", "open_h5", "VirtualGroup", "check_dataset", "read_dataset", "keras3_entries",
-    "legacy_entries", "layer_name", "model_layer_configs", "is_model_config",
+    "guard", "open_h5", "scan_h5", "VirtualGroup", "check_dataset", "dataset_dtype",
+    "read_dataset", "keras3_entries", "legacy_entries", "layer_name", "model_layer_configs",
+    "is_model_config", "MAX_DEPTH", "MAX_OBJECTS",
 ]
 
+MAX_DEPTH = 64  # group nesting; Keras files nest a few levels per nested model
+MAX_OBJECTS = 1_000_000  # links plus attributes walked in one file
 _MAX_RATIO = 1000
 _MODEL_CLASSES = {"Functional", "Sequential", "Model"}
 _CELL_NAME = re.compile(r"^(lstm|gru|simple_rnn|conv_lstm\d?d?|rnn|peephole_lstm)?_?cell(_\d+)?$")
@@ -42,7 +52,7 @@ class VirtualGroup:
 
     def __init__(self, name: str = "/"):
         self.name = name
-        self.attrs: dict = {}
+        self.attrs = _MergedAttrs()
         self._children: dict[str, Any] = {}
 
     def __contains__(self, key: str) -> bool:
@@ -74,8 +84,7 @@ class VirtualGroup:
     def merge(self, group: h5py.Group, where: str) -> None:
         """Mounts every object of the real `group` (a shard's root) into this tree; groups
         present in several shards are merged, their first attributes kept."""
-        for key, value in group.attrs.items():
-            self.attrs.setdefault(key, value)
+        self.attrs.groups.append(group)
         for name, child in _children(group, where):
             if isinstance(child, h5py.Group):
                 node = self._children.get(name)
@@ -87,6 +96,29 @@ class VirtualGroup:
 
     def close(self) -> None:
         """Nothing to close: the shard files are closed by their owner."""
+
+
+class _MergedAttrs:
+    """The attributes of a group merged from several shards, read on demand (first shard
+    that has the key wins), so that merging reads no attribute."""
+
+    def __init__(self):
+        self.groups: list = []
+
+    def get(self, key: str, default=None):
+        for group in self.groups:
+            if key in group.attrs:
+                return group.attrs[key]
+        return default
+
+    def __contains__(self, key: str) -> bool:
+        return any(key in group.attrs for group in self.groups)
+
+    def __getitem__(self, key: str):
+        for group in self.groups:
+            if key in group.attrs:
+                return group.attrs[key]
+        raise KeyError(key)
 
 
 def _is_group(obj: Any) -> bool:
@@ -111,12 +143,94 @@ def guard(where: str) -> Iterator[None]:
 
 
 def open_h5(source: Any, where: str) -> h5py.File:
-    """Opens an HDF5 file (path or binary file object) read-only; errors become FormatError."""
+    """Opens an HDF5 file (path or binary file object) read-only and checks every object in
+    it (`scan_h5`); errors become FormatError and leave nothing open."""
     try:
-        return h5py.File(source, "r")
+        h5 = h5py.File(source, "r")
     except (OSError, ValueError) as e:
         raise FormatError(f"{where}: not a readable HDF5 file ({e}); "
                           "check the path, or re-save the weights") from None
+    try:
+        with guard(where):
+            scan_h5(h5, where)
+    except BaseException:
+        h5.close()
+        raise
+    return h5
+
+
+def _address(obj: Any) -> tuple[int, int]:
+    info = h5py.h5o.get_info(obj.id)
+    return int(info.fileno), int(info.addr)
+
+
+def _check_attrs(obj: Any, path: str, where: str, budget: list[int]) -> None:
+    """Counts attributes against the budget and refuses variable-length attributes that hold
+    many values (each can point at one big heap object: reading them would multiply it)."""
+    for key in obj.attrs:
+        budget[0] -= 1
+        if budget[0] < 0:
+            _too_many(where)
+        aid = obj.attrs.get_id(key)
+        shape = aid.shape or ()
+        if aid.dtype.hasobject and math.prod(shape) > 1 and key not in _NAME_LISTS:
+            raise FormatError(f"{where}: attribute {key!r} of {path} holds {math.prod(shape)} "
+                              "variable-length values; Keras writes one, refusing a crafted "
+                              "file")
+
+
+_NAME_LISTS = ("layer_names", "weight_names")  # tf_keras writes these as lists of strings
+
+
+def _too_many(where: str) -> None:
+    raise FormatError(f"{where}: more than {MAX_OBJECTS} HDF5 links and attributes; refusing a "
+                      "file built to exhaust the reader")
+
+
+def scan_h5(h5: h5py.File, where: str) -> None:
+    """Visits every object of an open HDF5 file once, without recursion, and refuses what no
+    Keras file holds (see the module docstring).
+
+    Raises:
+        FormatError: the first hostile or damaged object, named by its path.
+    """
+    seen = {_address(h5): "/"}
+    budget = [MAX_OBJECTS]
+    _check_attrs(h5, "/", where, budget)
+    stack: list[tuple[h5py.Group, int]] = [(h5, 0)]
+    while stack:
+        group, depth = stack.pop()
+        base = group.name or "/"
+        for name in group:
+            budget[0] -= 1
+            if budget[0] < 0:
+                _too_many(where)
+            path = posixpath.join(base, name)
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise FormatError(f"{where}: {path} is an external link to {link.filename!r}; "
+                                  "refusing a weights file that reads other files")
+            if isinstance(link, h5py.SoftLink):
+                raise FormatError(f"{where}: {path} is a soft link; Keras never writes them, "
+                                  "refusing a crafted weights file")
+            if not isinstance(link, h5py.HardLink):
+                raise FormatError(f"{where}: {path} is a user-defined link; refusing a crafted "
+                                  "weights file")
+            obj = group[name]
+            address = _address(obj)
+            if address in seen:
+                raise FormatError(f"{where}: {path} is a second hard link to {seen[address]}; "
+                                  "Keras never links one object twice, refusing a crafted "
+                                  "weights file")
+            seen[address] = path
+            _check_attrs(obj, path, where, budget)
+            if isinstance(obj, h5py.Group):
+                if depth + 1 > MAX_DEPTH:
+                    raise FormatError(f"{where}: {path} is nested more than {MAX_DEPTH} groups "
+                                      "deep; refusing a crafted weights file")
+                stack.append((obj, depth + 1))
+            elif isinstance(obj, h5py.Dataset):
+                check_dataset(obj, where)
 
 
 def _children(group: h5py.Group, where: str) -> Iterator[tuple[str, Any]]:
@@ -131,16 +245,37 @@ def _children(group: h5py.Group, where: str) -> Iterator[tuple[str, Any]]:
         yield name, group[name]
 
 
+def dataset_dtype(ds: h5py.Dataset, where: str) -> str:
+    """The numpy dtype name of a weight dataset (``bfloat16`` for Keras's tagged opaque
+    bfloat16); refuses complex numbers and anything that is not a real number."""
+    dt = ds.dtype
+    if dt.kind in "fiub" and dt.fields is None and not dt.hasobject:
+        return str(dt)
+    if dt.kind == "V" and dt.itemsize == 2 and dt.fields is None and \
+            ds.attrs.get("dtype") in ("bfloat16", b"bfloat16"):
+        return "bfloat16"
+    if dt.kind == "c":
+        raise FormatError(f"{where}: {ds.name} holds complex numbers ({dt}); surgery copies "
+                          "real-valued weights only and would lose the imaginary part; store "
+                          "the real and imaginary parts as two float tensors")
+    what = "variable-length or string data" if dt.hasobject or dt.kind in "OSU" else \
+        "records or opaque bytes" if dt.kind == "V" else f"dtype {dt}"
+    raise FormatError(f"{where}: {ds.name} holds {what}, not numbers; refusing it as a weight")
+
+
 def check_dataset(ds: h5py.Dataset, where: str) -> None:
-    """Refuses virtual, external-storage and size-bomb datasets."""
+    """Refuses virtual, external-storage, non-numeric and size-bomb datasets."""
     if ds.is_virtual:
         raise FormatError(f"{where}: {ds.name} is a virtual dataset (it maps other files); "
                           "refusing it")
     if ds.external:
         raise FormatError(f"{where}: {ds.name} stores its data in external files "
                           f"({ds.external[0][0]!r}); refusing it")
-    declared = int(np.prod(ds.shape, dtype=np.int64)) * ds.dtype.itemsize if ds.shape else \
-        ds.dtype.itemsize
+    dataset_dtype(ds, where)
+    if ds.shape is None:
+        raise FormatError(f"{where}: {ds.name} has no dataspace (an empty HDF5 dataset); "
+                          "refusing it as a weight")
+    declared = math.prod(int(d) for d in ds.shape) * ds.dtype.itemsize
     stored = ds.id.get_storage_size()
     limit = stored if ds.chunks is None or not ds.compression else stored * _MAX_RATIO
     if declared > limit + 4096:
@@ -152,7 +287,12 @@ def read_dataset(ds: h5py.Dataset, where: str) -> np.ndarray:
     """Reads one dataset into a new array after `check_dataset`."""
     with guard(where):
         check_dataset(ds, where)
-        return np.array(ds[()])
+        array = np.array(ds[()])
+        if dataset_dtype(ds, where) == "bfloat16":
+            import ml_dtypes  # installed with TensorFlow; numpy alone has no bfloat16
+
+            array = array.view(ml_dtypes.bfloat16)
+        return array
 
 
 def layer_name(layer_config: Mapping) -> str:
@@ -180,29 +320,37 @@ class _Walker:
         self.variables: list[VariableInfo] = []
         self.layers: list[LayerInfo] = []
 
-    def _vars(self, group: h5py.Group) -> list[h5py.Dataset]:
+    def _vars(self, group: h5py.Group) -> tuple[list[h5py.Dataset], list[h5py.Dataset]]:
+        """The numbered variables of a layer (``vars/0``...) and the ones a layer stores under
+        a name of its own (``vars/idf_weights`` of a tf-idf StringLookup)."""
         if "vars" not in group:
-            return []
+            return [], []
         items = dict(_children(group["vars"], self.where))
+        numbered = sum(1 for key in items if key.isdigit())
         out = []
-        for i in range(len(items)):
+        for i in range(numbered):
             ds = items.get(str(i))
             if not isinstance(ds, h5py.Dataset):
                 raise FormatError(f"{self.where}: {group.name}/vars has no dataset {i}; the "
                                   "weights file is damaged")
             out.append(ds)
-        return out
+        named = [ds for key, ds in sorted(items.items())
+                 if not key.isdigit() and isinstance(ds, h5py.Dataset)]
+        return out, named
 
     def _emit(self, group, class_name, config, prefix, owners, trainable):
-        datasets = self._vars(group)
+        datasets, named = self._vars(group)
         specs = variable_specs(class_name, config, len(datasets)) if class_name else \
             _guess_specs(datasets)
         owner_path, owner_cls = owners[-1] if owners else ("", "")
-        for spec, ds in zip(specs, datasets):
+        pairs = [(spec, ds, bool(trainable and spec.trainable))
+                 for spec, ds in zip(specs, datasets)]
+        pairs += [(VariableSpec(ds.name.rsplit("/", 1)[-1]), ds, None) for ds in named]
+        for spec, ds, flag in pairs:  # a named variable's trainability is not recorded
             check_dataset(ds, self.where)
             self.variables.append(VariableInfo(
                 path="/".join(prefix + [spec.name]), shape=tuple(int(d) for d in ds.shape),
-                dtype=str(ds.dtype), trainable=bool(trainable and spec.trainable),
+                dtype=dataset_dtype(ds, self.where), trainable=flag,
                 layer=owner_path, layer_class=owner_cls, owners=tuple(owners), key=ds.name,
                 setup=spec.setup))
 
@@ -425,7 +573,7 @@ def legacy_entries(h5: h5py.File, where: str) -> tuple[list[VariableInfo], list[
                                                "mean", "variance")
             check_dataset(ds, where)
             variables.append(VariableInfo(
-                path=path, shape=tuple(int(d) for d in ds.shape), dtype=str(ds.dtype),
+                path=path, shape=tuple(int(d) for d in ds.shape), dtype=dataset_dtype(ds, where),
                 trainable=trainable_layer and spec_trainable, layer="/".join(owner_prefix),
                 layer_class=owner_cls, owners=((name, lc.get("class_name", "")),),
                 key=ds.name, setup=None))

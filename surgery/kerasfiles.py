@@ -12,7 +12,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .archive import KerasArchive, parse_json
+from .archive import MAX_JSON_BYTES, KerasArchive, parse_json, read_small_file
 from .entries import VariableInfo
 from .errors import FormatError, InputError, ShapeError
 from .h5layout import (VirtualGroup, guard, keras3_entries, legacy_entries, open_h5,
@@ -115,8 +115,7 @@ class ShardedWeightsSource(_H5Source):
     format = "weights.json"
 
     def __init__(self, path: str, architecture: Any = None):
-        with open(path, "rb") as f:
-            index = parse_json(f.read(), path)
+        index = parse_json(read_small_file(path, "weights index", MAX_JSON_BYTES), path)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict):
             raise FormatError(f"{path}: a .weights.json without a weight_map, so not a Keras "
@@ -164,11 +163,10 @@ def read_architecture(architecture: Any) -> tuple[dict, dict[str, tuple] | None]
     if isinstance(architecture, dict):
         return architecture, None
     path = os.fspath(architecture)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise InputError(f"{path}: no such architecture file (pass a .keras or config.json)")
     if path.lower().endswith(".json"):
-        with open(path, "rb") as f:
-            config = parse_json(f.read(), path)
+        config = parse_json(read_small_file(path, "architecture file", MAX_JSON_BYTES), path)
         if not isinstance(config, dict) or "class_name" not in config:
             raise FormatError(f"{path}: not a Keras model config (no class_name)")
         return config, None

@@ -14,9 +14,42 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Entry", "TransplantReport", "group_paths"]
+__all__ = ["Entry", "TransplantReport", "group_paths", "escape_text", "shown"]
 
 STATUSES = ("copied", "adapted", "skipped", "missing", "mismatched")
+NAME_WIDTH = 80  # the widest a name column gets in a text table; longer names are shortened
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_text(text: str) -> str:
+    """`text` with every non-printable character written as a Python escape (``\\x1b``,
+    ``\\n``, ``\\u202e``): names read from a file can't move the cursor, clear the screen or
+    forge report lines. Printable text (any script) is kept as is; escaping twice changes
+    nothing.
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _ESCAPES.get(ch) or _escape_char(ch)
+                   for ch in text)
+
+
+def _escape_char(ch: str) -> str:
+    n = ord(ch)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def shown(text: str, width: int = NAME_WIDTH) -> str:
+    """`text` escaped (`escape_text`) and, when longer than `width`, shortened to `width`
+    characters with an ellipsis in the middle (the end of a path says most about it)."""
+    text = str(text)
+    if len(text) > 8 * width:  # keep the work proportional to `width`, not to the name
+        text = text[:4 * width] + "\u2026" + text[-4 * width:]
+    text = escape_text(text)
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "\u2026" + text[len(text) - (width - 1 - head):]
 
 
 @dataclass(frozen=True)
@@ -116,31 +149,33 @@ class TransplantReport:
                 "warnings": list(self.warnings), "problems": self.problems}
 
     def __str__(self) -> str:
-        lines = [f"source: {self.source}", f"target: {self.target}"
+        lines = [f"source: {shown(self.source, 4 * NAME_WIDTH)}",
+                 f"target: {shown(self.target, 4 * NAME_WIDTH)}"
                  + ("  (dry run: nothing changed)" if self.dry_run else ""), ""]
         rows = []
         for label, group in group_paths(self.entries):
             e = group[0]
             detail = {
-                "copied": f"<- {_group_source(group)} ({e.matched_by})",
-                "adapted": f"<- {_group_source(group)} via {e.adapter} {e.source_shape} -> "
-                           f"{e.target_shape}" + (f"; {e.note}" if e.note else ""),
+                "copied": f"<- {shown(_group_source(group))} ({e.matched_by})",
+                "adapted": f"<- {shown(_group_source(group))} via {e.adapter} "
+                           f"{e.source_shape} -> {e.target_shape}"
+                           + (f"; {e.note}" if e.note else ""),
                 "skipped": "left initialized (skip rule)",
                 "missing": "left initialized (no source)",
-                "mismatched": f"left initialized: {e.source} {e.source_shape} vs target "
-                              f"{e.target_shape}; add an adapter or skip it",
+                "mismatched": f"left initialized: {shown(str(e.source))} {e.source_shape} vs "
+                              f"target {e.target_shape}; add an adapter or skip it",
             }[e.status]
-            rows.append((label, e.status, detail))
+            rows.append((shown(label), e.status, detail))
         width = max([len(r[0]) for r in rows] + [6])
         for label, status, detail in rows:
             lines.append(f"{label:<{width}}  {status:<10}  {detail}")
         if self.unused:
             lines.append("")
             lines.append(f"unused source tensors ({len(self.unused)}): "
-                         + ", ".join(label for label, _ in group_paths(
+                         + ", ".join(shown(label) for label, _ in group_paths(
                              [Entry(k, "unused", k) for k in self.unused])))
         for key, n in self.nonfinite:
-            lines.append(f"non-finite: {key} has {n} NaN/Inf values")
+            lines.append(f"non-finite: {shown(key)} has {n} NaN/Inf values")
         for w in self.warnings:
             lines.append(f"warning: {w}")
         c = self.counts()
@@ -148,7 +183,7 @@ class TransplantReport:
         lines.append(f"{c['copied']} copied, {c['adapted']} adapted, {c['skipped']} skipped, "
                      f"{c['missing']} missing, {c['mismatched']} mismatched, {c['unused']} "
                      f"unused" + ("" if self.ok else "; strict would fail"))
-        return "\n".join(lines)
+        return "\n".join(escape_text(line) for line in lines)
 
 
 _NUM = re.compile(r"\d+")

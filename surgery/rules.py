@@ -33,14 +33,18 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .adapters import get_adapter
-from .errors import InputError, OptionError, SurgeryError
+from .archive import read_small_file
+from .errors import OptionError, SurgeryError
+from .selection import SafePattern, regex_problem
 
-__all__ = ["RulesError", "Rename", "AdapterRule", "Rules", "load_rules", "MATCH_MODES"]
+__all__ = ["RulesError", "Rename", "AdapterRule", "Rules", "load_rules", "MATCH_MODES",
+           "read_toml", "rename_pattern", "toml_depth", "MAX_RULES_BYTES", "MAX_TOML_DEPTH"]
 
 MATCH_MODES = ("exact", "structural", "shape")
 _TOP = {"match", "strict", "skip", "rename", "adapter"}
 _ADAPTER_KEYS = {"target", "name", "source", "sources", "lossy"}
-_MAX_PATTERN = 1000
+MAX_RULES_BYTES = 1024 * 1024  # a rules file is a short text
+MAX_TOML_DEPTH = 32  # arrays and inline tables inside each other
 
 
 class RulesError(SurgeryError):
@@ -49,7 +53,7 @@ class RulesError(SurgeryError):
 
 @dataclass(frozen=True)
 class Rename:
-    pattern: re.Pattern
+    pattern: SafePattern  # re.Pattern's search/sub/fullmatch, refusing over-long names
     replacement: str
 
     @property
@@ -101,7 +105,7 @@ class _Where:
         line = None
         pats = [re.compile(rf"^\s*\[\[?\s*{re.escape(key)}\s*\]\]?"),
                 re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=")]
-        if value is not None and isinstance(value, str):
+        if isinstance(value, str) and len(value) <= 200:
             pats.insert(0, re.compile(rf"{re.escape(key)}\s*=\s*[\"']{re.escape(value)}"))
         for pat in pats:
             for i, text in enumerate(self.lines, 1):
@@ -117,16 +121,18 @@ def _type_error(where, key, want, got) -> RulesError:
     return RulesError(f"{where}: '{key}' must be {want}, got {type(got).__name__} {got!r}")
 
 
-def _regex(text: str, where: str, key: str) -> re.Pattern:
-    if len(text) > _MAX_PATTERN:
-        raise RulesError(f"{where}: '{key}' pattern is longer than {_MAX_PATTERN} characters")
-    if re.search(r"\((?:[^()]*[+*])\)[+*{]", text):
-        raise RulesError(f"{where}: '{key}' pattern {text!r} nests repetition inside "
-                         "repetition, which can take exponential time; simplify it")
+def _regex(text: str, where: str, key: str, *, search: bool = True) -> SafePattern:
+    """Compiles a rule's regex from the subset that runs in bounded time (see
+    `selection.regex_problem`); `search` for renames (``re.sub``), not for ``re:`` skips."""
+    shown = text if len(text) <= 120 else text[:117] + "..."
     try:
-        return re.compile(text)
-    except re.error as e:
-        raise RulesError(f"{where}: invalid regex in '{key}' {text!r}: {e}") from None
+        problem = regex_problem(text, search=search)
+        compiled = re.compile(text) if problem is None else None
+    except (re.error, OverflowError, RecursionError, ValueError) as e:
+        raise RulesError(f"{where}: invalid regex in '{key}' {shown!r}: {e}") from None
+    if problem is not None:
+        raise RulesError(f"{where}: '{key}' pattern {shown!r} {problem}")
+    return SafePattern(compiled, RulesError, f"{where}: rename {shown!r}")
 
 
 def _parse(data: Mapping, origin: str, text: str | None) -> Rules:
@@ -151,7 +157,7 @@ def _parse(data: Mapping, origin: str, text: str | None) -> Rules:
         raise _type_error(where("skip"), "skip", "a list of selectors", skips)
     for s in skips:
         if s.startswith("re:"):
-            _regex(s[3:], where("skip"), "skip")
+            _regex(s[3:], where("skip"), "skip", search=False)
     renames = []
     raw = data.get("rename", [])
     if isinstance(raw, Mapping):
@@ -195,6 +201,9 @@ def _adapter(item: Any, where: _Where) -> AdapterRule:
         adapter = get_adapter(item["name"])
     except OptionError as e:
         raise RulesError(f"{at}: {e}") from None
+    misplaced = adapter.misplaced_option(item)
+    if misplaced:
+        raise RulesError(f"{at}: {misplaced}")
     options = {k: v for k, v in item.items() if k not in _ADAPTER_KEYS}
     for key in options:
         if key not in adapter.options:
@@ -250,19 +259,64 @@ def load_rules(rules: Any = None) -> Rules:
         return _parse({"rename": list(rules)}, "rules", None)
     if isinstance(rules, Mapping):
         return _parse(rules, "rules", None)
+    if not isinstance(rules, (str, os.PathLike)):
+        raise RulesError(f"rules must be a TOML file path, a dict or a list of renames, got "
+                         f"{type(rules).__name__}")
     path = os.fspath(rules)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such rules file") from None
-    except OSError as e:
-        raise InputError(f"{path}: can't read the rules file ({e.strerror})") from None
+    data, text = read_toml(path)
+    return _parse(data, path, text)
+
+
+def read_toml(path: str, what: str = "rules file") -> tuple[dict, str]:
+    """Reads a small TOML file safely: a regular file of at most `MAX_RULES_BYTES`, UTF-8,
+    nested at most `MAX_TOML_DEPTH` deep. Returns (data, text).
+
+    Raises:
+        InputError: missing, not a regular file (a FIFO, a device), or too large.
+        RulesError: not UTF-8, nested too deeply, or invalid TOML.
+    """
+    raw = read_small_file(path, what, MAX_RULES_BYTES)
     try:
         text = raw.decode("utf-8")
-        data = tomllib.loads(text)
     except UnicodeDecodeError:
-        raise RulesError(f"{path}: not UTF-8 text, so not a TOML rules file") from None
+        raise RulesError(f"{path}: not UTF-8 text, so not a TOML {what}") from None
+    depth = toml_depth(text)
+    if depth > MAX_TOML_DEPTH:
+        raise RulesError(f"{path}: arrays or tables nested more than {MAX_TOML_DEPTH} deep; "
+                         f"a {what} needs two levels")
+    try:
+        return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as e:
         raise RulesError(f"{path}: invalid TOML ({e})") from None
-    return _parse(data, path, text)
+    except RecursionError:  # pragma: no cover - toml_depth refuses such files first
+        raise RulesError(f"{path}: TOML nested too deeply") from None
+
+
+def rename_pattern(text: str, where: str = "rules") -> SafePattern:
+    """A rename's regex (`re.sub` semantics), checked like the ``[[rename]]`` of rules."""
+    return _regex(text, where, "from")
+
+
+# Possessive single-character loops keep the matcher's memory flat on long strings; an
+# unterminated string runs to the end, so no scan fails and restarts.
+_TOML_TOKENS = re.compile(
+    r"'{3}.*?(?:'{3}|\Z)"  # multi-line literal string
+    r'|"{3}[^"\\]*+(?:(?:\\.|"(?!""))[^"\\]*+)*+(?:"{3}|\Z)'  # multi-line basic string
+    r"|'[^'\n]*+'?"  # literal string
+    r'|"[^"\\\n]*+(?:\\.[^"\\\n]*+)*+"?'  # basic string
+    r"|#[^\n]*+"  # comment
+    r"|[\[\]{}]", re.S)
+
+
+def toml_depth(text: str) -> int:
+    """How deep arrays and inline tables nest in a TOML text (strings and comments skipped),
+    counted before parsing: tomllib recurses once per level."""
+    depth = deepest = 0
+    for m in _TOML_TOKENS.finditer(text):
+        token = m.group()
+        if token in ("[", "{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in ("]", "}"):
+            depth = max(0, depth - 1)
+    return deepest

@@ -10,6 +10,7 @@ through `ml_dtypes` (installed with TensorFlow), which numpy alone does not know
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from typing import Mapping
@@ -24,6 +25,7 @@ from .sources import WeightSource
 __all__ = ["SafetensorsSource", "write_safetensors", "DTYPES"]
 
 _MAX_HEADER = 100 * 1024 * 1024
+_MAX_DIMS = 32
 
 
 def _bfloat16():
@@ -39,6 +41,15 @@ DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat1
           "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
           "U16": "uint16", "U32": "uint32", "U64": "uint64", "BOOL": "bool"}
 _CODES = {v: k for k, v in DTYPES.items()}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _np_dtype(name: str) -> np.dtype:
@@ -74,31 +85,32 @@ class SafetensorsSource(WeightSource):
         cursor = start
         for begin, end, name in spans:
             if begin < cursor:
-                raise FormatError(f"{path}: safetensors header invalid: tensor {name!r} "
+                raise FormatError(f"{path}: safetensors header invalid: tensor {_short(name)} "
                                   "overlaps the tensor before it")
             if begin > cursor:
                 raise FormatError(f"{path}: safetensors header invalid: {begin - cursor} bytes "
-                                  f"of gap before tensor {name!r}")
+                                  f"of gap before tensor {_short(name)}")
             cursor = end
         super().__init__(path, sorted(variables, key=lambda v: v.key[0]), [])
         self._path = path
 
     @staticmethod
     def _entry(path, name, entry, start, size, spans) -> VariableInfo:
-        where = f"{path}: safetensors header invalid: tensor {name!r}"
+        where = f"{path}: safetensors header invalid: tensor {_short(name)}"
         if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
             raise FormatError(f"{where} lacks dtype, shape or data_offsets")
-        dtype = DTYPES.get(entry["dtype"])
+        dtype = DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
         if dtype is None:
-            raise FormatError(f"{where} has unknown dtype {entry['dtype']!r}")
+            raise FormatError(f"{where} has unknown dtype {_short(entry['dtype'])}")
         shape, offsets = entry["shape"], entry["data_offsets"]
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise FormatError(f"{where} has an invalid shape {shape!r}")
+        if not (isinstance(shape, list) and len(shape) <= _MAX_DIMS and
+                all(_is_int(d) and d >= 0 for d in shape)):
+            raise FormatError(f"{where} has an invalid shape {_short(shape)}")
         if not (isinstance(offsets, list) and len(offsets) == 2 and
-                all(isinstance(o, int) for o in offsets) and 0 <= offsets[0] <= offsets[1]):
-            raise FormatError(f"{where} has invalid data_offsets {offsets!r}")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * (2 if dtype == "bfloat16" else
-                                                        np.dtype(dtype).itemsize)
+                all(_is_int(o) for o in offsets) and 0 <= offsets[0] <= offsets[1]):
+            raise FormatError(f"{where} has invalid data_offsets {_short(offsets)}")
+        # Python ints: a numpy product of [2**32, 2**32] wraps to 0 and would pass as empty
+        nbytes = math.prod(shape) * (2 if dtype == "bfloat16" else np.dtype(dtype).itemsize)
         begin, end = start + offsets[0], start + offsets[1]
         if end - begin != nbytes:
             raise FormatError(f"{where} spans {end - begin} bytes but {dtype} {tuple(shape)} "

@@ -9,7 +9,10 @@ with h5py from their config and HDF5 directly, without TensorFlow.
 from __future__ import annotations
 
 import os
+import stat
+import tokenize
 import zipfile
+import zlib
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -17,7 +20,8 @@ import numpy as np
 from .entries import LayerInfo, VariableInfo
 from .errors import FormatError, InputError
 
-__all__ = ["WeightSource", "open_weights", "NpzSource", "LiveModelSource", "detect_format"]
+__all__ = ["WeightSource", "open_weights", "NpzSource", "LiveModelSource", "detect_format",
+           "special_file_kind", "check_real_dtype"]
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -118,6 +122,8 @@ class NpzSource(WeightSource):
                     continue
                 with zf.open_member(member) as f:
                     shape, dtype = _npy_header(f, f"{path}: {member}")
+                    _check_stored(shape, dtype, zf.info(member).file_size - f.tell(),
+                                  f"{path}: {member}")
                 variables.append(VariableInfo(member[:-4], shape, dtype, key=member))
         finally:
             zf.close()
@@ -127,11 +133,13 @@ class NpzSource(WeightSource):
         self._path = path
 
     def _read(self, info: VariableInfo) -> np.ndarray:
-        with zipfile.ZipFile(self._path) as zf, zf.open(info.key) as f:
-            try:
+        check_real_dtype(info.dtype, f"{self._path}: {info.key}")
+        try:
+            with zipfile.ZipFile(self._path) as zf, zf.open(info.key) as f:
                 return np.lib.format.read_array(f, allow_pickle=False)
-            except (ValueError, OSError, EOFError) as e:
-                raise FormatError(f"{self._path}: can't read {info.path} ({e})") from None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+                NotImplementedError) as e:
+            raise FormatError(f"{self._path}: can't read {info.path} ({e})") from None
 
 
 def _npy_header(f, where: str) -> tuple[tuple[int, ...], str]:
@@ -141,11 +149,40 @@ def _npy_header(f, where: str) -> tuple[tuple[int, ...], str]:
             shape, _, dtype = np.lib.format.read_array_header_1_0(f)
         else:
             shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError,
+            zipfile.BadZipFile, zlib.error) as e:  # numpy parses the header as Python
         raise FormatError(f"{where}: not a valid .npy member ({e})") from None
     if dtype.hasobject:
         raise FormatError(f"{where}: holds Python objects (pickles); refusing to load them")
+    if len(shape) > 32 or not all(isinstance(d, int) and not isinstance(d, bool) and
+                                  0 <= d < 2 ** 63 for d in shape):
+        text = repr(shape) if len(repr(shape)) <= 80 else repr(shape)[:77] + "..."
+        raise FormatError(f"{where}: the .npy header declares an invalid shape {text}")
     return tuple(int(d) for d in shape), str(dtype)
+
+
+def check_real_dtype(dtype: Any, where: str) -> None:
+    """Refuses an array dtype that is not a real number (complex, strings, records, dates)
+    before it is read as a weight: a complex kernel would lose its imaginary part."""
+    dtype = np.dtype(dtype) if str(dtype) != "bfloat16" else None
+    if dtype is None or (dtype.kind in "fiub" and dtype.fields is None):
+        return
+    if dtype.kind == "c":
+        raise FormatError(f"{where}: holds complex numbers ({dtype}); surgery copies "
+                          "real-valued weights only and would lose the imaginary part; store "
+                          "the real and imaginary parts as two float arrays")
+    raise FormatError(f"{where}: holds {dtype} values, not numbers; refusing it as a weight")
+
+
+def _check_stored(shape: tuple[int, ...], dtype: str, stored: int, where: str) -> None:
+    """Refuses an .npy header that declares more bytes than its member stores, before any
+    array is allocated (a 200-byte file can declare billions of elements)."""
+    declared = np.dtype(dtype).itemsize
+    for d in shape:
+        declared *= d
+    if declared > stored:
+        raise FormatError(f"{where}: declares shape {shape} of {dtype} ({declared} bytes) but "
+                          f"stores {stored} bytes; the file is truncated or hostile")
 
 
 class LiveModelSource(WeightSource):
@@ -171,6 +208,24 @@ class LiveModelSource(WeightSource):
         return np.array(self.handles[info.key].numpy(), copy=True)
 
 
+def special_file_kind(path: str) -> str | None:
+    """What a path is when it is neither a regular file nor a directory (``a FIFO``, ``a
+    character device``...), following symlinks; None for regular files, directories and
+    missing paths. Reading a FIFO blocks forever and a device never ends: inputs must be
+    regular files."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
 def detect_format(path: str) -> str:
     """Names the format of a path: ``keras``, ``hdf5``, ``npz``, ``safetensors``,
     ``savedmodel``, ``checkpoint``; raises `InputError`/`FormatError` for anything else."""
@@ -184,6 +239,9 @@ def detect_format(path: str) -> str:
         if os.path.isfile(p + ".index"):
             return "checkpoint"
         raise InputError(f"{p}: no such file or directory")
+    kind = special_file_kind(p)
+    if kind:
+        raise InputError(f"{p}: {kind}, not a regular file; pass a model or weights file")
     if os.path.getsize(p) == 0:
         raise FormatError(f"{p}: empty file, not a model or weights file")
     with open(p, "rb") as f:

@@ -24,15 +24,13 @@ targets = { w_ih = "lstm.weight_ih_l0", w_hh = "lstm.weight_hh_l0", b_ih = "lstm
 from __future__ import annotations
 
 import os
-import re
-import tomllib
 from typing import Any, Mapping
 
 import numpy as np
 
 from . import reshape as R
-from .errors import InputError, OptionError
-from .rules import RulesError
+from .errors import OptionError
+from .rules import RulesError, read_toml, rename_pattern
 from .selection import compile_selector
 from .sources import open_weights
 
@@ -54,14 +52,7 @@ EXPORTERS = tuple(sorted(list(_SINGLE) + list(_LAYER)))
 def _load(rules: Any) -> Mapping:
     if isinstance(rules, Mapping):
         return rules
-    path = os.fspath(rules)
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such export rules file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise RulesError(f"{path}: invalid TOML ({e})") from None
+    return read_toml(os.fspath(rules), "export rules file")[0]  # regular, small, shallow
 
 
 def export_state_dict(model: Any, path: str, rules: Any, *, overwrite: bool = False
@@ -122,7 +113,7 @@ def export_state_dict(model: Any, path: str, rules: Any, *, overwrite: bool = Fa
             else:
                 raise OptionError(f"unknown exporter {name!r}; known: {', '.join(EXPORTERS)}")
         for r in spec.get("rename", []):
-            pattern = re.compile(r["from"])
+            pattern = rename_pattern(r["from"], "export rules")  # bounded-time subset
             for key in src:
                 if key not in covered and pattern.search(key):
                     out[pattern.sub(r["to"], key)] = src.read(key)

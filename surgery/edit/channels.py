@@ -1,12 +1,18 @@
 """`delete_channels`: prune output channels/units of a layer, following the graph.
 
-Starting from the layer whose channels go, the dependency walk follows the tensor downstream
-through layers that keep channels apart (activations, dropout, pooling, global pooling,
-BatchNorm and DepthwiseConv2D, both sliced too) to every layer that reads channels (Dense,
-Conv, Conv transpose, SeparableConv, recurrent input kernels, TimeDistributed, Bidirectional,
-Flatten -> Dense, Concatenate offsets) and slices their inputs. Inputs of an elementwise merge
-(Add, Subtract, Multiply, Average, Maximum, Minimum) must lose the same channels: they form a
-coupled group, deleted together (or, with ``couple=False``, an error naming the group).
+Starting from the layer whose channels go, one pass over the graph in topological order follows
+the deleted channels downstream, tracking the axis they live on (the last axis in
+channels_last, axis 1 in channels_first) and their indices: through layers that keep channels
+apart (activations, dropout and noise, pooling, global pooling, cropping, padding,
+upsampling, BatchNorm and DepthwiseConv, both sliced too), through Permute (the axis moves),
+Flatten (the indices become the flattened rows, in the Flatten's own order) and Concatenate
+(offsets), to every layer that reads channels (Dense, Conv, Conv transpose, SeparableConv,
+recurrent input kernels, TimeDistributed, Bidirectional) and slices their inputs. A layer that
+would treat the channel axis as spatial (a channels_last pooling after a channels_first conv, a
+BatchNorm on another axis, a Dense or LSTM reading a channels_first tensor) is refused by name.
+Inputs of an elementwise merge (Add, Subtract, Multiply, Average, Maximum, Minimum) must lose
+the same channels: they form a coupled group, deleted together (or, with ``couple=False``, an
+error naming the group).
 """
 
 from __future__ import annotations
@@ -25,121 +31,303 @@ _PRODUCERS = {"Dense": "units", "Conv1D": "filters", "Conv2D": "filters", "Conv3
               "Conv1DTranspose": "filters", "Conv2DTranspose": "filters",
               "Conv3DTranspose": "filters", "SeparableConv1D": "filters",
               "SeparableConv2D": "filters", "Embedding": "output_dim"}
-_PASS = ("ReLU", "Activation", "Dropout", "LeakyReLU", "ELU", "SpatialDropout1D",
-         "SpatialDropout2D", "SpatialDropout3D", "MaxPooling1D", "MaxPooling2D",
-         "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-         "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-         "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GaussianNoise",
-         "UpSampling1D", "UpSampling2D", "ZeroPadding1D", "ZeroPadding2D", "Cropping1D",
-         "Cropping2D")
+# Zero in, zero out, one channel at a time, whatever the layout.
+_ELEMENTWISE = ("ReLU", "Activation", "Dropout", "LeakyReLU", "ELU", "GaussianNoise",
+                "GaussianDropout", "AlphaDropout", "SpatialDropout1D", "SpatialDropout2D",
+                "SpatialDropout3D", "Identity", "ActivityRegularization")
+# Work on the spatial axes of their data_format (1D layers without one: channels_last).
+_SPATIAL = tuple(f"{kind}{d}D" for d in (1, 2, 3) for kind in (
+    "MaxPooling", "AveragePooling", "UpSampling", "ZeroPadding", "Cropping"))
+_GLOBAL = tuple(f"Global{kind}Pooling{d}D" for d in (1, 2, 3) for kind in ("Average", "Max"))
 _MERGE = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
 _READERS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
             "Conv3DTranspose", "SeparableConv1D", "SeparableConv2D", "LSTM", "GRU",
             "SimpleRNN", "TimeDistributed", "Bidirectional")
+_LAST_AXIS_READERS = ("Dense", "LSTM", "GRU", "SimpleRNN", "Bidirectional")
+_MIXING = ("softmax", "log_softmax")
 
 
-class _Plan:
-    def __init__(self, model):
+def _rank(tensor) -> int:
+    return len(tensor.shape)
+
+
+def _layout(axis: int, rank: int) -> str:
+    if axis == rank - 1:
+        return "channels_last"
+    return "channels_first" if axis == 1 else f"axis {axis}"
+
+
+def _format_axis(layer, rank: int) -> int:
+    """The channel axis (batch axis counted) a layer with a data_format works with."""
+    fmt = getattr(layer, "data_format", None) or "channels_last"
+    return 1 if fmt == "channels_first" else rank - 1
+
+
+def _reader_axis(layer, rank: int) -> int:
+    cls = type(layer).__name__
+    if cls in _LAST_AXIS_READERS:
+        return rank - 1
+    if cls == "TimeDistributed":
+        inner = layer.layer
+        if getattr(inner, "data_format", None) == "channels_first":
+            return 2
+        return rank - 1
+    return _format_axis(layer, rank)
+
+
+def _producer_axis(layer) -> int:
+    rank = _rank(layer.output)
+    if type(layer).__name__ in ("Dense", "Embedding"):
+        return rank - 1
+    return _format_axis(layer, rank)
+
+
+class _Flow:
+    """Which channels of which layer outputs go, on which axis, found by one pass over the
+    graph in topological order (rerun when a merge pulls another producer into the group)."""
+
+    def __init__(self, model, nested: bool):
+        self.model = model
+        self.nested = nested
         self.succ, self.pred = graph(model)
         self.shared = shared_layers(model)
         self.layers = {l.name: l for l in model.layers}
-        self.producers: dict[str, list[int]] = {}      # layer -> channels of its output
+        self.outputs = {t._keras_history[0].name for t in model.outputs
+                        if hasattr(t, "_keras_history")} if nested else set()
+        self.order = _topological([*self.layers, *self.succ, *self.pred], self.pred)
+        self.producers: dict[str, list[int]] = {}       # layer -> its output channels that go
+        self.reset()
+
+    def reset(self) -> None:
+        self.out: dict[str, tuple[int, list[int], list[str]]] = {}  # layer -> (axis, ch, path)
         self.slices: dict[str, tuple[str, list[int]]] = {}  # layer -> (how, channels)
-        self.readers: dict[str, list[int]] = {}        # layer -> input channels to drop
-        self.flatten: dict[str, tuple[int, int, list[int]]] = {}  # reader -> (pos, width, ch)
+        self.readers: dict[str, tuple[list[int], bool]] = {}  # layer -> (inputs, via Flatten)
+
+    def refuse(self, name: str, trail: list[str], why: str) -> SurgeryError:
+        cls = type(self.layers[name]).__name__
+        return SurgeryError(f"delete_channels: {cls} {name!r} on the path "
+                            f"{' -> '.join(trail)} {why}")
+
+    def axis_check(self, name, trail, expected, actual, rank, fix) -> None:
+        if expected != actual:
+            raise self.refuse(name, trail, f"expects channels on axis {expected} "
+                              f"({_layout(expected, rank)}) but they are on axis {actual} "
+                              f"({_layout(actual, rank)}), so it would mix them; {fix}")
+
+    def inputs(self, name: str) -> list[str]:
+        """The layers whose outputs `name` reads, in call order (repeats kept)."""
+        tensors = self.layers[name].input
+        tensors = tensors if isinstance(tensors, (list, tuple)) else [tensors]
+        return [t._keras_history[0].name for t in tensors]
 
 
-def _upstream_producer(model, plan: "_Plan", name: str, path: list[str]) -> str:
+def _topological(names: list[str], pred: dict[str, list[str]]) -> list[str]:
+    """Layers, each after the layers it reads (a shared layer's cycle is cut anywhere: the
+    walk refuses shared layers on the path anyway)."""
+    seen: set[str] = set()
+    order: list[str] = []
+    for root in dict.fromkeys(names):
+        stack = [(root, False)]
+        while stack:
+            n, expanded = stack.pop()
+            if expanded:
+                order.append(n)
+            elif n not in seen:
+                seen.add(n)
+                stack.append((n, True))
+                stack.extend((p, False) for p in reversed(pred.get(n, [])) if p not in seen)
+    return order
+
+
+def _upstream_producer(flow: _Flow, name: str, path: list[str]) -> str:
     """Walks up through channel-keeping layers to the layer that makes the channels."""
+    through = _ELEMENTWISE + _SPATIAL + _GLOBAL + ("BatchNormalization",)
     while True:
-        layer = plan.layers.get(name)
+        layer = flow.layers.get(name)
         cls = type(layer).__name__
         if layer is None or cls == "InputLayer":
             raise SurgeryError(f"delete_channels: the group reaches the model input through "
                                f"{' <- '.join(path)}; an input's channels can't be deleted")
         if cls in _PRODUCERS:
             return name
-        if cls in _PASS or cls == "BatchNormalization":
-            ups = plan.pred.get(name, [])
-            if len(ups) != 1:
-                raise SurgeryError(f"delete_channels: {cls} {name!r} has {len(ups)} inputs")
-            path = path + [ups[0]]
-            if type(plan.layers.get(ups[0])).__name__ in ("InputLayer", "NoneType"):
-                raise SurgeryError(f"delete_channels: the group reaches the model input "
-                                   f"through {' <- '.join(path)}; an input's channels can't be "
-                                   "deleted")
-            name = ups[0]
-            continue
-        raise SurgeryError(f"delete_channels: {cls} {name!r} on the path {' <- '.join(path)} "
-                           "is not supported in a coupled group")
+        if cls not in through:
+            raise SurgeryError(f"delete_channels: {cls} {name!r} on the path "
+                               f"{' <- '.join(path)} is not supported in a coupled group")
+        ups = flow.pred.get(name, [])
+        if len(ups) != 1:
+            raise SurgeryError(f"delete_channels: {cls} {name!r} has {len(ups)} inputs")
+        path = path + [ups[0]]
+        name = ups[0]
 
 
-def _walk(model, start: str, channels: list[int], plan: _Plan, couple: bool,
-          nested: bool = False) -> None:
-    queue = [(start, channels, [start])]
-    done_merges: set[str] = set()
-    outputs = {t._keras_history[0].name for t in model.outputs
-               if hasattr(t, "_keras_history")} if nested else set()
-    while queue:
-        name, chans, path = queue.pop(0)
-        if nested and (name in outputs or not plan.succ.get(name)):
-            raise SurgeryError(f"delete_channels: the channels flow out of the nested model "
-                               f"{model.name!r} (through {' -> '.join(path)}); delete them "
-                               "where the outer model reads them, at the top level")
-        for nxt in plan.succ.get(name, []):
-            layer = plan.layers[nxt]
-            cls = type(layer).__name__
-            trail = path + [nxt]
-            if nxt in plan.shared:
-                raise SurgeryError(f"delete_channels: {cls} {nxt!r} on the path "
-                                   f"{' -> '.join(trail)} is shared (called more than once); "
-                                   "deleting channels would give its calls different widths")
-            if cls in _READERS:
-                plan.readers[nxt] = chans
-            elif cls in _PASS:
-                queue.append((nxt, chans, trail))
-            elif cls == "BatchNormalization":
-                plan.slices[nxt] = ("bn", chans)
-                queue.append((nxt, chans, trail))
-            elif cls == "DepthwiseConv2D" or cls == "DepthwiseConv1D":
-                m = int(layer.depth_multiplier)
-                plan.slices[nxt] = ("depthwise", chans)
-                queue.append((nxt, [c * m + j for c in chans for j in range(m)], trail))
-            elif cls == "Flatten":
-                width = int(layer.input.shape[-1])
-                positions = int(np.prod(layer.input.shape[1:-1])) if len(
-                    layer.input.shape) > 2 else 1
-                for reader in plan.succ.get(nxt, []):
-                    if type(plan.layers[reader]).__name__ != "Dense":
-                        raise SurgeryError(f"delete_channels: Flatten {nxt!r} feeds "
-                                           f"{reader!r}, not a Dense")
-                    plan.flatten[reader] = (positions, width, chans)
-            elif cls == "Concatenate":
-                offset = 0
-                for up in plan.pred.get(nxt, []):
-                    if up == name:
-                        break
-                    offset += int(plan.layers[up].output.shape[-1])
-                queue.append((nxt, [offset + c for c in chans], trail))
-            elif cls in _MERGE:
-                if nxt in done_merges:
-                    continue
-                done_merges.add(nxt)
-                group = [_upstream_producer(model, plan, up, trail + [up])
-                         for up in plan.pred.get(nxt, [])]
-                new = [g for g in group if g not in plan.producers]
-                if new and not couple:
-                    raise SurgeryError(f"delete_channels: {cls} {nxt!r} couples "
-                                       f"{', '.join(sorted(set(group)))}; their channels must "
-                                       "go together (couple=True deletes the whole group)")
-                for g in new:
-                    plan.producers[g] = chans
-                    queue.append((g, chans, [g]))
-                queue.append((nxt, chans, trail))
-            else:
-                raise SurgeryError(f"delete_channels: {cls} {nxt!r} on the path "
-                                   f"{' -> '.join(trail)} is not supported (it mixes or "
-                                   "reshapes channels)")
+def _merge(flow: _Flow, name: str, trail: list[str], couple: bool) -> bool:
+    """An elementwise merge: its inputs lose the same channels. Returns True when it pulled
+    new producers into the group (the pass must run again)."""
+    cls = type(flow.layers[name]).__name__
+    ins = flow.inputs(name)
+    group = [flow.out[i][2][0] if i in flow.out else _upstream_producer(flow, i, trail + [i])
+             for i in ins]
+    new = [g for g in dict.fromkeys(group) if g not in flow.producers]
+    if new:
+        if not couple:
+            raise SurgeryError(f"delete_channels: {cls} {name!r} couples "
+                               f"{', '.join(sorted(set(group)))}; their channels must go "
+                               "together (couple=True deletes the whole group)")
+        first = flow.out[next(i for i in ins if i in flow.out)]
+        for g in new:
+            flow.producers[g] = first[1]
+        return True
+    seen = {(flow.out[i][0], tuple(flow.out[i][1])) for i in ins if i in flow.out}
+    if len(seen) != 1 or len(set(ins) - set(flow.out)):
+        parts = "; ".join(f"{i}: axis {flow.out[i][0]} channels {flow.out[i][1]}" if i in
+                          flow.out else f"{i}: none" for i in dict.fromkeys(ins))
+        raise flow.refuse(name, trail, f"would get inputs that lose different channels "
+                          f"({parts}); delete channels of one layer per group")
+    axis, chans = next(iter(seen))
+    flow.out[name] = (axis, list(chans), trail)
+    return False
+
+
+def _concatenate(flow: _Flow, name: str, trail: list[str]) -> None:
+    layer = flow.layers[name]
+    rank = _rank(layer.output)
+    axis = int(layer.axis) % rank
+    offset, chans = 0, []
+    for up, tensor in zip(flow.inputs(name), layer.input):
+        if up in flow.out:
+            up_axis, up_chans, _ = flow.out[up]
+            if up_axis != axis:
+                raise flow.refuse(name, trail, f"joins along axis {axis} but the channels are "
+                                  f"on axis {up_axis}; only a Concatenate along the channel "
+                                  "axis can be followed")
+            chans += [offset + c for c in up_chans]
+        offset += int(tensor.shape[axis])
+    flow.out[name] = (axis, sorted(chans), trail)
+
+
+def _flatten_rows(layer, axis: int, chans: list[int]) -> list[int]:
+    """The rows of the flattened vector that hold `chans` (on `axis`) of the input."""
+    if any(d is None for d in layer.input.shape[1:]):
+        raise SurgeryError(f"delete_channels: Flatten {layer.name!r} has an input of unknown "
+                           f"shape {tuple(layer.input.shape)}; give the model a fixed input shape")
+    shape = [int(d) for d in layer.input.shape[1:]]
+    dims = list(range(1, len(shape) + 1))
+    if getattr(layer, "data_format", "channels_last") == "channels_first" and len(dims) > 1:
+        dims = dims[1:] + dims[:1]  # Keras moves axis 1 last before flattening
+    index = np.arange(int(np.prod(shape))).reshape([shape[d - 1] for d in dims])
+    return sorted(np.take(index, chans, axis=dims.index(axis)).ravel().tolist())
+
+
+def _step(flow: _Flow, name: str, couple: bool) -> bool:
+    """Follows the deleted channels into layer `name`; True when a merge pulled in producers."""
+    affected = [p for p in flow.pred.get(name, []) if p in flow.out]
+    if not affected:
+        return False
+    layer = flow.layers[name]
+    cls = type(layer).__name__
+    axis, chans, path = flow.out[affected[0]]
+    trail = path + [name]
+    if name in flow.shared:
+        raise SurgeryError(f"delete_channels: {cls} {name!r} on the path "
+                           f"{' -> '.join(trail)} is shared (called more than once); "
+                           "deleting channels would give its calls different widths")
+    if cls == "Concatenate":
+        return _concatenate(flow, name, trail)
+    if cls in _MERGE:
+        return _merge(flow, name, trail, couple)
+    if len(flow.pred.get(name, [])) != 1:
+        raise flow.refuse(name, trail, f"takes {len(flow.pred[name])} inputs; only its "
+                          "main input's channels can be followed")
+    rank = _rank(layer.input)
+    fmt_fix = f"build it with data_format='{_layout(axis, rank)}' to follow them"
+    if cls in _READERS:
+        if cls in _LAST_AXIS_READERS or (cls == "TimeDistributed" and not hasattr(
+                layer.layer, "data_format")):
+            fix = "it reads the last axis; put a Flatten, a global pooling or a Permute before it"
+        else:
+            fix = fmt_fix
+        self_groups = int(getattr(layer, "groups", 1) or 1)
+        if self_groups != 1:
+            raise flow.refuse(name, trail, f"is grouped (groups={self_groups}); its input "
+                              "channels can't be deleted one by one")
+        flow.axis_check(name, trail, _reader_axis(layer, rank), axis, rank, fix)
+        flow.readers[name] = (chans, "Flatten" in [type(flow.layers[p]).__name__
+                                                    for p in path if p in flow.layers])
+        return False
+    if cls in _ELEMENTWISE:
+        act = getattr(getattr(layer, "activation", None), "__name__", "")
+        if act in _MIXING:
+            raise flow.refuse(name, trail, f"applies {act}, which mixes channels")
+        out = (axis, chans)
+    elif cls in _SPATIAL or cls in _GLOBAL:
+        fix = fmt_fix if hasattr(layer, "data_format") else (
+            "it has no data_format; put Permute((2, 1)) before it or use channels_last layers")
+        flow.axis_check(name, trail, _format_axis(layer, rank), axis, rank, fix)
+        out = (1 if cls in _GLOBAL and not layer.keepdims else axis, chans)
+    elif cls == "BatchNormalization":
+        bn_axis = layer.axis  # a list of one axis in tf_keras
+        bn_axis = bn_axis[0] if isinstance(bn_axis, (list, tuple)) and len(bn_axis) == 1 \
+            else bn_axis
+        if not isinstance(bn_axis, int):
+            raise flow.refuse(name, trail, f"normalizes over axes {list(bn_axis)}; only a "
+                              "BatchNormalization over the channel axis can be followed")
+        flow.axis_check(name, trail, bn_axis % rank, axis, rank,
+                        f"build it with axis={axis} to follow them")
+        flow.slices[name] = ("bn", chans)
+        out = (axis, chans)
+    elif cls in ("DepthwiseConv1D", "DepthwiseConv2D"):
+        flow.axis_check(name, trail, _format_axis(layer, rank), axis, rank, fmt_fix)
+        m = int(layer.depth_multiplier)
+        flow.slices[name] = ("depthwise", chans)
+        out = (axis, [c * m + j for c in chans for j in range(m)])
+    elif cls == "Flatten":
+        out = (1, _flatten_rows(layer, axis, chans))
+    elif cls == "Permute":
+        out = (list(layer.dims).index(axis) + 1, chans)
+    else:
+        raise flow.refuse(name, trail, "is not supported (it mixes or reshapes channels)")
+    flow.out[name] = (out[0], out[1], trail)
+    return False
+
+
+def _walk(flow: _Flow, couple: bool) -> None:
+    """Runs the pass until no merge pulls in another producer."""
+    while True:
+        flow.reset()
+        pulled = False
+        for name in flow.order:
+            if name in flow.producers:
+                _step(flow, name, couple)  # a producer may read deleted channels too
+                layer = flow.layers[name]
+                act = getattr(getattr(layer, "activation", None), "__name__", "")
+                if (act in _MIXING and flow.succ.get(name)) or int(
+                        getattr(layer, "groups", 1) or 1) != 1:
+                    why = f"applies {act}, which mixes channels" if act in _MIXING else \
+                        f"is grouped (groups={layer.groups})"
+                    raise SurgeryError(f"delete_channels: {type(layer).__name__} {name!r} "
+                                       f"{why}; its output channels can't be deleted one by one")
+                flow.out[name] = (_producer_axis(layer), flow.producers[name], [name])
+            elif _step(flow, name, couple):
+                pulled = True
+                break
+            if flow.nested and name in flow.out and (name in flow.outputs or
+                                                     not flow.succ.get(name)):
+                raise SurgeryError(f"delete_channels: the channels flow out of the nested model "
+                                   f"{flow.model.name!r} (through {' -> '.join(flow.out[name][2])}"
+                                   "); delete them where the outer model reads them, at the top "
+                                   "level")
+        if not pulled:
+            return
+
+
+def _class_at(model: Any, path: str) -> str:
+    """The class name of the (possibly nested) layer at `path`, or '' if it can't be found."""
+    for part in path.split("/"):
+        found = [l for l in getattr(model, "layers", []) if l.name == part]
+        if not found:
+            return ""
+        model = found[0]
+    return type(model).__name__
 
 
 def lowest_channels(model: Any, layer: str, *, k: int | None = None, ratio: float | None = None
@@ -159,6 +347,8 @@ def lowest_channels(model: Any, layer: str, *, k: int | None = None, ratio: floa
         if key not in w:
             raise SurgeryError(f"layer {layer!r} has no kernel to rank channels by")
         kernel = w.read(key)
+    if "Transpose" in _class_at(model, layer):
+        kernel = np.swapaxes(kernel, -1, -2)  # (..., out, in): outputs are the axis before
     norms = np.abs(kernel.reshape(-1, kernel.shape[-1])).sum(0)
     n = norms.size
     if (k is None) == (ratio is None):
@@ -169,9 +359,76 @@ def lowest_channels(model: Any, layer: str, *, k: int | None = None, ratio: floa
     return sorted(np.argsort(norms, kind="stable")[:count].tolist())
 
 
+def _keep(n: int, drop) -> list[int]:
+    gone = set(drop)
+    return [i for i in range(n) if i not in gone]
+
+
+def _fill(flow: _Flow):
+    def fill(src_model, dst_model) -> list[str]:
+        done = []
+        with open_weights(src_model) as src, open_weights(dst_model) as dst:
+            def put(key, value):
+                dst.variable(key).assign(value)
+                done.append(key)
+
+            def cut(key, axis, drop):
+                a = src.read(key)
+                put(key, np.take(a, _keep(a.shape[axis], drop), axis=axis))
+
+            for name, drop in flow.producers.items():  # replaced layers: every variable
+                transpose = "Transpose" in type(flow.layers[name]).__name__
+                for key in [k for k in src if k.startswith(name + "/")]:
+                    var = key.rsplit("/", 1)[1]
+                    if var in ("kernel", "pointwise_kernel", "embeddings", "bias"):
+                        cut(key, -2 if transpose and var == "kernel" else -1, drop)
+                    else:  # a separable conv's depthwise kernel keeps its shape
+                        put(key, src.read(key))
+            for name, (how, drop) in flow.slices.items():
+                m = int(getattr(flow.layers[name], "depth_multiplier", 1))
+                for var in ("gamma", "beta", "moving_mean", "moving_variance", "kernel",
+                            "bias"):
+                    key = f"{name}/{var}"
+                    if key not in src:
+                        continue
+                    if how == "depthwise" and var == "kernel":  # (..., in, multiplier)
+                        cut(key, -2, drop)
+                    elif how == "depthwise":  # bias: channel c holds c*m .. c*m+m-1
+                        cut(key, 0, [c * m + j for c in drop for j in range(m)])
+                    else:
+                        cut(key, 0, drop)
+            for name, (drop, _) in flow.readers.items():
+                reader_cls = type(flow.layers[name]).__name__
+                for key in [k for k in src if k.startswith(name + "/")]:
+                    var = key.rsplit("/", 1)[1]
+                    # a coupled producer that also reads the channels: cut both axes
+                    a = (dst if key in done else src).read(key)
+                    if var == "kernel" and reader_cls in (
+                            "LSTM", "GRU", "SimpleRNN", "Bidirectional"):
+                        a = np.take(a, _keep(a.shape[0], drop), axis=0)
+                    elif var == "kernel" and "Transpose" in reader_cls:
+                        a = np.take(a, _keep(a.shape[-1], drop), axis=-1)
+                    elif var in ("kernel", "depthwise_kernel"):
+                        a = np.take(a, _keep(a.shape[-2], drop), axis=-2)
+                    elif var == "pointwise_kernel":
+                        m = src.shape(f"{name}/depthwise_kernel")[-1]
+                        gone = [c * m + j for c in drop for j in range(m)]
+                        a = np.take(a, _keep(a.shape[-2], gone), axis=-2)
+                    else:
+                        continue
+                    put(key, a)
+        return list(dict.fromkeys(done))
+    return fill
+
+
 def delete_channels(model: Any, layer: str, channels: Sequence[int], *, couple: bool = True,
                     _nested: bool = False) -> EditResult:
     """A new model without `channels` of `layer`'s output, dependencies followed.
+
+    Both layouts are followed: in channels_first models the channels are axis 1 and a Flatten
+    orders its rows by its own data_format. A layer that would treat the channel axis as a
+    spatial one (a pooling or BatchNorm built for the other layout, a Dense or LSTM reading a
+    channels_first tensor) is refused by name, with what to change.
 
     Args:
         model: a Keras 3 Functional or Sequential model (top-level layers).
@@ -183,7 +440,8 @@ def delete_channels(model: Any, layer: str, channels: Sequence[int], *, couple: 
         SelectorError: no such layer (closest names listed).
         OptionError: indices out of range, or all of them.
         SurgeryError: an unsupported layer on the dependency path (named, with the path), a
-            coupled group with ``couple=False``, a subclassed model.
+            layer whose layout puts the channels on another axis, a coupled group with
+            ``couple=False``, a subclassed model.
 
     Example:
     ```python
@@ -208,77 +466,20 @@ def delete_channels(model: Any, layer: str, channels: Sequence[int], *, couple: 
     if not chans or len(chans) >= width:
         raise OptionError(f"delete_channels would leave {layer!r} with "
                           f"{width - len(chans)} of {width} channels; delete 1..{width - 1}")
-    plan = _Plan(model)
-    plan.producers[layer] = chans
-    _walk(model, layer, chans, plan, couple, nested=_nested)
-    replace = {}
-    for name in plan.producers:
-        old = find_layer(model, name)
-        config = old.get_config()
+    flow = _Flow(model, _nested)
+    flow.producers[layer] = chans
+    _walk(flow, couple)
+    replace, changes = {}, []
+    for name, drop in flow.producers.items():
+        old = flow.layers[name]
         key = _PRODUCERS[type(old).__name__]
-        config[key] = int(getattr(old, key)) - len(chans)
+        config = old.get_config()
+        config[key] = int(getattr(old, key)) - len(drop)
         replace[name] = type(old).from_config(config)
-
-    def fill(src_model, dst_model) -> list[str]:
-        done = []
-        with open_weights(src_model) as src, open_weights(dst_model) as dst:
-            def put(key, value):
-                dst.variable(key).assign(value)
-                done.append(key)
-
-            def keep(n, drop):
-                return [i for i in range(n) if i not in set(drop)]
-
-            for name, drop in plan.producers.items():
-                for var in ("kernel", "pointwise_kernel", "embeddings", "bias"):
-                    key = f"{name}/{var}"
-                    if key in src:
-                        a = src.read(key)
-                        axis = -2 if "Transpose" in type(find_layer(src_model, name)).__name__ \
-                            and var == "kernel" else -1
-                        put(key, np.take(a, keep(a.shape[axis], drop), axis=axis))
-            for name, (how, drop) in plan.slices.items():
-                for var in ("gamma", "beta", "moving_mean", "moving_variance", "kernel",
-                            "bias"):
-                    key = f"{name}/{var}"
-                    if key not in src:
-                        continue
-                    a = src.read(key)
-                    if how == "depthwise" and var == "kernel":
-                        put(key, np.take(a, keep(a.shape[-2], drop), axis=-2))
-                    elif how == "depthwise" and var == "bias":
-                        m = a.shape[0] // int(find_layer(src_model, name).input.shape[-1])
-                        gone = [c * m + j for c in drop for j in range(m)]
-                        put(key, np.take(a, keep(a.shape[0], gone), axis=0))
-                    else:
-                        put(key, np.take(a, keep(a.shape[0], drop), axis=0))
-            for name, drop in plan.readers.items():
-                reader_cls = type(find_layer(src_model, name)).__name__
-                for key in [k for k in src if k.startswith(name + "/")]:
-                    var = key.rsplit("/", 1)[1]
-                    a = src.read(key)
-                    if var in ("kernel", "depthwise_kernel") and reader_cls in (
-                            "LSTM", "GRU", "SimpleRNN", "Bidirectional"):
-                        put(key, np.take(a, keep(a.shape[0], drop), axis=0))
-                    elif var == "kernel" and "Transpose" in reader_cls:
-                        put(key, np.take(a, keep(a.shape[-1], drop), axis=-1))
-                    elif var in ("kernel", "depthwise_kernel"):
-                        put(key, np.take(a, keep(a.shape[-2], drop), axis=-2))
-                    elif var == "pointwise_kernel":
-                        m = src.shape(f"{name}/depthwise_kernel")[-1]
-                        gone = [c * m + j for c in drop for j in range(m)]
-                        put(key, np.take(a, keep(a.shape[-2], gone), axis=-2))
-            for name, (positions, width_in, drop) in plan.flatten.items():
-                a = src.read(f"{name}/kernel").reshape(positions, width_in, -1)
-                a = np.take(a, keep(width_in, drop), axis=1)
-                put(f"{name}/kernel", a.reshape(-1, a.shape[-1]))
-        return done
-
-    changes = [f"{p}: {int(getattr(find_layer(model, p), _PRODUCERS[type(find_layer(model, p)).__name__]))}"
-               f" -> {int(getattr(find_layer(model, p), _PRODUCERS[type(find_layer(model, p)).__name__])) - len(chans)} channels"
-               + (" (coupled)" if p != layer else "") for p in plan.producers]
-    changes += [f"{n}: sliced ({how})" for n, (how, _) in plan.slices.items()]
-    changes += [f"{n}: input channels sliced" for n in plan.readers]
-    changes += [f"{n}: Flatten rows sliced" for n in plan.flatten]
+        changes.append(f"{name}: {int(getattr(old, key))} -> {config[key]} channels"
+                       + (" (coupled)" if name != layer else ""))
+    changes += [f"{n}: sliced ({how})" for n, (how, _) in flow.slices.items()]
+    changes += [f"{n}: {'Flatten rows' if flat else 'input channels'} sliced"
+                for n, (_, flat) in flow.readers.items()]
     return apply_edits(model, operation=f"delete {len(chans)} channels of {layer}",
-                       replace=replace, changes=tuple(changes), fill=fill)
+                       replace=replace, changes=tuple(changes), fill=_fill(flow))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -72,8 +73,10 @@ class SurgeryGroup(click.Group):
         except Exception as e:  # a bug, not bad input: say so, keep the contract of one line
             if debug:
                 raise
-            click.echo(f"error: unexpected {type(e).__name__}: {e} (a bug in surgery; rerun "
-                       "with --debug for the traceback and report it)", err=True)
+            from surgery.report import escape_text
+
+            click.echo(f"error: unexpected {type(e).__name__}: {escape_text(e)} (a bug in "
+                       "surgery; rerun with --debug for the traceback and report it)", err=True)
             sys.exit(2)
         sys.exit(rv if isinstance(rv, int) else 0)
 
@@ -126,8 +129,19 @@ def _native_stderr_quiet(enabled: bool):
         os.close(saved)
 
 
+def _json_safe(value: Any) -> Any:
+    """JSON has no NaN or Infinity: such floats are written as the strings "nan", "inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(json.dumps(_json_safe(data), indent=2, default=str, allow_nan=False))
 
 
 def _emit(result: Any, as_json: bool) -> None:
@@ -332,7 +346,10 @@ def _edit_model(path: str, output: str | None, *, unsafe: bool, dry_run: bool,
         v = surgery.verify(model, result, verify_inputs, atol=atol)
         data["verify"] = v.to_dict()
         if not v.ok:
-            click.echo(json.dumps(data, indent=2, default=str) if as_json else f"{report}\n{v}")
+            if as_json:
+                _print_json(data)
+            else:
+                click.echo(f"{report}\n{v}")
             raise CheckFailed(f"{path}: the edited model's outputs differ by {v.reason}; "
                               "nothing was written")
     if not dry_run:

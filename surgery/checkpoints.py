@@ -17,7 +17,7 @@ import numpy as np
 
 from .entries import VariableInfo
 from .errors import FormatError
-from .sources import WeightSource
+from .sources import WeightSource, check_real_dtype
 
 __all__ = ["CheckpointSource", "open_checkpoint"]
 
@@ -78,6 +78,7 @@ class CheckpointSource(WeightSource):
                 if a.full_name}
 
     def _read(self, info: VariableInfo) -> np.ndarray:
+        check_real_dtype(info.dtype, f"{self.name}: {info.key}")
         return np.array(self._reader.get_tensor(info.key), copy=True)
 
 

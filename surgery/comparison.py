@@ -8,11 +8,13 @@ time.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .report import escape_text, shown
 from .sources import open_weights
 
 __all__ = ["VariableDiff", "WeightDiff", "diff"]
@@ -61,17 +63,19 @@ class WeightDiff:
         return [v for v in self.variables if v.status == status]
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: a non-finite difference (NaN/Inf in a file) is written as a string."""
         return {
             "a": self.a, "b": self.b, "identical": self.identical, "counts": self.counts(),
             "variables": [{"path": v.path, "status": v.status,
                            "shape_a": list(v.shape_a) if v.shape_a is not None else None,
                            "shape_b": list(v.shape_b) if v.shape_b is not None else None,
-                           "max_abs_diff": v.max_abs_diff} for v in self.variables],
+                           "max_abs_diff": _json_number(v.max_abs_diff)}
+                          for v in self.variables],
         }
 
     def __str__(self) -> str:
-        lines = [f"a: {self.a}", f"b: {self.b}", ""]
-        width = max([len(v.path) for v in self.variables] + [8])
+        lines = [f"a: {escape_text(self.a)}", f"b: {escape_text(self.b)}", ""]
+        width = max([len(shown(v.path)) for v in self.variables] + [8])
         for v in self.variables:
             if v.status == "same":
                 detail = "same"
@@ -83,7 +87,7 @@ class WeightDiff:
                 detail = f"only in a  {v.shape_a}"
             else:
                 detail = f"only in b  {v.shape_b}"
-            lines.append(f"{v.path:<{width}}  {detail}")
+            lines.append(f"{shown(v.path):<{width}}  {detail}")
         c = self.counts()
         lines.append("")
         lines.append("identical" if self.identical else
@@ -156,3 +160,10 @@ def diff(a: Any, b: Any, *, architecture_a: Any = None, architecture_b: Any = No
         for s, orig in ((sa, a), (sb, b)):
             if s is not orig:
                 s.close()
+
+
+def _json_number(value: float | None) -> float | str | None:
+    """A float for JSON: NaN and infinities as strings ("nan", "inf"), which JSON can't hold."""
+    if value is None or math.isfinite(value):
+        return value
+    return str(value)

@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +45,7 @@ from .atomic import atomic_path, check_outputs
 from .errors import CheckFailed, InputError, ShapeError, SurgeryError
 from .inventory import inspect as inspect_fn
 from .plan_schema import check_plan
+from .rules import read_toml
 from .selection import select
 
 __all__ = ["Plan", "PlanError", "PlanReport"]
@@ -125,17 +125,10 @@ class Plan:
     @classmethod
     def from_file(cls, path: str) -> "Plan":
         """Reads and validates a plan; raises `PlanError` listing every problem."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise InputError(f"a plan is a TOML file path, got {type(path).__name__}")
         path = os.fspath(path)
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such plan file") from None
-        try:
-            text = raw.decode("utf-8")
-            data = tomllib.loads(text)
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-            raise PlanError(f"{path}: invalid TOML ({e})") from None
+        data, text = read_toml(path, "plan file", error=PlanError)  # the one safe TOML reader
         plan = cls(data, path, text)
         plan.validate()
         return plan

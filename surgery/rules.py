@@ -267,29 +267,30 @@ def load_rules(rules: Any = None) -> Rules:
     return _parse(data, path, text)
 
 
-def read_toml(path: str, what: str = "rules file") -> tuple[dict, str]:
+def read_toml(path: str, what: str = "rules file", error: type = None) -> tuple[dict, str]:
     """Reads a small TOML file safely: a regular file of at most `MAX_RULES_BYTES`, UTF-8,
     nested at most `MAX_TOML_DEPTH` deep. Returns (data, text).
 
     Raises:
         InputError: missing, not a regular file (a FIFO, a device), or too large.
-        RulesError: not UTF-8, nested too deeply, or invalid TOML.
+        RulesError (or `error`): not UTF-8, nested too deeply, or invalid TOML.
     """
+    error = error or RulesError
     raw = read_small_file(path, what, MAX_RULES_BYTES)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise RulesError(f"{path}: not UTF-8 text, so not a TOML {what}") from None
+        raise error(f"{path}: not UTF-8 text, so not a TOML {what}") from None
     depth = toml_depth(text)
     if depth > MAX_TOML_DEPTH:
-        raise RulesError(f"{path}: arrays or tables nested more than {MAX_TOML_DEPTH} deep; "
+        raise error(f"{path}: arrays or tables nested more than {MAX_TOML_DEPTH} deep; "
                          f"a {what} needs two levels")
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as e:
-        raise RulesError(f"{path}: invalid TOML ({e})") from None
+        raise error(f"{path}: invalid TOML ({e})") from None
     except RecursionError:  # pragma: no cover - toml_depth refuses such files first
-        raise RulesError(f"{path}: TOML nested too deeply") from None
+        raise error(f"{path}: TOML nested too deeply") from None
 
 
 def rename_pattern(text: str, where: str = "rules") -> SafePattern:

@@ -164,7 +164,13 @@ def _npy_header(f, where: str) -> tuple[tuple[int, ...], str]:
 def check_real_dtype(dtype: Any, where: str) -> None:
     """Refuses an array dtype that is not a real number (complex, strings, records, dates)
     before it is read as a weight: a complex kernel would lose its imaginary part."""
-    dtype = np.dtype(dtype) if str(dtype) != "bfloat16" else None
+    if str(dtype) == "bfloat16":
+        return
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:  # a TF-only dtype (string, resource, variant, ...)
+        raise FormatError(f"{where}: holds {dtype} values, not numbers; refusing it as a "
+                          "weight") from None
     if dtype is None or (dtype.kind in "fiub" and dtype.fields is None):
         return
     if dtype.kind == "c":

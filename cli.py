@@ -73,7 +73,7 @@ class SurgeryGroup(click.Group):
         except Exception as e:  # a bug, not bad input: say so, keep the contract of one line
             if debug:
                 raise
-            from surgery.report import escape_text
+            from surgery.text import escape_text
 
             click.echo(f"error: unexpected {type(e).__name__}: {escape_text(e)} (a bug in "
                        "surgery; rerun with --debug for the traceback and report it)", err=True)
@@ -330,7 +330,7 @@ def _edit_model(path: str, output: str | None, *, unsafe: bool, dry_run: bool,
     """The one runner of the model commands: checks the output before the slow part, loads
     MODEL, runs `operation(model) -> (model_to_save, report)`, verifies when asked (exit 1,
     nothing written, when the result differs), saves atomically, prints."""
-    from surgery.atomic import check_output
+    from surgery.io.atomic import check_output
     from surgery.errors import CheckFailed
 
     if not dry_run and not output:
@@ -587,8 +587,8 @@ def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, l
       surgery finetune model.keras --data d.npz -o tuned.keras --lora-rank 4 \\
           --lora-select fc --save-adapters adapters.npz
     """
-    from surgery.atomic import check_outputs
-    from surgery.training_outputs import write_adapters, write_metrics, write_plot
+    from surgery.io.atomic import check_outputs
+    from surgery.train.outputs import write_adapters, write_metrics, write_plot
 
     readers = [model, data, val]
     check_outputs([output, metrics_out, plot, save_adapters], inputs=readers,
@@ -601,13 +601,13 @@ def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, l
             raise OutputError(f"{ckpt}: is also the output {path} of this command; give each "
                               "output its own path")
     if plot:
-        from surgery.training_outputs import require_matplotlib
+        from surgery.train.outputs import require_matplotlib
         require_matplotlib()
     extra = {}
     if strategy == "multiworker":
         import logging
 
-        from surgery.multiworker import finetune_multiworker as run, make_strategy
+        from surgery.train.multiworker import finetune_multiworker as run, make_strategy
         extra["mixed_precision"] = mixed_precision
         extra["distribution"] = make_strategy()  # before anything else touches TensorFlow
         if not (quiet or as_json):
@@ -945,7 +945,7 @@ def export_cmd(model, output, fmt, overwrite, unsafe) -> int:
       surgery export sample_models/cnn.keras -o cnn_hub --format hub
       surgery export sample_models/cnn.keras -o cnn_savedmodel --format savedmodel
     """
-    from surgery.atomic import check_output_dir
+    from surgery.io.atomic import check_output_dir
 
     check_output_dir(output, inputs=[model], overwrite=overwrite)  # before the slow part
     m = surgery.load_model(model, safe_mode=not unsafe)
@@ -1067,7 +1067,7 @@ def recipe_run(name: str, model_path: str | None, output: str | None, seed: int 
     if output is not None:
         if "output" not in accepted:
             raise click.BadParameter(f"recipe {name} writes no model", param_hint="-o")
-        from surgery.atomic import check_output
+        from surgery.io.atomic import check_output
 
         readers = [v for v in kwargs.values() if isinstance(v, str) and os.path.exists(v)]
         default = getattr(params.get("model"), "default", None)

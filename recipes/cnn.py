@@ -19,7 +19,7 @@ from sample_models import tasks
 
 from .base import SAMPLE_CNN, Echo, RecipeResult, finish, quiet
 
-__all__ = ["new_task", "scratch_baseline", "recompute_bn_statistics", "input_channels",
+__all__ = ["new_task", "scratch_baseline", "input_channels",
            "resolution", "inflate_3d", "grow"]
 
 
@@ -37,54 +37,11 @@ def _until_converged(early_stop: int | None, min_delta: float) -> tuple[list, st
     no callback when `early_stop` is None."""
     if not early_stop:
         return [], ""
-    from surgery.tfimport import keras
+    from surgery.io.tfimport import keras
 
     stop = keras().callbacks.EarlyStopping(monitor="loss", patience=int(early_stop),
                                            min_delta=float(min_delta))
     return [stop], f" (at most; early_stop={early_stop} on loss, min_delta={min_delta:g})"
-
-
-def recompute_bn_statistics(model: Any, x: np.ndarray, *, batch_size: int = 256) -> list[str]:
-    """Sets the moving mean and variance of each trainable BatchNormalization layer to the
-    exact mean and (biased) variance of its inputs over `x` ("precise BatchNorm").
-
-    A trainable BatchNorm runs in training mode during `fit`: the weights learn against batch
-    statistics while the moving statistics trail behind (momentum 0.99 keeps ~28% of their
-    initial values after 125 steps), so inference can be far from what was trained. Frozen
-    BatchNorm layers ran in inference mode and keep their statistics. Layers are done from
-    the input up, each measured with the layers below already updated, in inference mode.
-    Changes `model` in place (its statistics, as `fit` does); top-level layers of a
-    functional model only.
-
-    Returns:
-        The names of the layers whose statistics were recomputed.
-
-    Example:
-    ```python
-    recompute_bn_statistics(result.model, x_train)
-    ```
-    """
-    from surgery.tfimport import keras
-
-    k = keras()
-    done = []
-    for layer in model.layers:
-        if type(layer).__name__ != "BatchNormalization" or not layer.trainable:
-            continue
-        probe = k.Model(model.inputs, layer.input)
-        axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
-        total, total_sq, count = 0.0, 0.0, 0
-        for i in range(0, len(x), batch_size):
-            f = np.asarray(probe([x[i:i + batch_size]], training=False), np.float64)
-            f = np.moveaxis(f, axis, -1).reshape(-1, f.shape[axis])
-            total, total_sq, count = total + f.sum(0), total_sq + (f * f).sum(0), \
-                count + len(f)
-        mean = total / count
-        layer.moving_mean.assign(mean.astype(np.float32))
-        layer.moving_variance.assign(np.maximum(total_sq / count - mean * mean, 0.0)
-                                     .astype(np.float32))
-        done.append(layer.name)
-    return done
 
 
 def new_task(model: Any = SAMPLE_CNN, data=None, test=None, *, classes: int | None = None,
@@ -144,8 +101,8 @@ def scratch_baseline(architecture: Any, data, test=None, *, epochs: int, lr: flo
     """The same architecture, fresh weights, every layer trained, on the same data for the
     same epochs (or, with `early_stop`, until the training loss has not improved by
     `min_delta` for `early_stop` epochs, `epochs` being the cap)."""
-    from surgery.rebuild import model_config, rebuild
-    from surgery.tfimport import keras
+    from surgery.model.rebuild import model_config, rebuild
+    from surgery.io.tfimport import keras
 
     keras().utils.set_random_seed(seed)
     fresh = rebuild(architecture, model_config(architecture))
@@ -324,3 +281,6 @@ def grow(model: Any = SAMPLE_CNN, data=None, test=None, *, widen_layer: str = "f
     if output:
         surgery.save_model(r.model, output, overwrite=overwrite, inputs=[model])
     return RecipeResult("cnn-grow", r.model, steps, metrics, output)
+
+
+recompute_bn_statistics = surgery.recompute_bn_statistics  # kept for callers of the recipe

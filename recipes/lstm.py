@@ -91,7 +91,7 @@ def vocabulary(model: Any = SAMPLE_LSTM, *, old_vocab=None, new_vocab=None, fill
     ```
     """
     from surgery import edit
-    from surgery.tfimport import keras
+    from surgery.io.tfimport import keras
 
     src = surgery.load_model(model)
     embed = next(l for l in src.layers if type(l).__name__ == "Embedding")
@@ -134,7 +134,7 @@ def bidirectional(model: Any = SAMPLE_LSTM, *, layer: str = "encoder", seed: int
     ```
     """
     from surgery import edit
-    from surgery.tfimport import keras
+    from surgery.io.tfimport import keras
 
     k = keras()
     src = surgery.load_model(model)
@@ -170,7 +170,7 @@ def grow(model: Any = SAMPLE_LSTM, *, layer: str = "encoder", units: int = 96,
     ```
     """
     from surgery import edit
-    from surgery.tfimport import keras
+    from surgery.io.tfimport import keras
 
     k = keras()
     src = surgery.load_model(model)
@@ -236,7 +236,7 @@ def pytorch_roundtrip(model: Any = SAMPLE_LSTM, *, folder: str | None = None, se
     import os
     import tempfile
 
-    from surgery.rebuild import model_config, rebuild
+    from surgery.model.rebuild import model_config, rebuild
 
     from .base import HERE
 

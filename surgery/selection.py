@@ -340,7 +340,7 @@ class SafePattern:
         if not isinstance(name, str):
             raise TypeError(f"expected a name (str), got {type(name).__name__}")
         if len(name) > MAX_KEY:
-            from .report import shown
+            from .text import shown
 
             raise self._error(f"{self._label}: the name '{shown(name)}' is {len(name)} "
                               f"characters long; regexes are matched against names of up to "

@@ -71,7 +71,7 @@ def _run(code: str) -> dict:
 
 _TRANSPLANT = {
     "raw floor: h5py copy of every source tensor": (
-        "import h5py, surgery.archive as A\n"
+        "import h5py, surgery.io.archive as A\n"
         "ar = A.KerasArchive({path!r})\n"
         "src = h5py.File(ar.open_member('model.weights.h5'), 'r')\n"
         "dst = h5py.File({out!r}, 'w')\n"

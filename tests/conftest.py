@@ -33,6 +33,13 @@ def leftovers(folder: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def keras():
+    """Keras 3, imported once for the session (each import of TensorFlow costs seconds)."""
+    import keras
+    return keras
+
+
+@pytest.fixture(scope="session")
 def samples(tmp_path_factory) -> dict[str, str]:
     """Read-only copies of the shipped sample models (tests must not touch the originals)."""
     out = tmp_path_factory.mktemp("samples")

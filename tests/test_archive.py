@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from surgery.archive import KerasArchive, parse_json
+from surgery.io.archive import KerasArchive, parse_json
 from surgery.errors import FormatError
 
 

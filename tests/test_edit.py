@@ -16,11 +16,6 @@ from tests.conftest import leftovers, sha256
 rng = np.random.default_rng(0)
 
 
-@pytest.fixture(scope="module")
-def keras():
-    import keras
-    return keras
-
 
 def values(model):
     with surgery.open_weights(model) as w:

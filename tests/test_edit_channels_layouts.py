@@ -28,11 +28,6 @@ from surgery.errors import SurgeryError
 LAYOUTS = ("channels_last", "channels_first")
 
 
-@pytest.fixture(scope="module")
-def keras():
-    import keras
-    return keras
-
 
 def run(models, x):
     """Each model's output on `x`: channels_first models through XLA, all in one compile."""

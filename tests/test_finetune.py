@@ -13,18 +13,13 @@ from click.testing import CliRunner
 
 import surgery
 from cli import main
-from surgery.datasets import load_data
+from surgery.train.data import load_data
 from surgery.errors import InputError
-from surgery.finetuning import Interrupted, infer_loss
+from surgery.train.finetune import Interrupted, infer_loss
 from tests.conftest import leftovers
 
 rng = np.random.default_rng(0)
 
-
-@pytest.fixture(scope="module")
-def keras():
-    import keras
-    return keras
 
 
 def small_cnn(k, classes=3):

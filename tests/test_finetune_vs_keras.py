@@ -21,15 +21,10 @@ import numpy as np
 import pytest
 
 import surgery
-from surgery.datasets import Data
+from surgery.train.data import Data
 
 LOSS_RTOL, WEIGHT_ATOL = 1e-4, 1e-5
 
-
-@pytest.fixture(scope="module")
-def keras():
-    import keras
-    return keras
 
 
 def layer_weights(model) -> dict[str, np.ndarray]:

@@ -28,11 +28,6 @@ SIZE = 12  # shape images, SIZE x SIZE
 SEQ = 16   # motif sequences (the task's own generator, shorter than the sample model's 40)
 
 
-@pytest.fixture(scope="module")
-def keras():
-    import keras
-    return keras
-
 
 # ------------------------------------------------------------------ architectures
 

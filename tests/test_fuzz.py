@@ -83,7 +83,7 @@ def test_fuzz_marker_runs_longer(small_files, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def safetensors_bytes(tmp_path_factory):
-    from surgery.safetensors_io import write_safetensors
+    from surgery.io.safetensors import write_safetensors
     path = tmp_path_factory.mktemp("st") / "w.safetensors"
     write_safetensors({"a.weight": np.arange(12, dtype=np.float32).reshape(3, 4),
                        "a.bias": np.ones(4, np.float16)}, str(path))
@@ -112,7 +112,7 @@ RULES_TEXT = open(os.path.join(os.path.dirname(__file__), "..", "examples", "rul
 
 
 def test_mutated_rules_only_raise_surgery_errors(tmp_path_factory):
-    from surgery.rules import load_rules
+    from surgery.transfer.rules import load_rules
     folder = tmp_path_factory.mktemp("rules")
 
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -167,7 +167,7 @@ def _timed(fn, *args):
 def test_fuzz_rule_regexes_finish(tmp_path_factory):
     """Random regexes as renames and re: selectors, matched against adversarial names."""
     from surgery.entries import VariableInfo
-    from surgery.rules import load_rules
+    from surgery.transfer.rules import load_rules
     from surgery.selection import select
 
     def use(pattern, keys):
@@ -195,7 +195,7 @@ TOML_PIECES = ['match = "exact"\n', 'strict = true\n', 'skip = ["head/*", "re:^a
 
 
 def test_fuzz_rules_text(tmp_path_factory):
-    from surgery.rules import load_rules
+    from surgery.transfer.rules import load_rules
     folder = tmp_path_factory.mktemp("rules-text")
 
     @FAST

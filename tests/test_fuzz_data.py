@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from surgery.datasets import load_data
+from surgery.train.data import load_data
 from surgery.errors import SurgeryError
 from tests.test_fuzz import EDITS, _mutate
 

@@ -16,11 +16,6 @@ from surgery.errors import InputError
 from tests.conftest import sha256
 
 
-@pytest.fixture(scope="module")
-def keras():
-    import keras
-    return keras
-
 
 def values(model):
     with surgery.open_weights(model) as w:
@@ -114,7 +109,7 @@ def test_export_loads_and_matches(samples, tmp_path, fmt):
 
 
 def test_state_dict_keys_not_covered_are_listed(samples, tmp_path):
-    from surgery.rules import RulesError
+    from surgery.transfer.rules import RulesError
     before = sha256(samples["lstm"])
     model = surgery.load_model(samples["lstm"])
     with pytest.raises(RulesError) as e:

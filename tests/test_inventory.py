@@ -77,7 +77,7 @@ def test_diff_statuses(tmp_path):
 
 
 def test_diff_nan_in_same_place_is_same():
-    from surgery.comparison import _compare
+    from surgery.io.diff import _compare
     a = np.array([1.0, np.nan], np.float32)
     assert _compare(a, a.copy()) is None
     assert _compare(a, np.array([1.0, 2.0], np.float32)) == np.inf

@@ -14,11 +14,6 @@ from surgery.errors import FormatError, InputError, OutputError, ShapeError, Uns
 from tests.conftest import leftovers, sha256
 
 
-@pytest.fixture(scope="module")
-def keras():
-    import keras
-    return keras
-
 
 def _weights_equal(a, b):
     d = surgery.diff(a, b)

@@ -10,11 +10,6 @@ import surgery
 from tests import models
 
 
-@pytest.fixture(scope="module")
-def keras():
-    import keras
-    return keras
-
 
 @pytest.fixture(scope="module")
 def tf_keras():

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import surgery
 from cli import main
 from surgery.errors import CheckFailed
-from surgery.plans import Plan, PlanError
+from surgery.plans.plan import Plan, PlanError
 from tests.conftest import ROOT, leftovers
 
 PLANS = os.path.join(ROOT, "examples", "plans")

@@ -44,7 +44,7 @@ def test_recompute_bn_statistics_matches_keras_batch_statistics():
 
     from recipes.base import SAMPLE_CNN
     from sample_models import tasks
-    from surgery.rebuild import model_config, rebuild
+    from surgery.model.rebuild import model_config, rebuild
 
     (x, _), _ = tasks.shape_transfer_task(20, seed=0)
     keras.utils.set_random_seed(0)
@@ -171,6 +171,7 @@ def test_lstm_vocab_bidirectional_grow_torch(tmp_path):
     assert "lstm.weight_ih_l0" in t.metrics["torch_keys"]
 
 
+@pytest.mark.slow  # over 10 s (DESIGN §8: the fast tier keeps short tests)
 def test_cnn_new_task_and_lstm_encoder_beat_chance_quickly():
     r = cnn.new_task(seed=0, head_epochs=3, tune_epochs=1)
     assert r.metrics["accuracy"] > 0.4  # 4 classes: chance is 0.25

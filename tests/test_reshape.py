@@ -23,11 +23,6 @@ def rand(*shape):
     return rng.normal(size=shape).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def keras():
-    import keras
-    return keras
-
 
 def run(layer, x, weights):
     """Builds `layer` on `x`, sets `weights`, returns its output as numpy."""

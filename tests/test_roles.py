@@ -19,15 +19,10 @@ from cli import main
 from sample_models.tasks import make_blobs, make_shapes
 from surgery import edit
 from surgery import reshape as R
-from surgery.adapters import get_adapter, run_adapter
+from surgery.transfer.adapters import get_adapter, run_adapter
 from surgery.errors import OptionError
-from surgery.rules import RulesError
+from surgery.transfer.rules import RulesError
 
-
-@pytest.fixture(scope="module")
-def keras():
-    import keras
-    return keras
 
 
 def _conv_bn(k):

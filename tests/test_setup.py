@@ -79,6 +79,7 @@ def test_set_initializer_and_constraint_and_errors():
         surgery.set_constraint(model, "head/kernel", constraint="tight")
 
 
+@pytest.mark.slow  # over 10 s (DESIGN §8: the fast tier keeps short tests)
 def test_l2sp_stays_closer_and_loads_with_plain_keras(tmp_path):
     import keras
     (data, _) = tasks.shape_transfer_task(10, seed=0)

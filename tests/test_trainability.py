@@ -17,11 +17,6 @@ from tests.conftest import leftovers, sha256
 rng = np.random.default_rng(0)
 
 
-@pytest.fixture(scope="module")
-def keras():
-    import keras
-    return keras
-
 
 @pytest.fixture(scope="module")
 def tf_keras():

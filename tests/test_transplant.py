@@ -13,19 +13,14 @@ from click.testing import CliRunner
 import surgery
 from cli import main
 from surgery.errors import CheckFailed, InputError, ShapeError
-from surgery.rules import RulesError
-from surgery.safetensors_io import write_safetensors
+from surgery.transfer.rules import RulesError
+from surgery.io.safetensors import write_safetensors
 from tests import torch_reference as T
 from tests.conftest import ROOT, leftovers, sha256
 from tests.models import kitchen_sink, randomize
 
 RULES = os.path.join(ROOT, "examples", "rules")
 
-
-@pytest.fixture(scope="module")
-def keras():
-    import keras
-    return keras
 
 
 def values(model):

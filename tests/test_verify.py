@@ -16,7 +16,7 @@ L = keras.layers
 
 from cli import main  # noqa: E402
 from surgery.errors import InputError, ShapeError  # noqa: E402
-from surgery.verification import probe_inputs, verify  # noqa: E402
+from surgery.model.verify import probe_inputs, verify  # noqa: E402
 from tests.conftest import leftovers  # noqa: E402
 
 

@@ -17,7 +17,7 @@ import inspect
 from typing import Callable
 
 from ..errors import OptionError
-from ..livemodels import require_live_model
+from ..io.livemodels import require_live_model
 from . import channels as _channels, convolutional as _convolutional, growth as _growth
 from . import inflation as _inflation, layers as _layers
 from .core import EditReport, EditResult

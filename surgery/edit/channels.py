@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import OptionError, SurgeryError
-from ..sources import open_weights
+from ..io.sources import open_weights
 from .core import EditResult, apply_edits, edit_nested, find_layer, graph, shared_layers
 
 __all__ = ["delete_channels", "lowest_channels"]

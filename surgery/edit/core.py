@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..errors import SelectorError, SurgeryError
-from ..rebuild import keras_module, model_config
+from ..model.rebuild import keras_module, model_config
 from ..selection import closest_paths
 
 __all__ = ["EditReport", "EditResult", "apply_edits", "layer_names", "find_layer",
@@ -243,7 +243,7 @@ def _edit_functional(model, k, delete, replace, after, before, input_shape):
 
 
 def _carry(old, new, operation, changes, fill, skip) -> EditResult:
-    from ..transplanting import transplant
+    from ..transfer.transplant import transplant
 
     report = transplant(old, new, {"match": "exact", "skip": sorted(skip)} if skip else
                         {"match": "exact"})

@@ -17,8 +17,8 @@ import numpy as np
 from .. import reshape as R
 from ..errors import OptionError, SurgeryError
 from ..reshape.net2net import check_noise, net2wider_mapping
-from ..rebuild import keras_module
-from ..sources import open_weights
+from ..model.rebuild import keras_module
+from ..io.sources import open_weights
 from .core import EditResult, apply_edits, edit_nested, find_layer, graph, shared_layers
 
 __all__ = ["widen", "deepen"]

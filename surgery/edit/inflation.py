@@ -14,8 +14,8 @@ from typing import Any
 
 from .. import reshape as R
 from ..errors import OptionError, SurgeryError
-from ..rebuild import keras_module
-from ..sources import open_weights
+from ..model.rebuild import keras_module
+from ..io.sources import open_weights
 from .core import EditReport, EditResult, params
 
 __all__ = ["inflate"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import OptionError, SurgeryError
-from ..rebuild import keras_module
+from ..model.rebuild import keras_module
 from .core import EditResult, apply_edits, find_layer
 
 __all__ = ["delete_layer", "insert_layer", "replace_layer", "change_input", "as_layer"]
@@ -19,7 +19,7 @@ def as_layer(model: Any, layer: Any) -> Any:
     if not isinstance(layer, dict) or "class_name" not in layer:
         raise OptionError("a layer must be a Keras layer or {\"class_name\": ..., \"config\": "
                           f"{{...}}}}, got {type(layer).__name__}")
-    from ..safety import check_config
+    from ..io.safety import check_config
 
     check_config({"config": {"layers": [layer]}}, "the layer config")
     k = keras_module(model)
@@ -88,7 +88,7 @@ def replace_layer(model: Any, layer: str, new_layer: Any) -> EditResult:
                          changes=(f"{type(old).__name__} {layer!r} -> "
                                   f"{type(new_layer).__name__} {new_layer.name!r}",))
     # carry what fits from the old layer into the new one (same variable names and shapes)
-    from ..sources import open_weights
+    from ..io.sources import open_weights
 
     converted = []
     with open_weights(model) as src, open_weights(result.model) as dst:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from cli import main
 from surgery.errors import SurgeryError
-from surgery.plans import Plan, PlanError
+from surgery.plans.plan import Plan, PlanError
 from tests.conftest import leftovers
 
 EXAMPLES = int(os.environ.get("SURGERY_FUZZ_EXAMPLES", "60"))

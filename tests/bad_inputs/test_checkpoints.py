@@ -22,17 +22,12 @@ from click.testing import CliRunner
 import surgery
 from cli import main
 from surgery.errors import FormatError, InputError, OptionError
-from surgery.finetuning import Interrupted
+from surgery.train.finetune import Interrupted
 from tests.conftest import sha256
 
 MARKER = "surgery-checkpoint.json"
 OWN = {MARKER, "state.json", "last.weights.h5", "best.weights.h5"}
 
-
-@pytest.fixture(scope="module")
-def keras():
-    import keras
-    return keras
 
 
 def tree(folder) -> dict[str, str]:
@@ -410,7 +405,7 @@ def test_resume_without_a_checkpoint(proj):
 # ---------------------------------------------------------------- multi-worker: refuse, never drop
 
 def test_multiworker_refuses_what_it_cannot_do(proj, monkeypatch):
-    from surgery.multiworker import finetune_multiworker
+    from surgery.train.multiworker import finetune_multiworker
 
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["localhost:1"]},
                                                 "task": {"type": "worker", "index": 0}}))

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 import surgery
 from cli import main
-from surgery.atomic import atomic_path
+from surgery.io.atomic import atomic_path
 from surgery.errors import OutputError
 from tests.conftest import ROOT, leftovers, sha256
 
@@ -242,7 +242,7 @@ def test_second_writer_to_one_path_fails_without_overwrite(tmp_path):
 def test_two_concurrent_processes_one_wins(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
-        from surgery.atomic import atomic_path
+        from surgery.io.atomic import atomic_path
         from surgery.errors import OutputError
         try:
             with atomic_path({str(tmp_path / 'out.bin')!r}) as tmp:
@@ -261,7 +261,7 @@ def test_two_concurrent_processes_one_wins(tmp_path):
 def test_sigterm_during_a_write_leaves_nothing(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
-        from surgery.atomic import atomic_path
+        from surgery.io.atomic import atomic_path
         with atomic_path({str(tmp_path / 'out.bin')!r}) as tmp:
             with open(tmp, 'wb') as f:
                 f.write(b'x' * (32 << 20))
@@ -281,9 +281,9 @@ def test_sigterm_during_a_write_leaves_nothing(tmp_path):
 def test_cli_sigterm_is_an_interruption(tmp_path, samples):
     script = textwrap.dedent(f"""
         import time
-        import surgery.modelio as m
+        import surgery.model.saving as m
         real = m.atomic_path if hasattr(m, 'atomic_path') else None
-        from surgery import atomic
+        from surgery.io import atomic
         original = atomic._publish
         def slow(tmp, path, overwrite):
             print('publishing', flush=True)

@@ -28,7 +28,7 @@ import surgery
 from cli import main
 from surgery.entries import VariableInfo
 from surgery.errors import FormatError, InputError, SelectorError
-from surgery.rules import RulesError, load_rules
+from surgery.transfer.rules import RulesError, load_rules
 from surgery.selection import select
 from tests.conftest import ROOT, leftovers, sha256
 
@@ -206,7 +206,7 @@ def test_catastrophic_regexes_are_refused_in_rules_and_selectors():
         import json
         from surgery.entries import VariableInfo
         from surgery.errors import SurgeryError
-        from surgery.rules import load_rules
+        from surgery.transfer.rules import load_rules
         from surgery.selection import select
         key = {KEY!r}
         got = []

@@ -23,11 +23,6 @@ from surgery.errors import FormatError, SurgeryError, UnsafeModelError
 from tests.conftest import ROOT, leftovers, sha256
 
 
-@pytest.fixture(scope="module")
-def keras():
-    import keras
-    return keras
-
 
 @pytest.fixture(scope="module")
 def valid(keras, tmp_path_factory):
@@ -152,7 +147,7 @@ def test_not_a_zip_named_keras(tmp_path):
 
 _KILLED = """
 import os, sys, time
-import surgery.atomic as A
+import surgery.io.atomic as A
 path = sys.argv[1]
 with A.atomic_path(path, overwrite=True) as tmp:
     with open(tmp, "wb") as f:
@@ -174,13 +169,13 @@ def test_sigkill_mid_write_leaves_target_intact(tmp_path):
     assert target.read_bytes() == b"previous good file"
     stale = leftovers(str(tmp_path))
     assert len(stale) == 1 and stale[0].startswith(".model.keras.surgery-tmp-")
-    from surgery.atomic import clean_stale
+    from surgery.io.atomic import clean_stale
     time.sleep(0.1)
     assert clean_stale(str(target)) == stale and leftovers(str(tmp_path)) == []
 
 
 def test_disk_full_while_writing_a_file_transplant(valid, tmp_path, monkeypatch):
-    import surgery.kerasfile_writer as W
+    import surgery.io.kerasfile_writer as W
     real = W._Window.write
 
     def full(self, data):
@@ -211,7 +206,7 @@ def test_identity_transplant_is_bitwise_for_every_sample_and_format(samples, tmp
         arrays = {k: w.read(k) for k in w}
     np.savez(tmp_path / "w.npz", **arrays)
     paths["npz"] = str(tmp_path / "w.npz")
-    from surgery.safetensors_io import write_safetensors
+    from surgery.io.safetensors import write_safetensors
     write_safetensors(arrays, str(tmp_path / "w.safetensors"))
     paths["safetensors"] = str(tmp_path / "w.safetensors")
     for fmt, source in paths.items():

@@ -20,8 +20,9 @@ from click.testing import CliRunner
 
 import surgery
 from cli import main
-from surgery.report import Entry, TransplantReport, escape_text, shown
-from surgery.safetensors_io import write_safetensors
+from surgery.text import escape_text, shown
+from surgery.transfer.report import Entry, TransplantReport
+from surgery.io.safetensors import write_safetensors
 from tests.conftest import leftovers, sha256
 
 HOSTILE = {

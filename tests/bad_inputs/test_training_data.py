@@ -26,16 +26,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from surgery import datasets
-from surgery.datasets import load_data
+from surgery.train import data as datasets
+from surgery.train.data import load_data
 from surgery.errors import FormatError, InputError, ShapeError
 from tests.conftest import leftovers
 
-
-@pytest.fixture(scope="module")
-def keras():
-    import keras
-    return keras
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,451 @@
+"""Atomic outputs: written beside the target under a fresh temporary name, published when done.
+
+The rules every output follows (DESIGN §5, §7.13):
+
+- Every path a command reads is an input and is never written: an output may not be an input
+  (same real path, symlink or hard link) nor lie inside an input folder.
+- Outputs are regular files (or, for exports, folders) that are absent or replaced whole. A
+  special file (device, FIFO, socket) or a symbolic link at the output path is refused, even
+  with ``overwrite``; so is a folder where a file is expected, and a path ending in ``/``.
+- The temporary file is created exclusively (`tempfile.mkstemp`/`mkdtemp`) in the target's
+  folder, named ``.<target name>.surgery-tmp-<pid>-<random><suffix>``: recognisable, so that a
+  file left by a process killed with SIGKILL is removed by the next write to the same target
+  (when its pid is no longer alive). SIGTERM is handled like Ctrl-C while a file is written.
+- Without ``overwrite`` the final name is created exclusively (a hard link, which fails if the
+  name exists), so of two concurrent writers to one path only the first succeeds; with it, the
+  target is re-checked to still be a regular file and replaced by `os.replace`.
+- Any OS error while writing (disk full, read-only filesystem, a file size limit), including
+  the ones that surface only at ``close()``, becomes one `OutputError` line; nothing is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+import signal
+import stat
+import tempfile
+import threading
+from typing import Iterable, Iterator
+
+from ..errors import OutputError
+
+__all__ = ["check_output", "check_outputs", "check_output_dir", "atomic_path", "atomic_dir",
+           "clean_stale", "TMP_MARK"]
+
+TMP_MARK = ".surgery-tmp-"
+_NO_HARDLINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV,
+                 errno.ENOSYS}
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _inside(path: str, folder: str) -> bool:
+    real, base = os.path.realpath(path), os.path.realpath(folder)
+    return real != base and real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _input_paths(inputs: Iterable) -> list[str]:
+    out = []
+    for inp in inputs or ():
+        if isinstance(inp, (str, os.PathLike)):
+            out.append(os.fspath(inp))
+        elif isinstance(inp, (list, tuple, set, frozenset)):
+            out.extend(_input_paths(inp))
+    return out
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _check_folder(path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    probe = folder
+    while probe and not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        raise OutputError(f"{path}: {probe} is a file, not a folder; choose an output path "
+                          "inside a folder")
+    if not os.path.isdir(folder):
+        raise OutputError(f"{path}: the folder {folder} does not exist; create it first")
+    return folder
+
+
+def _check_inputs(path: str, inputs: Iterable) -> None:
+    for inp in _input_paths(inputs):
+        if _same_file(path, inp):  # same inode (hard link), or same real path
+            raise OutputError(f"{path}: this is the input {inp}; write the output to "
+                              "another path (surgery never writes over its input)")
+        if os.path.isdir(inp) and _inside(path, inp):
+            raise OutputError(f"{path}: is inside the input folder {inp}; write the output "
+                              "elsewhere (surgery never writes into its inputs)")
+
+
+def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: bool = False
+                 ) -> str:
+    """Checks that `path` may be written as a file; returns it as a string.
+
+    Args:
+        path: the output file.
+        inputs: every path the command reads (models, data, rules, ...).
+        overwrite: whether an existing regular file may be replaced.
+
+    Returns:
+        `path` as a string.
+
+    Raises:
+        OutputError: missing folder, folder path through a file, a path ending in a
+            separator, target is (or is inside) an input, target exists without `overwrite`,
+            or target is a directory, symbolic link or special file.
+
+    Example:
+    ```python
+    check_output("out.keras", inputs=["in.keras", "rules.toml"])
+    ```
+    """
+    path = os.fspath(path)
+    if not path or path.endswith(("/", os.sep)):
+        raise OutputError(f"{path or repr(path)}: is not a file name (it ends with a "
+                          "separator); give a file path such as out.keras")
+    _check_folder(path)
+    _check_inputs(path, inputs)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    except OSError as e:
+        raise OutputError(f"{path}: can't be checked ({e.strerror}); choose another output "
+                          "path") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{path}: is a directory; give a file path for the output")
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError(f"{path}: is {_kind(st.st_mode)}; surgery writes only regular files "
+                          "(it never replaces special files or links), so give another path")
+    if not overwrite:
+        raise OutputError(f"{path}: already exists; pass --overwrite (overwrite=True) to "
+                          "replace it")
+    return path
+
+
+def check_outputs(paths: Iterable, *, inputs: Iterable = (), overwrite: bool = False
+                  ) -> list[str]:
+    """Checks several outputs of one command: each with `check_output`, and no two the same.
+
+    Raises:
+        OutputError: two outputs name one file, or one of them fails `check_output`.
+
+    Example:
+    ```python
+    check_outputs(["out.keras", "metrics.json"], inputs=["in.keras", "data.npz"])
+    ```
+    """
+    seen: dict[str, str] = {}
+    out = []
+    for p in paths:
+        if p is None:
+            continue
+        p = os.fspath(p)
+        key = os.path.realpath(p)
+        if key in seen:
+            raise OutputError(f"{p}: is also the output {seen[key]} of this command; give each "
+                              "output its own path")
+        seen[key] = p
+        out.append(check_output(p, inputs=inputs, overwrite=overwrite))
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def clean_stale(path: str) -> list[str]:
+    """Removes temporary files of earlier, killed writes to `path`; returns what it removed.
+
+    Only names of this module's pattern whose pid is not alive are removed; links are removed
+    as links (never followed); a stale folder (an export's) is removed without following links.
+    """
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    base = os.path.basename(os.path.normpath(path))
+    pattern = re.compile(re.escape(f".{base}{TMP_MARK}") + r"(\d+)-[A-Za-z0-9_]+")
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = pattern.match(name)
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        full = os.path.join(folder, name)
+        try:
+            if stat.S_ISDIR(os.lstat(full).st_mode):
+                shutil.rmtree(full)
+            else:
+                os.unlink(full)
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _suffix(path: str) -> str:
+    name = os.path.basename(path)
+    if name.endswith(".weights.h5"):
+        return ".weights.h5"
+    return os.path.splitext(name)[1]
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while an output was being written."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While writing, SIGTERM unwinds like Ctrl-C so that temporary files are removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except (ValueError, OSError):
+        yield
+        return
+    if previous not in (signal.SIG_DFL, None):
+        yield  # somebody (the CLI, the caller) already handles it
+        return
+
+    def _raise(signum, frame):
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _write_error(path: str, e: OSError) -> OutputError:
+    what = e.strerror or str(e)
+    hint = {errno.ENOSPC: "free some space", errno.EROFS: "write to a writable folder",
+            errno.EDQUOT: "free some space", errno.EFBIG: "write to another filesystem or "
+            "raise the file size limit", errno.EACCES: "check the folder's permissions"}
+    return OutputError(f"{path}: could not be written ({what}); "
+                       f"{hint.get(e.errno, 'check the output folder')}; nothing was written")
+
+
+def _umask_mode(directory: bool = False) -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
+def _publish(tmp: str, path: str, overwrite: bool) -> None:
+    if overwrite:
+        check_output(path, overwrite=True)  # still a regular file (or absent)?
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputError(f"{path}: already exists (another process wrote it meanwhile); "
+                          "pass --overwrite (overwrite=True) to replace it") from None
+    except OSError as e:
+        if e.errno not in _NO_HARDLINKS:
+            raise
+        if os.path.lexists(path):  # a filesystem without hard links: check, then rename
+            raise OutputError(f"{path}: already exists (another process wrote it meanwhile); "
+                              "pass --overwrite (overwrite=True) to replace it") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def _fsync_folder(folder: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: bool = False
+                ) -> Iterator[str]:
+    """Yields a fresh temporary file path beside `path`; publishes it when the block succeeds.
+
+    On any exception (SIGTERM included) the temporary file is removed and `path` is left as it
+    was.
+
+    Raises:
+        OutputError: see `check_output`; also a write that failed in the OS (disk full,
+            read-only filesystem), or the target appeared meanwhile without `overwrite`.
+
+    Example:
+    ```python
+    with atomic_path("out.keras", inputs=["in.keras"]) as tmp:
+        model.save(tmp)
+    ```
+    """
+    path = check_output(path, inputs=inputs, overwrite=overwrite)
+    clean_stale(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{TMP_MARK}{os.getpid()}-",
+                                   suffix=_suffix(path), dir=folder)
+        os.close(fd)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    try:
+        with _sigterm_as_interrupt():
+            yield tmp
+            st = os.lstat(tmp)
+            if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+                raise OutputError(f"{path}: nothing was written")
+            try:
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.chmod(tmp, _umask_mode())
+                _publish(tmp, path, overwrite)
+            except OSError as e:
+                raise _write_error(path, e) from None
+            _fsync_folder(folder)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _write_error(path, e) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if stat.S_ISDIR(os.lstat(tmp).st_mode):
+                shutil.rmtree(tmp)
+            else:
+                os.unlink(tmp)
+        raise
+
+
+_SAVEDMODEL_ENTRIES = {"saved_model.pb", "saved_model.pbtxt", "variables", "assets",
+                       "assets.extra", "fingerprint.pb", "keras_metadata.pb"}
+
+
+def _replaceable_export(path: str, inputs: Iterable) -> None:
+    """An existing folder may be replaced only if it is a SavedModel and holds no input."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        what = "a file" if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)
+        raise OutputError(f"{path}: is {what}; give a folder path for the export")
+    names = set(os.listdir(path))
+    if "saved_model.pb" not in names or names - _SAVEDMODEL_ENTRIES:
+        extra = sorted(names - _SAVEDMODEL_ENTRIES)
+        why = (f"it holds {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}"
+               if extra else "it is not a SavedModel")
+        raise OutputError(f"{path}: is a folder surgery did not export ({why}); --overwrite "
+                          "replaces only an earlier export, so give another path")
+    for inp in _input_paths(inputs):
+        if _same_file(path, inp) or _inside(inp, path):
+            raise OutputError(f"{path}: holds the input {inp}; write the export to another "
+                              "path (surgery never deletes its inputs)")
+
+
+def check_output_dir(path: str | os.PathLike, *, inputs: Iterable = (),
+                     overwrite: bool = False) -> str:
+    """Checks that the folder `path` may be written (an export); returns it as a string.
+
+    Raises:
+        OutputError: as `atomic_dir` would, before anything is written.
+
+    Example:
+    ```python
+    check_output_dir("exported", inputs=["model.keras"], overwrite=True)
+    ```
+    """
+    path = os.fspath(path).rstrip("/") or "/"
+    _check_folder(path)
+    _check_inputs(path, inputs)
+    if os.path.lexists(path):
+        if not overwrite and os.path.isdir(path) and not os.path.islink(path):
+            raise OutputError(f"{path}: already exists; pass --overwrite (overwrite=True) to "
+                              "replace it")
+        _replaceable_export(path, inputs)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: bool = False
+               ) -> Iterator[str]:
+    """Yields a fresh temporary folder beside `path`; moves it into place when the block succeeds.
+
+    An existing `path` is replaced only with `overwrite`, and only if it is an earlier export (a
+    SavedModel folder holding nothing else) that contains none of `inputs`.
+
+    Raises:
+        OutputError: the path is a file, special file or link, an input or inside one, exists
+            without `overwrite`, or is a folder that is not an earlier export.
+
+    Example:
+    ```python
+    with atomic_dir("exported", inputs=["model.keras"]) as tmp:
+        tf.saved_model.save(module, tmp)
+    ```
+    """
+    path = check_output_dir(path, inputs=inputs, overwrite=overwrite)
+    clean_stale(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}{TMP_MARK}{os.getpid()}-",
+                               dir=folder)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    trash = None
+    try:
+        with _sigterm_as_interrupt():
+            yield tmp
+            os.chmod(tmp, _umask_mode(directory=True))
+            if os.path.lexists(path):
+                if not overwrite:
+                    raise OutputError(f"{path}: already exists (another process wrote it "
+                                      "meanwhile); pass --overwrite to replace it")
+                _replaceable_export(path, inputs)
+                trash = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}{TMP_MARK}"
+                                         f"{os.getpid()}-", dir=folder)
+                os.rename(path, os.path.join(trash, "old"))
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                if trash is not None:  # put the old export back
+                    os.rename(os.path.join(trash, "old"), path)
+                raise
+            _fsync_folder(folder)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(path, e) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)

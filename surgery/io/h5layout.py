@@ -1,0 +1,580 @@
+"""Canonical paths for the variables inside Keras HDF5 files, without TensorFlow.
+
+Two layouts:
+
+- Keras 3 (``model.weights.h5`` inside a `.keras`, and ``.weights.h5``): variables sit at
+  ``layers/<class-based name>/vars/<index>``; each ``vars`` group carries the object's real
+  name as an attribute, and the config names the variables by class (`layertypes`).
+- Keras 2 legacy ``.h5``: ``model_weights/<layer>/<weight name>:0`` with ``layer_names`` and
+  ``weight_names`` attributes; weight names carry tf_keras's scope names (``enc/lstm_cell/...``)
+  that are translated to canonical paths.
+
+HDF5 files are untrusted. `open_h5` walks every object once before anything else reads the
+file (`scan_h5`): external, soft and user-defined links, an object reached by two hard links
+(a DAG or a cycle, which would make a tree walk exponential), groups nested deeper than
+`MAX_DEPTH`, more than `MAX_OBJECTS` links or attributes, external-storage and virtual
+datasets, datasets whose declared size is far beyond what the file stores, and datasets that
+are not real numbers (strings, variable-length data, references, records, complex numbers) are
+refused with a `FormatError` before any dataset is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import posixpath
+import re
+from typing import Any, Iterator, Mapping
+
+import h5py
+import numpy as np
+
+from ..entries import LayerInfo, VariableInfo
+from ..errors import FormatError
+from ..layertypes import RNN_CELLS, VariableSpec, variable_specs
+
+__all__ = [
+    "guard", "open_h5", "scan_h5", "VirtualGroup", "check_dataset", "dataset_dtype",
+    "read_dataset", "keras3_entries", "legacy_entries", "layer_name", "model_layer_configs",
+    "is_model_config", "MAX_DEPTH", "MAX_OBJECTS",
+]
+
+MAX_DEPTH = 64  # group nesting; Keras files nest a few levels per nested model
+MAX_OBJECTS = 1_000_000  # links plus attributes walked in one file
+_MAX_RATIO = 1000
+_MODEL_CLASSES = {"Functional", "Sequential", "Model"}
+_CELL_NAME = re.compile(r"^(lstm|gru|simple_rnn|conv_lstm\d?d?|rnn|peephole_lstm)?_?cell(_\d+)?$")
+
+
+class VirtualGroup:
+    """A group assembled from several HDF5 files (sharded Keras weights): enough of h5py's
+    Group interface for the walkers here. Its leaves are real h5py groups and datasets."""
+
+    def __init__(self, name: str = "/"):
+        self.name = name
+        self.attrs = _MergedAttrs()
+        self._children: dict[str, Any] = {}
+
+    def __contains__(self, key: str) -> bool:
+        try:
+            self[key]
+            return True
+        except KeyError:
+            return False
+
+    def __iter__(self):
+        return iter(self._children)
+
+    def get(self, key: str, default=None, getlink: bool = False):
+        if getlink:
+            return h5py.HardLink() if key in self._children else default
+        return self._children.get(key, default)
+
+    def __getitem__(self, key: str):
+        node: Any = self
+        for part in [p for p in key.split("/") if p]:
+            if isinstance(node, VirtualGroup):
+                if part not in node._children:
+                    raise KeyError(key)
+                node = node._children[part]
+            else:
+                node = node[part]
+        return node
+
+    def merge(self, group: h5py.Group, where: str) -> None:
+        """Mounts every object of the real `group` (a shard's root) into this tree; groups
+        present in several shards are merged, their first attributes kept."""
+        self.attrs.groups.append(group)
+        for name, child in _children(group, where):
+            if isinstance(child, h5py.Group):
+                node = self._children.get(name)
+                if not isinstance(node, VirtualGroup):
+                    node = self._children[name] = VirtualGroup(child.name)
+                node.merge(child, where)
+            else:
+                self._children[name] = child
+
+    def close(self) -> None:
+        """Nothing to close: the shard files are closed by their owner."""
+
+
+class _MergedAttrs:
+    """The attributes of a group merged from several shards, read on demand (first shard
+    that has the key wins), so that merging reads no attribute."""
+
+    def __init__(self):
+        self.groups: list = []
+
+    def get(self, key: str, default=None):
+        for group in self.groups:
+            if key in group.attrs:
+                return group.attrs[key]
+        return default
+
+    def __contains__(self, key: str) -> bool:
+        return any(key in group.attrs for group in self.groups)
+
+    def __getitem__(self, key: str):
+        for group in self.groups:
+            if key in group.attrs:
+                return group.attrs[key]
+        raise KeyError(key)
+
+
+def _is_group(obj: Any) -> bool:
+    return isinstance(obj, (h5py.Group, VirtualGroup))
+
+
+_DAMAGE = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError,
+           UnicodeDecodeError, OverflowError)
+
+
+@contextlib.contextmanager
+def guard(where: str) -> Iterator[None]:
+    """Turns what h5py raises on a damaged file into one `FormatError` line."""
+    try:
+        yield
+    except FormatError:
+        raise
+    except _DAMAGE as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise FormatError(f"{where}: damaged HDF5 weights ({type(e).__name__}: {msg}); "
+                          "re-save the model or use an intact copy") from None
+
+
+def open_h5(source: Any, where: str) -> h5py.File:
+    """Opens an HDF5 file (path or binary file object) read-only and checks every object in
+    it (`scan_h5`); errors become FormatError and leave nothing open."""
+    try:
+        h5 = h5py.File(source, "r")
+    except (OSError, ValueError) as e:
+        raise FormatError(f"{where}: not a readable HDF5 file ({e}); "
+                          "check the path, or re-save the weights") from None
+    try:
+        with guard(where):
+            scan_h5(h5, where)
+    except BaseException:
+        h5.close()
+        raise
+    return h5
+
+
+def _address(obj: Any) -> tuple[int, int]:
+    info = h5py.h5o.get_info(obj.id)
+    return int(info.fileno), int(info.addr)
+
+
+def _check_attrs(obj: Any, path: str, where: str, budget: list[int]) -> None:
+    """Counts attributes against the budget and refuses variable-length attributes that hold
+    many values (each can point at one big heap object: reading them would multiply it)."""
+    for key in obj.attrs:
+        budget[0] -= 1
+        if budget[0] < 0:
+            _too_many(where)
+        aid = obj.attrs.get_id(key)
+        shape = aid.shape or ()
+        if aid.dtype.hasobject and math.prod(shape) > 1 and key not in _NAME_LISTS:
+            raise FormatError(f"{where}: attribute {key!r} of {path} holds {math.prod(shape)} "
+                              "variable-length values; Keras writes one, refusing a crafted "
+                              "file")
+
+
+_NAME_LISTS = ("layer_names", "weight_names")  # tf_keras writes these as lists of strings
+
+
+def _too_many(where: str) -> None:
+    raise FormatError(f"{where}: more than {MAX_OBJECTS} HDF5 links and attributes; refusing a "
+                      "file built to exhaust the reader")
+
+
+def scan_h5(h5: h5py.File, where: str) -> None:
+    """Visits every object of an open HDF5 file once, without recursion, and refuses what no
+    Keras file holds (see the module docstring).
+
+    Raises:
+        FormatError: the first hostile or damaged object, named by its path.
+    """
+    seen = {_address(h5): "/"}
+    budget = [MAX_OBJECTS]
+    _check_attrs(h5, "/", where, budget)
+    stack: list[tuple[h5py.Group, int]] = [(h5, 0)]
+    while stack:
+        group, depth = stack.pop()
+        base = group.name or "/"
+        for name in group:
+            budget[0] -= 1
+            if budget[0] < 0:
+                _too_many(where)
+            path = posixpath.join(base, name)
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise FormatError(f"{where}: {path} is an external link to {link.filename!r}; "
+                                  "refusing a weights file that reads other files")
+            if isinstance(link, h5py.SoftLink):
+                raise FormatError(f"{where}: {path} is a soft link; Keras never writes them, "
+                                  "refusing a crafted weights file")
+            if not isinstance(link, h5py.HardLink):
+                raise FormatError(f"{where}: {path} is a user-defined link; refusing a crafted "
+                                  "weights file")
+            obj = group[name]
+            address = _address(obj)
+            if address in seen:
+                raise FormatError(f"{where}: {path} is a second hard link to {seen[address]}; "
+                                  "Keras never links one object twice, refusing a crafted "
+                                  "weights file")
+            seen[address] = path
+            _check_attrs(obj, path, where, budget)
+            if isinstance(obj, h5py.Group):
+                if depth + 1 > MAX_DEPTH:
+                    raise FormatError(f"{where}: {path} is nested more than {MAX_DEPTH} groups "
+                                      "deep; refusing a crafted weights file")
+                stack.append((obj, depth + 1))
+            elif isinstance(obj, h5py.Dataset):
+                check_dataset(obj, where)
+
+
+def _children(group: h5py.Group, where: str) -> Iterator[tuple[str, Any]]:
+    for name in group:
+        link = group.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise FormatError(f"{where}: {group.name}/{name} is an external link to "
+                              f"{link.filename!r}; refusing a weights file that reads other files")
+        if isinstance(link, h5py.SoftLink):
+            raise FormatError(f"{where}: {group.name}/{name} is a soft link; Keras never writes "
+                              "them, refusing a crafted weights file")
+        yield name, group[name]
+
+
+def dataset_dtype(ds: h5py.Dataset, where: str) -> str:
+    """The numpy dtype name of a weight dataset (``bfloat16`` for Keras's tagged opaque
+    bfloat16); refuses complex numbers and anything that is not a real number."""
+    dt = ds.dtype
+    if dt.kind in "fiub" and dt.fields is None and not dt.hasobject:
+        return str(dt)
+    if dt.kind == "V" and dt.itemsize == 2 and dt.fields is None and \
+            ds.attrs.get("dtype") in ("bfloat16", b"bfloat16"):
+        return "bfloat16"
+    if dt.kind == "c":
+        raise FormatError(f"{where}: {ds.name} holds complex numbers ({dt}); surgery copies "
+                          "real-valued weights only and would lose the imaginary part; store "
+                          "the real and imaginary parts as two float tensors")
+    what = "variable-length or string data" if dt.hasobject or dt.kind in "OSU" else \
+        "records or opaque bytes" if dt.kind == "V" else f"dtype {dt}"
+    raise FormatError(f"{where}: {ds.name} holds {what}, not numbers; refusing it as a weight")
+
+
+def check_dataset(ds: h5py.Dataset, where: str) -> None:
+    """Refuses virtual, external-storage, non-numeric and size-bomb datasets."""
+    if ds.is_virtual:
+        raise FormatError(f"{where}: {ds.name} is a virtual dataset (it maps other files); "
+                          "refusing it")
+    if ds.external:
+        raise FormatError(f"{where}: {ds.name} stores its data in external files "
+                          f"({ds.external[0][0]!r}); refusing it")
+    dataset_dtype(ds, where)
+    if ds.shape is None:
+        raise FormatError(f"{where}: {ds.name} has no dataspace (an empty HDF5 dataset); "
+                          "refusing it as a weight")
+    declared = math.prod(int(d) for d in ds.shape) * ds.dtype.itemsize
+    stored = ds.id.get_storage_size()
+    limit = stored if ds.chunks is None or not ds.compression else stored * _MAX_RATIO
+    if declared > limit + 4096:
+        raise FormatError(f"{where}: {ds.name} declares shape {tuple(ds.shape)} ({declared} "
+                          f"bytes) but the file stores {stored}; refusing it before allocation")
+
+
+def read_dataset(ds: h5py.Dataset, where: str) -> np.ndarray:
+    """Reads one dataset into a new array after `check_dataset`."""
+    with guard(where):
+        check_dataset(ds, where)
+        array = np.array(ds[()])
+        if dataset_dtype(ds, where) == "bfloat16":
+            import ml_dtypes  # installed with TensorFlow; numpy alone has no bfloat16
+
+            array = array.view(ml_dtypes.bfloat16)
+        return array
+
+
+def layer_name(layer_config: Mapping) -> str:
+    """The name of a serialized layer (``{"class_name": ..., "config": {...}}``)."""
+    return str(layer_config.get("name") or (layer_config.get("config") or {}).get("name", ""))
+
+
+def is_model_config(layer_config: Mapping) -> bool:
+    cfg = layer_config.get("config")
+    return isinstance(cfg, dict) and isinstance(cfg.get("layers"), list) and (
+        layer_config.get("class_name") in _MODEL_CLASSES or "layers" in cfg)
+
+
+def model_layer_configs(model_config: Mapping) -> list[dict]:
+    """The serialized layers of a model config, InputLayer excluded, in model order."""
+    layers = (model_config.get("config") or {}).get("layers") or []
+    return [d for d in layers if isinstance(d, dict) and d.get("class_name") != "InputLayer"]
+
+
+class _Walker:
+    """Collects VariableInfo/LayerInfo while walking a Keras 3 weights file."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.variables: list[VariableInfo] = []
+        self.layers: list[LayerInfo] = []
+
+    def _vars(self, group: h5py.Group) -> tuple[list[h5py.Dataset], list[h5py.Dataset]]:
+        """The numbered variables of a layer (``vars/0``...) and the ones a layer stores under
+        a name of its own (``vars/idf_weights`` of a tf-idf StringLookup)."""
+        if "vars" not in group:
+            return [], []
+        items = dict(_children(group["vars"], self.where))
+        numbered = sum(1 for key in items if key.isdigit())
+        out = []
+        for i in range(numbered):
+            ds = items.get(str(i))
+            if not isinstance(ds, h5py.Dataset):
+                raise FormatError(f"{self.where}: {group.name}/vars has no dataset {i}; the "
+                                  "weights file is damaged")
+            out.append(ds)
+        named = [ds for key, ds in sorted(items.items())
+                 if not key.isdigit() and isinstance(ds, h5py.Dataset)]
+        return out, named
+
+    def _emit(self, group, class_name, config, prefix, owners, trainable):
+        datasets, named = self._vars(group)
+        specs = variable_specs(class_name, config, len(datasets)) if class_name else \
+            _guess_specs(datasets)
+        owner_path, owner_cls = owners[-1] if owners else ("", "")
+        pairs = [(spec, ds, bool(trainable and spec.trainable))
+                 for spec, ds in zip(specs, datasets)]
+        pairs += [(VariableSpec(ds.name.rsplit("/", 1)[-1]), ds, None) for ds in named]
+        for spec, ds, flag in pairs:  # a named variable's trainability is not recorded
+            check_dataset(ds, self.where)
+            self.variables.append(VariableInfo(
+                path="/".join(prefix + [spec.name]), shape=tuple(int(d) for d in ds.shape),
+                dtype=dataset_dtype(ds, self.where), trainable=flag,
+                layer=owner_path, layer_class=owner_cls, owners=tuple(owners), key=ds.name,
+                setup=spec.setup))
+
+    def layer(self, group, layer_config, prefix, owners, trainable, depth):
+        """Walks one layer's group; `layer_config` may be None (unknown sublayer)."""
+        cls = str(layer_config.get("class_name", "")) if layer_config else ""
+        cfg = (layer_config or {}).get("config") or {}
+        trainable = trainable and bool(cfg.get("trainable", True))
+        path = "/".join(prefix)
+        owners = owners + [(path, cls)]
+        self.layers.append(LayerInfo(path, cls or "?", bool(cfg.get("trainable", True)), depth,
+                                     cfg if layer_config else None))
+        if layer_config is not None and is_model_config(layer_config):
+            self.model(group, layer_config, prefix, owners, trainable, depth + 1)
+            return
+        self._emit(group, cls, cfg, prefix, owners, trainable)
+        for name, child in _ordered(_children(group, self.where)):
+            if name == "vars" or not _is_group(child):
+                continue
+            self._sublayer(name, child, cls, cfg, prefix, owners, trainable, depth)
+
+    def _sublayer(self, attr, group, cls, cfg, prefix, owners, trainable, depth):
+        if attr == "cell":  # RNN: the cell adds no name
+            inner = cfg.get("cell") if cls == "RNN" else {"class_name": RNN_CELLS.get(cls, cls),
+                                                           "config": cfg}
+            self._transparent(group, inner, prefix, owners, trainable)
+        elif attr == "layer":  # TimeDistributed and other wrappers add no name
+            self._transparent(group, cfg.get("layer"), prefix, owners, trainable)
+        elif attr in ("forward_layer", "backward_layer") and cls == "Bidirectional":
+            inner = cfg.get("backward_layer") if attr == "backward_layer" else None
+            inner = inner or cfg.get("layer")
+            direction = "forward" if attr == "forward_layer" else "backward"
+            self._transparent(group, inner, prefix + [direction], owners, trainable)
+        else:  # a sublayer a custom layer owns: its own name
+            name = _vars_name(group) or attr
+            self.layer(group, None, prefix + [name], owners, trainable, depth + 1)
+
+    def _transparent(self, group, inner, prefix, owners, trainable):
+        inner = inner if isinstance(inner, dict) else None
+        cls = str(inner.get("class_name", "")) if inner else ""
+        cfg = (inner or {}).get("config") or {}
+        trainable = trainable and bool(cfg.get("trainable", True))
+        self._emit(group, cls, cfg, prefix, owners, trainable)
+        for name, child in _ordered(_children(group, self.where)):
+            if name != "vars" and _is_group(child):
+                self._sublayer(name, child, cls, cfg, prefix, owners, trainable, len(prefix))
+
+    def model(self, group, model_config, prefix, owners, trainable, depth):
+        container = group.get("layers")
+        by_name: dict[str, h5py.Group] = {}
+        if _is_group(container):
+            for _, child in _children(container, self.where):
+                if _is_group(child):
+                    by_name.setdefault(_vars_name(child), child)
+        for layer_config in model_layer_configs(model_config):
+            name = layer_name(layer_config)
+            child = by_name.get(name)
+            if child is None:
+                if _config_has_weights(layer_config):
+                    raise FormatError(f"{self.where}: no weights stored for layer {name!r} of "
+                                      "the architecture; the weights belong to another model")
+                continue
+            self.layer(child, layer_config, prefix + [name], owners, trainable, depth)
+
+
+_FIRST = {"cell": 0, "layer": 1, "forward_layer": 2, "backward_layer": 3}
+
+
+def _ordered(children) -> list:
+    """Wrapper parts first (forward before backward), then sublayers by name."""
+    return sorted(children, key=lambda item: (_FIRST.get(item[0], 9), item[0]))
+
+
+def _vars_name(group: h5py.Group) -> str:
+    v = group.get("vars")
+    name = v.attrs.get("name", "") if _is_group(v) else ""
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _config_has_weights(layer_config: Mapping) -> bool:
+    return layer_config.get("class_name") not in (
+        "InputLayer", "Flatten", "Dropout", "Activation", "ReLU", "Reshape", "Add", "Concatenate",
+        "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
+        "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D", "Multiply", "Subtract", "Average", "Maximum", "Minimum",
+        "Rescaling", "Permute", "RepeatVector", "Softmax", "Identity")
+
+
+def _guess_specs(datasets: list) -> list[VariableSpec]:
+    """Names for a layer whose class the file doesn't record (a custom layer's sublayer, or a
+    bare .weights.h5): one tensor of rank >= 2 is a kernel; two where the second's shape ends
+    the first's are kernel and bias; anything else is named by position (``var0``...)."""
+    shapes = [tuple(ds.shape) for ds in datasets]
+    if len(shapes) == 1 and len(shapes[0]) >= 2:
+        return [VariableSpec("kernel", setup="kernel")]
+    if len(shapes) == 2 and len(shapes[0]) >= 2 and 1 <= len(shapes[1]) < len(shapes[0]) and \
+            shapes[0][-len(shapes[1]):] == shapes[1]:
+        return [VariableSpec("kernel", setup="kernel"), VariableSpec("bias", setup="bias")]
+    return [VariableSpec(f"var{i}") for i in range(len(datasets))]
+
+
+def keras3_entries(h5: h5py.File, config: Mapping | None, where: str
+                   ) -> tuple[list[VariableInfo], list[LayerInfo]]:
+    """Canonical variables and layers of a Keras 3 weights file.
+
+    Args:
+        h5: the open ``model.weights.h5`` / ``.weights.h5``.
+        config: the model config (``config.json``), or None to name layers from the file's own
+            ``vars`` name attributes and variables by position (``var0``...).
+        where: the file to name in errors.
+    """
+    walker = _Walker(where)
+    if config is None:
+        if "layers" not in h5:
+            raise FormatError(f"{where}: no 'layers' group, so not a Keras 3 weights file")
+        for _, child in _children(h5["layers"], where):
+            if _is_group(child):
+                name = _vars_name(child)
+                walker.layer(child, None, [name], [], True, 0) if name else None
+    else:
+        if not is_model_config(config):
+            raise FormatError(f"{where}: the architecture is not a Functional or Sequential "
+                              "model config")
+        walker.model(h5, config, [], [], bool((config.get("config") or {}).get("trainable", True)),
+                     0)
+    return walker.variables, walker.layers
+
+
+# ---------------------------------------------------------------- Keras 2 legacy .h5
+
+
+def _attr_strings(obj, key) -> list[str]:
+    values = obj.attrs.get(key)
+    if values is None:
+        return []
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.atleast_1d(values)]
+
+
+def _inner_paths(model_config: Mapping, prefix: str = "") -> dict[str, tuple[str, dict]]:
+    """Maps every inner layer name of a nested model to its path inside it and its config."""
+    out: dict[str, tuple[str, dict]] = {}
+    for lc in model_layer_configs(model_config):
+        name = layer_name(lc)
+        path = f"{prefix}{name}"
+        out[name] = (path, lc)
+        if is_model_config(lc):
+            out.update(_inner_paths(lc, path + "/"))
+    return out
+
+
+def _translate(parts: list[str], layer_config: Mapping) -> list[str]:
+    """tf_keras weight-name parts below a layer -> canonical parts."""
+    cls = layer_config.get("class_name", "")
+    cfg = layer_config.get("config") or {}
+    if cls == "Bidirectional" and parts:
+        head = parts[0]
+        direction = "forward" if head.startswith("forward") else \
+            "backward" if head.startswith("backward") else None
+        if direction:
+            inner = cfg.get("backward_layer") if direction == "backward" else None
+            return [direction] + _translate(parts[1:], inner or cfg.get("layer") or {})
+    if (cls in RNN_CELLS or cls == "RNN") and len(parts) > 1 and _CELL_NAME.match(parts[0]):
+        return parts[1:]
+    if cls == "TimeDistributed" and len(parts) > 1:
+        return _translate(parts[1:], cfg.get("layer") or {})
+    return parts
+
+
+def legacy_entries(h5: h5py.File, where: str) -> tuple[list[VariableInfo], list[LayerInfo],
+                                                       dict | None]:
+    """Canonical variables and layers of a Keras 2 ``.h5`` (full model or `save_weights`)."""
+    root = h5["model_weights"] if "model_weights" in h5 else h5
+    if "layer_names" not in root.attrs:
+        raise FormatError(f"{where}: HDF5 file without Keras layer_names, so not a Keras 2 "
+                          "model or weights file")
+    config = None
+    raw = h5.attrs.get("model_config")
+    if raw is not None:
+        from .archive import parse_json
+        config = parse_json(raw if isinstance(raw, (bytes, str)) else bytes(raw),
+                            f"{where}: model_config")
+    top = {layer_name(lc): lc for lc in (config.get("config") or {}).get("layers") or []
+           if isinstance(lc, dict)} if isinstance(config, dict) else {}
+    variables: list[VariableInfo] = []
+    layers: list[LayerInfo] = []
+    for name in _attr_strings(root, "layer_names"):
+        if name not in root:
+            raise FormatError(f"{where}: layer {name!r} is listed but has no weights group; "
+                              "the file is damaged")
+        group = root[name]
+        lc = top.get(name, {})
+        if lc.get("class_name") == "InputLayer":
+            continue
+        cfg = lc.get("config") or {}
+        trainable_layer = bool(cfg.get("trainable", True))
+        layers.append(LayerInfo(name, lc.get("class_name", "?"), trainable_layer, 0,
+                                cfg or None))
+        inner = _inner_paths(lc) if is_model_config(lc) else {}
+        for path, info in inner.items():
+            layers.append(LayerInfo(f"{name}/{info[0]}", info[1].get("class_name", "?"),
+                                    bool((info[1].get("config") or {}).get("trainable", True)),
+                                    info[0].count("/") + 1, info[1].get("config")))
+        for weight_name in _attr_strings(group, "weight_names"):
+            if weight_name not in group:
+                raise FormatError(f"{where}: weight {weight_name!r} of layer {name!r} is listed "
+                                  "but missing; the file is damaged")
+            ds = group[weight_name]
+            parts = re.sub(r":\d+$", "", weight_name).split("/")
+            owner_lc, owner_prefix = lc, [name]
+            if inner and parts[0] in inner:
+                owner_path, owner_lc = inner[parts[0]]
+                owner_prefix = [name] + owner_path.split("/")
+                parts = parts[1:]
+            elif parts and parts[0] == name:
+                parts = parts[1:]
+            parts = _translate(parts, owner_lc) if parts else [weight_name]
+            path = "/".join(owner_prefix + parts)
+            owner_cls = owner_lc.get("class_name", "")
+            spec_trainable = parts[-1] not in ("moving_mean", "moving_variance", "count",
+                                               "mean", "variance")
+            check_dataset(ds, where)
+            variables.append(VariableInfo(
+                path=path, shape=tuple(int(d) for d in ds.shape), dtype=dataset_dtype(ds, where),
+                trainable=trainable_layer and spec_trainable, layer="/".join(owner_prefix),
+                layer_class=owner_cls, owners=((name, lc.get("class_name", "")),),
+                key=ds.name, setup=None))
+    return variables, layers, config

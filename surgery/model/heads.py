@@ -1,0 +1,177 @@
+"""Classification heads: replace one (`replace_head`) or put one on a backbone (`add_head`).
+
+Both return a new model and leave the input untouched; every weight outside the head is carried
+bitwise. `replace_head` finds the head (the last Dense in model order, nested models included,
+or the layer you name), gives it `num_classes` units, and with `keep_classes` carries the rows
+of the classes that survive, so their logits (pre-activation) are exactly the old ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import OptionError, SelectorError, SurgeryError
+from ..io.livemodels import require_live_model
+from .rebuild import carry_weights, find_layer_config, iter_layer_configs, keras_module, \
+    model_config, rebuild
+from ..io.sources import open_weights
+
+__all__ = ["HeadReport", "find_head", "replace_head", "add_head"]
+
+
+@dataclass(frozen=True)
+class HeadReport:
+    """What `replace_head` did (also on the new model as ``model._surgery_head_report``)."""
+
+    layer: str
+    old_classes: int
+    new_classes: int
+    kept: tuple[int, ...] = ()
+    activation: str = ""
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "old_classes": self.old_classes,
+                "new_classes": self.new_classes, "kept": list(self.kept),
+                "activation": self.activation}
+
+    def __str__(self) -> str:
+        kept = f"; classes {list(self.kept)} carried to 0..{len(self.kept) - 1}" if self.kept \
+            else "; all classes new"
+        return (f"head {self.layer!r}: {self.old_classes} -> {self.new_classes} classes "
+                f"({self.activation}){kept}; every other weight carried bitwise")
+
+
+def find_head(model: Any, layer: str | None = None) -> str:
+    """The canonical path of the classification head: `layer` if given, else the last Dense.
+
+    Raises:
+        SelectorError: no such layer / no Dense layer; lists the candidates.
+    """
+    config = model_config(model)
+    dense = [p for p, lc in iter_layer_configs(config) if lc.get("class_name") == "Dense"]
+    if layer is not None:
+        lc = find_layer_config(config, layer)
+        if lc.get("class_name") != "Dense":
+            raise SelectorError(f"layer {layer!r} is a {lc.get('class_name')}, not a Dense head; "
+                                f"Dense layers: {', '.join(dense) or 'none'}")
+        return layer
+    if not dense:
+        candidates = [p for p, lc in iter_layer_configs(config)
+                      if "units" in (lc.get("config") or {}) or
+                      "filters" in (lc.get("config") or {})]
+        raise SelectorError(f"{model.name}: no Dense head found; candidates: "
+                            f"{', '.join(candidates) or 'none'}; name one with head=... "
+                            "(--layer), or add one with add_head")
+    return dense[-1]
+
+
+def replace_head(model: Any, num_classes: int, *, keep_classes: Sequence[int] | None = None,
+                 activation: str | None = None, head: str | None = None,
+                 seed: int | None = None) -> Any:
+    """A new model whose classification head has `num_classes` outputs.
+
+    Args:
+        model: a Functional or Sequential Keras 3 / tf_keras model.
+        num_classes: units of the new head (>= 1).
+        keep_classes: old class indices whose head rows become new classes 0, 1, ... (their
+            logits stay exactly the same); the other new classes start fresh.
+        activation: the new head's activation (default: the old head's).
+        head: the head layer's path (default: the last Dense).
+        seed: seed for the new head's initial weights.
+
+    Returns:
+        The new model; `model` is untouched. Its ``_surgery_head_report`` is a `HeadReport`.
+
+    Raises:
+        OptionError: `num_classes` < 1, `keep_classes` out of range or longer than
+            `num_classes`.
+        SelectorError: the head can't be found.
+
+    Example:
+    ```python
+    new = surgery.replace_head(model, 4, keep_classes=[0, 3, 7])
+    ```
+    """
+    require_live_model(model, "replace_head")
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise OptionError(f"num_classes must be a positive integer, got {num_classes!r}")
+    path = find_head(model, head)
+    config = model_config(model)
+    lc = find_layer_config(config, path)
+    old_classes = int(lc["config"]["units"])
+    keep = list(keep_classes or [])
+    for i in keep:
+        if not isinstance(i, (int, np.integer)) or not 0 <= i < old_classes:
+            raise OptionError(f"keep class {i!r} is out of range for head {path!r} with "
+                              f"{old_classes} classes (0..{old_classes - 1})")
+    if len(keep) > num_classes:
+        raise OptionError(f"{len(keep)} kept classes don't fit a head of {num_classes}; raise "
+                          "num_classes or keep fewer")
+    if len(set(keep)) != len(keep):
+        raise OptionError(f"keep_classes lists a class twice: {keep}")
+    lc["config"]["units"] = int(num_classes)
+    if activation is not None:
+        lc["config"]["activation"] = activation
+    if seed is not None:
+        init = lc["config"].get("kernel_initializer")
+        if isinstance(init, dict) and isinstance(init.get("config"), dict):
+            init["config"]["seed"] = int(seed)
+    new = rebuild(model, config)
+    carry_weights(model, new, skip=[path])
+    if keep:
+        with open_weights(model) as old_w, open_weights(new) as new_w:
+            for name in ("kernel", "bias"):
+                key = f"{path}/{name}"
+                if key not in old_w:
+                    continue
+                value = new_w.read(key)
+                value[..., :len(keep)] = old_w.read(key)[..., keep]
+                new_w.variable(key).assign(value)
+    new._surgery_head_report = HeadReport(path, old_classes, int(num_classes), tuple(keep),
+                                          str(lc["config"].get("activation")))
+    return new
+
+
+def add_head(backbone: Any, num_classes: int, *, pooling: str | None = "avg",
+             activation: str = "softmax", name: str = "head") -> Any:
+    """A new model: a copy of `backbone` (weights carried) + pooling + a Dense head.
+
+    Args:
+        backbone: a headless Functional/Sequential model (feature maps or vectors out).
+        num_classes: units of the head.
+        pooling: ``avg`` or ``max`` (global pooling over spatial/time axes), ``flatten``, or
+            None for a backbone that already outputs vectors.
+        activation: the head's activation.
+        name: the head layer's name.
+
+    Example:
+    ```python
+    model = surgery.add_head(backbone, 5, pooling="avg")
+    ```
+    """
+    require_live_model(backbone, "add_head")
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise OptionError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if pooling not in ("avg", "max", "flatten", None):
+        raise OptionError(f"pooling must be 'avg', 'max', 'flatten' or None, got {pooling!r}")
+    k = keras_module(backbone)
+    copy_ = rebuild(backbone, model_config(backbone))
+    carry_weights(backbone, copy_)
+    if len(copy_.outputs) != 1:
+        raise SurgeryError(f"{backbone.name}: add_head needs a backbone with one output, it "
+                           f"has {len(copy_.outputs)}")
+    x = copy_.outputs[0]
+    rank = len(x.shape)
+    if pooling == "flatten":
+        x = k.layers.Flatten(name=f"{name}_flatten")(x)
+    elif pooling is not None and rank in (3, 4, 5):
+        kind = {"avg": "GlobalAveragePooling", "max": "GlobalMaxPooling"}[pooling]
+        x = getattr(k.layers, f"{kind}{rank - 2}D")(name=f"{name}_pool")(x)
+    elif rank != 2:
+        raise SurgeryError(f"{backbone.name}: its output has shape {tuple(x.shape)}; give "
+                           "pooling='avg', 'max' or 'flatten' to make vectors for the head")
+    out = k.layers.Dense(int(num_classes), activation=activation, name=name)(x)
+    return k.Model(copy_.inputs, out, name=f"{backbone.name}_{name}")

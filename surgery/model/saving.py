@@ -1,0 +1,196 @@
+"""`surgery.load_model` and `surgery.save_model`: checked loading, atomic saving.
+
+Loading checks the file before Keras sees it (archive structure, config, safe mode, weights
+readable) and turns every failure into one `SurgeryError` line. Saving writes beside the target
+under a temporary name and renames it into place when complete, refusing to write over the
+model's own input or an existing file unless asked.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any, Iterable, Mapping
+
+from ..errors import FormatError, InputError, OutputError, SurgeryError
+from ..io.safety import check_config
+
+__all__ = ["load_model", "save_model", "source_path"]
+
+_ORIGINS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
+def source_path(model: Any) -> str | None:
+    """The file a model was loaded from by `load_model`, if any."""
+    try:
+        return _ORIGINS.get(model)
+    except TypeError:
+        return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def load_model(path: Any, *, safe_mode: bool = True, custom_objects: Mapping | None = None,
+               legacy: bool = False) -> Any:
+    """Loads a `.keras` or Keras 2 `.h5` model after checking the file.
+
+    Args:
+        path: a `.keras` or legacy `.h5` file; a live Keras 3 / tf_keras model is returned as is.
+        safe_mode: refuse Lambda layers and configs that reach outside Keras (default on).
+        custom_objects: your own classes, by the name the config uses.
+        legacy: load a Keras 2 `.h5` as a tf_keras model instead of a Keras 3 one.
+
+    Returns:
+        The model (Keras 3, or tf_keras with `legacy=True`).
+
+    Raises:
+        InputError: missing path, a SavedModel directory (use `open_weights` for its variables,
+            `hub_layer` to call it), or a bare weights file.
+        FormatError: a damaged file or one Keras can't rebuild.
+        UnsafeModelError: safe mode refused the config.
+
+    Example:
+    ```python
+    model = surgery.load_model("sample_models/cnn.keras")
+    ```
+    """
+    from ..io.livemodels import is_live_model
+    from ..io.sources import detect_format, open_weights
+
+    if is_live_model(path):
+        return path
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"can't load a model from a {type(path).__name__}; pass a path")
+    path = os.fspath(path)
+    kind = detect_format(path)
+    if kind == "savedmodel":
+        raise InputError(f"{path}: a SavedModel directory, which Keras 3 can't load as a model; "
+                         "read its variables with surgery.open_weights(path), or call it as a "
+                         "layer with surgery.hub_layer(path)")
+    if kind in ("npz", "checkpoint"):
+        raise InputError(f"{path}: a weights file without an architecture; load the model it "
+                         "belongs to and transplant these weights into it")
+    with open_weights(path) as src:  # structure, config and every dataset header checked
+        if src.format == "weights.h5":
+            raise InputError(f"{path}: a .weights.h5 file holds no architecture; load the "
+                             ".keras model and call model.load_weights() or surgery.transplant")
+        config = src.config
+        if config is None:
+            raise FormatError(f"{path}: a Keras 2 weights file without a model config; it holds "
+                              "weights only")
+        if safe_mode:
+            check_config(config, path, custom_objects=custom_objects)
+    _check_classes(config, path, custom_objects, legacy)
+    model = _keras_load(path, safe_mode=safe_mode, custom_objects=custom_objects,
+                        legacy=legacy)
+    _ORIGINS[model] = os.path.realpath(path)
+    return model
+
+
+def _check_classes(config, path, custom_objects, legacy) -> None:
+    """Refuses, with one clear line, a config naming a class Keras can't find."""
+    if legacy or not isinstance(config, dict) or "module" not in config:
+        return  # Keras 2 configs carry no module fields; tf_keras reports its own errors
+    from ..io.safety import _walk
+    from ..io.tfimport import keras
+
+    k = keras()
+    known = set(custom_objects or ())
+    for item, layer in _walk(config, "<model>"):
+        cls, module = item.get("class_name"), item.get("module")
+        if not isinstance(cls, str) or "config" not in item or cls.startswith("__"):
+            continue
+        registered = item.get("registered_name")
+        if (isinstance(module, str) and module.split(".")[0] == "keras") or cls in known or \
+                registered in known:
+            continue
+        if registered and k.saving.get_registered_object(registered) is not None:
+            continue
+        raise FormatError(f"{path}: layer {layer!r} is of class {registered or cls!r}, which is "
+                          "neither a Keras class nor registered; pass custom_objects= (Python) "
+                          "or register it with keras.saving.register_keras_serializable")
+
+
+def _keras_load(path, *, safe_mode, custom_objects, legacy):
+    try:
+        from ..io import tfimport
+
+        if legacy:
+            return tfimport.tf_keras().models.load_model(path, custom_objects=custom_objects,
+                                                         compile=False)
+        return tfimport.keras().saving.load_model(path, custom_objects=custom_objects, compile=False,
+                                       safe_mode=safe_mode)
+    except SurgeryError:
+        raise
+    except Exception as e:  # Keras raises many types; the user gets one line
+        msg = _first_line(e)
+        if "Could not locate" in msg or "Unknown layer" in msg or "Unknown" in msg:
+            raise FormatError(f"{path}: {msg}; pass the class in custom_objects "
+                              "(Python) or register it with keras.saving.register_keras_"
+                              "serializable") from None
+        raise FormatError(f"{path}: Keras could not rebuild the model ({msg})") from None
+
+
+def _save_kind(path: str, model: Any) -> str:
+    name = os.path.basename(path).lower()
+    if name.endswith(".weights.h5"):
+        return "weights"
+    if name.endswith(".keras"):
+        return "keras"
+    if name.endswith((".h5", ".hdf5")):
+        return "h5"
+    raise OutputError(f"{path}: unknown output kind; use a .keras (model), .h5 (Keras 2 model) "
+                      "or .weights.h5 (weights only) file name")
+
+
+def save_model(model: Any, path: Any, *, overwrite: bool = False,
+               inputs: Iterable[Any] = ()) -> str:
+    """Saves a model atomically.
+
+    Args:
+        model: a Keras 3 or tf_keras model.
+        path: `.keras`, `.h5` (Keras 2 format) or `.weights.h5` (weights only).
+        overwrite: replace an existing file.
+        inputs: more paths the output must not be (the model's own source is always checked).
+
+    Returns:
+        The path written.
+
+    Raises:
+        OutputError: the path is an input, exists without `overwrite`, its folder is missing
+            or is a file, or Keras failed to write; nothing is left behind.
+
+    Example:
+    ```python
+    surgery.save_model(model, "out/finetuned.keras", overwrite=True)
+    ```
+    """
+    from ..io.atomic import atomic_path
+    from ..io.livemodels import is_live_model
+
+    if not is_live_model(model):
+        raise InputError(f"save_model needs a Keras model, got a {type(model).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise OutputError(f"save_model needs a file path, got {type(path).__name__}")
+    path = os.fspath(path)
+    kind = _save_kind(path, model)
+    origin = source_path(model)
+    with atomic_path(path, inputs=[origin, *inputs], overwrite=overwrite) as tmp:
+        try:
+            if kind == "weights":
+                model.save_weights(tmp)
+            elif kind == "h5" and type(model).__module__.startswith("keras"):
+                from ..io.tfimport import keras
+
+                keras().src.legacy.saving.legacy_h5_format.save_model_to_hdf5(model, tmp)
+            else:
+                model.save(tmp)
+        except SurgeryError:
+            raise
+        except Exception as e:
+            raise OutputError(f"{path}: Keras could not write the model ({_first_line(e)}); "
+                              "nothing was written") from None
+    return path

@@ -1,0 +1,1 @@
+"""Declarative surgery plans: the schema and the runner."""

@@ -1,0 +1,759 @@
+"""Training data for `surgery finetune`: `.npz`, CSV, image folders, saved `tf.data` datasets.
+
+Everything is read into memory as numpy arrays (the cache), checked against the model (input
+shape, label range against the head's width), and split for validation; `train_pipeline` then
+builds a `tf.data` pipeline whose shuffle order for epoch ``e`` depends only on ``(seed, e)``,
+so a resumed run sees the same batches as an uninterrupted one.
+
+Data files are untrusted, and nothing is allocated before the file has shown it holds it:
+
+- only regular files (and folders where a folder is expected) are read: a FIFO, a device or a
+  socket given as data, or found where an image would be read, is refused before it is opened;
+- an `.npz` goes through the checks weights get (`sources.NpzSource`: zip bombs, members
+  outside the archive, truncation, pickles, shapes larger than the stored bytes), and its
+  arrays' dtypes and lengths are checked before any array is read;
+- in an image folder (and a saved `tf.data` folder) symbolic links are followed only while
+  they stay inside the data folder: a link that leads out of it is refused (an error naming
+  the link), each folder is read once (links can't loop), at most `MAX_DATA_ENTRIES` files
+  and folders are looked at, and an image whose header declares more than
+  `MAX_IMAGE_PIXELS` pixels is refused before it is decoded;
+- NaN or Inf in features or labels is refused, naming the first bad row and column (CSV) or
+  element (arrays).
+
+Each problem is one `SurgeryError` line naming the file (and row/column where it applies):
+`InputError` for a path that can't be used, `FormatError` for contents that break the format,
+`ShapeError` for data that doesn't fit the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import stat
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import FormatError, InputError, OptionError, ShapeError
+
+__all__ = ["Data", "load_data", "check_against_model", "train_pipeline", "eval_pipeline",
+           "MAX_DATA_ENTRIES", "MAX_IMAGE_PIXELS"]
+
+_IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+MAX_DATA_ENTRIES = 1_000_000  # files and folders looked at under an image or tf.data folder
+MAX_IMAGE_PIXELS = 1 << 26  # pixels one image may declare (8192 x 8192), all frames together
+_CSV_CHUNK = 4096  # rows parsed to float32 at a time
+_NUMERIC = "biuf"
+
+
+@dataclass
+class Data:
+    """Arrays for training (and validation), and where they came from."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_val: np.ndarray | None
+    y_val: np.ndarray | None
+    kind: str
+    source: str
+    classes: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        val = f", {len(self.x_val)} validation" if self.x_val is not None else ""
+        return (f"{self.source} ({self.kind}): {len(self.x)} training samples{val}, x "
+                f"{tuple(self.x.shape[1:])}, y {self.y.dtype}")
+
+
+def _model_input(model) -> tuple[tuple, str]:
+    tensor = model.inputs[0]
+    dtype = str(getattr(tensor.dtype, "name", tensor.dtype))
+    return tuple(tensor.shape[1:]), dtype
+
+
+# ------------------------------------------------------------------ paths: regular files only
+
+def _kind_of(path: str) -> str:
+    """``a FIFO``, ``a character device``... (links followed)."""
+    from ..io.sources import special_file_kind
+
+    return special_file_kind(path) or "a special file"
+
+
+def _stat_data(path: str) -> os.stat_result:
+    """The data path's stat (links followed: the user named it); refuses anything that is
+    neither a regular file nor a folder, without opening it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such data file or folder") from None
+    except OSError as e:
+        raise InputError(f"{path}: can't be read ({e.strerror}); check the path") from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise InputError(f"{path}: is {_kind_of(path)}, not a data file or folder; "
+                         "surgery reads training data only from regular files and folders")
+    return st
+
+
+def _open_regular(path: str) -> io.BufferedReader:
+    """Opens a regular file for reading; a FIFO or device is refused, never waited on (opened
+    non-blocking, then checked on the open descriptor, so a swap after the check can't hang)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else _kind_of(path)
+            raise InputError(f"{path}: is {kind}, not a regular file; surgery reads "
+                             "training data only from regular files")
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise InputError(f"{path}: can't be read ({e.strerror}); check the path") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise InputError(f"{path}: is {_kind_of(path)}, not a regular file; surgery "
+                         "reads training data only from regular files")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _inside(real: str, root: str) -> bool:
+    try:
+        return os.path.commonpath([real, root]) == root
+    except ValueError:
+        return False
+
+
+class _Walk:
+    """Walks a data folder: links followed only inside it, each folder read once, a bounded
+    number of entries; files that would be read must be regular."""
+
+    def __init__(self, top: str):
+        self.top = top
+        self.root = os.path.realpath(top)
+        self.entries = 0
+
+    def _count(self) -> None:
+        self.entries += 1
+        if self.entries > MAX_DATA_ENTRIES:
+            raise InputError(f"{self.top}: more than {MAX_DATA_ENTRIES} files and folders; "
+                             "a data folder holds at most that many (split it, or save the "
+                             "data as an .npz)")
+
+    @staticmethod
+    def _scan(folder: str):
+        try:
+            return os.scandir(folder)
+        except OSError as e:
+            raise InputError(f"{folder}: can't be read ({e.strerror})") from None
+
+    def follow(self, full: str, *, read: bool) -> os.stat_result | None:
+        """A link's target's stat, or None where it won't be used (not a folder, and not a
+        file to read); refuses a used link that leads out of the folder."""
+        try:
+            st = os.stat(full)
+        except OSError as e:
+            if not read:
+                return None
+            raise InputError(f"{full}: can't be read ({e.strerror}); fix or remove it") \
+                from None
+        if not (read or stat.S_ISDIR(st.st_mode)):
+            return None
+        real = os.path.realpath(full)
+        if not _inside(real, self.root):
+            raise InputError(f"{full}: a symbolic link to {real}, outside the data folder "
+                             f"{self.top}; surgery follows links only inside the data folder "
+                             "(copy the files in instead)")
+        return st
+
+    def subfolders(self) -> list[str]:
+        """Names of the top folder's subfolders (hidden ones left out, as Keras does), sorted."""
+        out = []
+        with self._scan(self.top) as it:
+            for entry in it:
+                self._count()
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_symlink():
+                    st = self.follow(os.path.join(self.top, entry.name), read=False)
+                    if st is not None and stat.S_ISDIR(st.st_mode):
+                        out.append(entry.name)
+                elif entry.is_dir(follow_symlinks=False):
+                    out.append(entry.name)
+        return sorted(out)
+
+    def files(self, folder: str, wanted=lambda name: True) -> list[tuple[str, str]]:
+        """(folder, name) of every wanted file under `folder`, sorted as Keras indexes them
+        (by folder path, then name); each must be a regular file."""
+        out: list[tuple[str, str]] = []
+        seen: set[tuple[int, int]] = set()
+        stack = [folder]
+        while stack:
+            here = stack.pop()
+            try:
+                st = os.stat(here)
+            except OSError as e:
+                raise InputError(f"{here}: can't be read ({e.strerror})") from None
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with self._scan(here) as it:
+                for entry in it:
+                    self._count()
+                    full = os.path.join(here, entry.name)
+                    read = wanted(entry.name)
+                    if entry.is_symlink():
+                        st = self.follow(full, read=read)
+                        if st is None:
+                            continue
+                        mode = st.st_mode
+                    else:
+                        mode = entry.stat(follow_symlinks=False).st_mode
+                    if stat.S_ISDIR(mode):
+                        stack.append(full)
+                    elif read:
+                        if not stat.S_ISREG(mode):
+                            raise InputError(f"{full}: is {_kind_of(full)}, not a regular "
+                                             "file; remove it from the data folder")
+                        out.append((here, entry.name))
+        return sorted(out)
+
+
+# ------------------------------------------------------------------ checks on arrays
+
+def _index_text(index) -> str:
+    return ", ".join(str(int(i)) for i in index)
+
+
+def _check_finite(arr: np.ndarray, name: str, where: str) -> None:
+    """Refuses NaN/Inf in an array of samples, naming the first bad element (checked in
+    slices of samples: no full-size temporary)."""
+    if arr.dtype.kind != "f" or arr.size == 0:
+        return
+    step = max(1, (1 << 22) // max(1, arr[0].size))
+    for start in range(0, len(arr), step):
+        bad = ~np.isfinite(arr[start:start + step])
+        if bad.any():
+            index = np.argwhere(bad)[0]
+            index[0] += start
+            raise FormatError(f"{where}: {name}[{_index_text(index)}] is {arr[tuple(index)]}; "
+                              "training data must be finite (no NaN or Inf); fix or drop "
+                              f"sample {int(index[0])}")
+
+
+def _not_numeric(name: str, dtype: str, where: str) -> FormatError:
+    if name.startswith("y"):
+        return FormatError(f"{where}: {name} holds {dtype} values; labels must be numbers "
+                           "(class indices 0..N-1, one-hot rows or targets); map class names "
+                           "to indices first")
+    return FormatError(f"{where}: {name} holds {dtype} values; training data must be numbers "
+                       "(bool, int or float); convert it first")
+
+
+def _check_dtype(dtype, name: str, where: str) -> None:
+    dtype = np.dtype(dtype)
+    if dtype.kind not in _NUMERIC:
+        raise _not_numeric(name, str(dtype), where)
+
+
+def _check_lengths(x_len: int, y_len: int, names: tuple[str, str], where: str) -> None:
+    if x_len != y_len:
+        raise ShapeError(f"{where}: {names[0]} has {x_len} samples but {names[1]} has {y_len}; "
+                         "give one label per sample")
+
+
+# ------------------------------------------------------------------ .npz
+
+def _load_npz(path: str):
+    from ..io.sources import NpzSource
+
+    _open_regular(path).close()  # a FIFO or device is refused before the zip reader opens it
+    with NpzSource(path) as src:  # the checks weights get: bombs, truncation, pickles, sizes
+        arrays = set(src)
+        missing = [k for k in ("x", "y") if k not in arrays]
+        if missing:
+            raise FormatError(f"{path}: an .npz for training needs arrays 'x' and 'y'; it has "
+                              f"{', '.join(sorted(arrays)) or 'none'}; save it with "
+                              "np.savez(path, x=..., y=...)")
+        val = [k for k in ("x_val", "y_val") if k in arrays]
+        if len(val) == 1:
+            other = "y_val" if val == ["x_val"] else "x_val"
+            raise FormatError(f"{path}: has {val[0]} but no {other}; validation data needs "
+                              "both (or neither)")
+        keys = ["x", "y"] + val
+        for key in keys:
+            _check_dtype(src.dtype(key), key, path)
+            if not src.shape(key):
+                raise FormatError(f"{path}: {key} is a scalar; it needs one entry per sample "
+                                  "(shape (samples, ...))")
+        _check_lengths(src.shape("x")[0], src.shape("y")[0], ("x", "y"), path)
+        if val:
+            _check_lengths(src.shape("x_val")[0], src.shape("y_val")[0], ("x_val", "y_val"),
+                           path)
+        got = {k: src.read(k) for k in keys}
+    return got["x"], got["y"], got.get("x_val"), got.get("y_val"), ()
+
+
+# ------------------------------------------------------------------ CSV
+
+def _csv_rows(path: str):
+    """(line number, row) for every non-empty row, header first. Read as UTF-8 (a BOM is
+    dropped); decoding and csv-format problems become one FormatError naming the line."""
+    with io.TextIOWrapper(_open_regular(path), encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError:
+                line, reason = _first_bad_utf8(path)
+                raise FormatError(f"{path}: line {line}: not UTF-8 text ({reason}); save the "
+                                  "file as UTF-8") from None
+            except csv.Error as e:
+                raise FormatError(f"{path}: line {reader.line_num}: not a valid CSV row ({e}); "
+                                  "fix that line") from None
+            if row:
+                yield reader.line_num, row
+
+
+def _first_bad_utf8(path: str) -> tuple[int, str]:
+    """Where a file stops being UTF-8 (the decoder works in blocks, so it can't say)."""
+    with _open_regular(path) as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return n, f"{e.reason} at byte {e.start} of the line"
+    return 0, "?"
+
+
+def _bad_cell(path: str, line: int, column: str, value: str, why: str) -> FormatError:
+    shown = value if len(value) <= 40 else value[:40] + "..."
+    return FormatError(f"{path}: line {line}, column {column!r}: {shown!r} {why}")
+
+
+def _load_csv(path: str, label: str | None):
+    label = label or "label"
+    rows = _csv_rows(path)
+    try:
+        return _parse_csv(path, label, rows)
+    finally:
+        rows.close()
+
+
+def _parse_csv(path: str, label: str, rows):
+    try:
+        _, header = next(rows)
+    except StopIteration:
+        raise FormatError(f"{path}: empty CSV file; it needs a header row naming the columns "
+                          "and one row per sample") from None
+    if label not in header:
+        shown = ", ".join(header[:12]) + (", ..." if len(header) > 12 else "")
+        raise FormatError(f"{path}: no label column {label!r}; columns: {shown}; name one "
+                          "with --label")
+    idx = header.index(label)
+    names = [h for i, h in enumerate(header) if i != idx]
+    if not names:
+        raise FormatError(f"{path}: no feature columns, only the label column {label!r}; "
+                          "add the features as columns")
+    chunks: list[np.ndarray] = []
+    labels: list[str] = []
+    lines: list[int] = []
+    pending: list[list[str]] = []
+
+    def flush() -> None:
+        first = len(lines) - len(pending)
+        table = np.empty((len(pending), len(names)), np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for r, feats in enumerate(pending):
+                try:
+                    table[r] = [float(v) for v in feats]
+                except ValueError:
+                    c = next(c for c, v in enumerate(feats) if not _is_float(v))
+                    raise _bad_cell(path, lines[first + r], names[c], feats[c],
+                                    "is not a number; every column but the label must be "
+                                    "numeric (name the label column with --label)") from None
+        bad = ~np.isfinite(table)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise _bad_cell(path, lines[first + r], names[c], pending[r][c],
+                            "is not a finite float32 number (NaN, Inf or too large); fix or "
+                            "drop that row")
+        chunks.append(table)
+        pending.clear()
+
+    for line, row in rows:
+        if len(row) != len(header):
+            raise FormatError(f"{path}: line {line} has {len(row)} fields but the header has "
+                              f"{len(header)}; fix that row")
+        labels.append(row[idx])
+        lines.append(line)
+        pending.append(row[:idx] + row[idx + 1:])
+        if len(pending) >= _CSV_CHUNK:
+            flush()
+    if pending:
+        flush()
+    if not labels:
+        raise FormatError(f"{path}: a CSV with a header and no rows; add one row per sample")
+    x = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    y, classes = _csv_labels(path, label, labels, lines)
+    return x, y, None, None, classes
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_labels(path: str, column: str, raw: list[str], lines: list[int]):
+    """Numbers (class indices, or regression targets) or class names, never a mix."""
+    numeric = _is_float(raw[0])
+    for value, line in zip(raw, lines):
+        if not value.strip():
+            raise _bad_cell(path, line, column, value, "is empty; every row needs a label")
+        if _is_float(value) != numeric:
+            first = "numbers" if numeric else "class names"
+            raise _bad_cell(path, line, column, value,
+                            f"breaks the column's kind: earlier labels are {first}; labels must "
+                            "be all numbers or all class names")
+    if not numeric:
+        classes = tuple(sorted(set(raw)))
+        index = {c: i for i, c in enumerate(classes)}
+        return np.array([index[v] for v in raw], np.int64), classes
+    y = np.array([float(v) for v in raw])
+    bad = ~np.isfinite(y)
+    if bad.any():
+        r = int(np.argmax(bad))
+        raise _bad_cell(path, lines[r], column, raw[r], "is not a finite number; fix or drop "
+                        "that row")
+    if np.all(y == np.round(y)) and np.abs(y).max() < 2 ** 31:
+        return y.astype(np.int64), ()
+    y32 = y.astype(np.float32)
+    bad = ~np.isfinite(y32)
+    if bad.any():
+        r = int(np.argmax(bad))
+        raise _bad_cell(path, lines[r], column, raw[r], "is too large for float32; fix or "
+                        "drop that row")
+    return y32, ()
+
+
+# ------------------------------------------------------------------ image folders
+
+def _image_pixels(data: bytes) -> int | None:
+    """Pixels the image header declares (every GIF frame counted), or None when the bytes are
+    not a PNG, JPEG, GIF or BMP image with a readable header."""
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            w, h = struct.unpack(">II", data[16:24])
+            return w * h
+        if data[:2] == b"BM":
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w) * abs(h)
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_pixels(data)
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            return _gif_pixels(data)
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
+def _jpeg_pixels(data: bytes) -> int | None:
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return w * h
+        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    return None
+
+
+def _gif_pixels(data: bytes) -> int | None:
+    w, h, flags = struct.unpack("<HHB", data[6:11])
+    total = w * h
+    i = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    while i < len(data):
+        block = data[i]
+        if block == 0x3B:  # trailer
+            return total
+        if block == 0x21:  # extension: label, then sub-blocks
+            i += 2
+        elif block == 0x2C:  # image descriptor, optional local colour table, LZW code size
+            fw, fh, fflags = struct.unpack("<HHB", data[i + 5:i + 10])
+            total += fw * fh
+            i += 10 + (3 << ((fflags & 7) + 1) if fflags & 0x80 else 0) + 1
+        else:
+            return None
+        while i < len(data) and data[i]:  # sub-blocks up to the empty one
+            i += data[i] + 1
+        i += 1
+    return total
+
+
+def _read_image(full: str) -> bytes:
+    with _open_regular(full) as f:
+        data = f.read()
+    pixels = _image_pixels(data)
+    if pixels is None:
+        raise FormatError(f"{full}: not a readable PNG, JPEG, GIF or BMP image; replace or "
+                          "remove it")
+    if pixels > MAX_IMAGE_PIXELS:
+        raise FormatError(f"{full}: declares {pixels} pixels, more than the "
+                          f"{MAX_IMAGE_PIXELS} allowed for one image; refusing to decode it "
+                          "(resize it first)")
+    return data
+
+
+def _load_images(path: str, model, seed: int):
+    walk = _Walk(path)
+    classes = walk.subfolders()
+    files = [(os.path.join(folder, name), label) for label, c in enumerate(classes)
+             for folder, name in walk.files(os.path.join(path, c),
+                                            lambda n: n.lower().endswith(_IMAGE_EXT))]
+    if not files:
+        raise InputError(f"{path}: no images found (an image folder needs one subfolder per "
+                         f"class holding {'/'.join(_IMAGE_EXT)} files)")
+    shape, _ = _model_input(model)
+    if len(shape) != 3 or None in shape[:2]:
+        raise ShapeError(f"{path}: an image folder needs a model with (height, width, channels) "
+                         f"input; this one takes {shape}")
+    channels = shape[2]
+    if channels not in (1, 3, 4):
+        raise ShapeError(f"{path}: the model takes {channels} channels; image folders give 1, "
+                         "3 or 4")
+    from ..io.tfimport import tensorflow
+
+    tf = tensorflow()
+    x = np.empty((len(files),) + tuple(shape), np.float32)
+    for i, (full, _) in enumerate(files):
+        data = _read_image(full)
+        try:  # as keras.utils.image_dataset_from_directory: decode, bilinear resize
+            image = tf.image.decode_image(data, channels=channels, expand_animations=False)
+            image = tf.image.resize(image, shape[:2], method="bilinear")
+        except (tf.errors.OpError, ValueError) as e:
+            raise FormatError(f"{full}: not a readable image ({_tf_message(e)}); replace or "
+                              "remove it") from None
+        x[i] = image.numpy() / 255.0
+    return x, np.array([label for _, label in files], np.int64), None, None, tuple(classes)
+
+
+def _tf_message(e: Exception) -> str:
+    """The first line of a TensorFlow error, without its op and function decorations."""
+    text = (str(getattr(e, "message", None) or e).splitlines() or [""])[0]
+    text = re.sub(r"\s*\[Op:\w+\]", "", re.sub(r"\{\{[^}]*\}\}\s*", "", text)).strip()
+    return text[:200]
+
+
+# ------------------------------------------------------------------ saved tf.data
+
+def _load_tfdata(path: str):
+    walk = _Walk(path)
+    stored = sum(os.path.getsize(os.path.join(folder, name))
+                 for folder, name in walk.files(path))
+    from ..io.tfimport import tensorflow
+
+    tf = tensorflow()
+    fix = "re-save it with tf.data.Dataset.save, or use an intact copy"
+    try:
+        ds = tf.data.Dataset.load(path)
+        spec = ds.element_spec
+    except Exception as e:  # TF and protobuf raise several kinds for a bad directory
+        raise FormatError(f"{path}: can't load the saved tf.data dataset ({type(e).__name__}: "
+                          f"{_tf_message(e)}); {fix}") from None
+    if not (isinstance(spec, tuple) and len(spec) == 2
+            and all(isinstance(s, tf.TensorSpec) for s in spec)):
+        raise FormatError(f"{path}: a saved tf.data dataset for training must yield (x, y) "
+                          f"pairs of tensors; it yields {spec}")
+    for name, s in zip(("x", "y"), spec):
+        if not (s.dtype.is_floating or s.dtype.is_integer or s.dtype.is_bool):
+            raise _not_numeric(name, s.dtype.name, path)
+    budget = 1000 * stored + (1 << 20)  # the same ratio a zip member may have
+    xs, ys, held = [], [], 0
+    try:
+        for x, y in ds.as_numpy_iterator():
+            held += x.nbytes + y.nbytes
+            if held > budget:
+                raise FormatError(f"{path}: the saved dataset expands beyond {budget} bytes "
+                                  f"from {stored} stored; refusing a decompression bomb")
+            xs.append(x)
+            ys.append(y)
+    except tf.errors.OpError as e:
+        raise FormatError(f"{path}: damaged saved tf.data dataset ({type(e).__name__}: "
+                          f"{_tf_message(e)}); {fix}") from None
+    if not xs:
+        raise FormatError(f"{path}: the saved tf.data dataset is empty")
+    try:
+        return np.stack(xs), np.array(ys), None, None, ()
+    except ValueError:
+        raise FormatError(f"{path}: the dataset's samples differ in shape ({xs[0].shape} and "
+                          f"{next(a.shape for a in xs if a.shape != xs[0].shape)}); a "
+                          "training set needs one shape") from None
+
+
+# ------------------------------------------------------------------ entry point
+
+def load_data(path: str, model, *, label: str | None = None, val: str | None = None,
+              val_split: float | None = None, seed: int = 0) -> Data:
+    """Reads training data and checks it against `model`.
+
+    Args:
+        path: `.npz` (x, y[, x_val, y_val]), `.csv` (features + `label` column; UTF-8, a BOM
+            allowed), an image folder (one subfolder per class; scaled to [0, 1] and resized
+            to the model's input as `keras.utils.image_dataset_from_directory` does), or a
+            directory saved with ``tf.data.Dataset.save`` yielding (x, y).
+        model: the model to train (input shape, head width).
+        label: the CSV label column (default ``label``).
+        val: a second data path for validation.
+        val_split: a fraction of the training data held out for validation (seeded).
+        seed: the split's seed.
+
+    Raises:
+        InputError: a missing path, one that is not a regular file or folder (a FIFO, a
+            device), a link out of the data folder, an unknown kind of data, an empty folder.
+        FormatError: contents that break the format (empty or ragged CSV, non-numeric or
+            non-finite values, mixed label kinds, an .npz without x/y, object or string
+            arrays, a zip bomb, an unreadable image, a damaged tf.data folder).
+        ShapeError: x that doesn't fit the model's input; labels beyond the head's width;
+            x and y of different lengths.
+
+    Example:
+    ```python
+    data = load_data("table.csv", model, label="target", val_split=0.2, seed=0)
+    ```
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"training data must be a path (.npz, .csv, image folder, saved "
+                         f"tf.data) or an (x, y) pair, got {type(path).__name__}")
+    path = os.fspath(path)
+    st = _stat_data(path)
+    if stat.S_ISDIR(st.st_mode):
+        spec = os.path.join(path, "dataset_spec.pb")
+        if os.path.lexists(spec):
+            kind, loaded = "tf.data", _load_tfdata(path)
+        else:
+            kind, loaded = "images", _load_images(path, model, seed)
+    elif path.lower().endswith(".npz"):
+        kind, loaded = "npz", _load_npz(path)
+    elif path.lower().endswith(".csv"):
+        kind, loaded = "csv", _load_csv(path, label)
+    else:
+        raise InputError(f"{path}: unknown kind of data; use an .npz (x, y), a .csv with a "
+                         "label column, an image folder, or a saved tf.data directory")
+    x, y, xv, yv, classes = loaded
+    if len(x) == 0:
+        raise FormatError(f"{path}: no training samples (x is empty); add samples")
+    if val is not None:
+        other = load_data(val, model, label=label, seed=seed)
+        xv, yv = other.x, other.y
+    elif val_split:
+        if not 0 < val_split < 1:
+            raise OptionError(f"--val-split must be between 0 and 1, got {val_split}")
+        order = np.random.default_rng(seed).permutation(len(x))
+        n_val = max(1, int(round(len(x) * val_split)))
+        xv, yv = x[order[:n_val]], y[order[:n_val]]
+        x, y = x[order[n_val:]], y[order[n_val:]]
+    data = Data(x, y, xv, yv, kind, path, classes)
+    check_against_model(data, model)
+    return data
+
+
+def _head_width(model) -> int:
+    return int(model.outputs[0].shape[-1])
+
+
+def _fits(got: tuple, want: tuple) -> bool:
+    return len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got))
+
+
+def _labels_fit(y: np.ndarray, out: tuple) -> bool:
+    """Rows shaped like the output (one-hot, targets), or integer class indices for it."""
+    got = tuple(y.shape[1:])
+    if got == (1,) or _fits(got, out):
+        return True
+    return y.dtype.kind in "iu" and (_fits(got, out[:-1]) or _fits(got, out[:-1] + (1,)))
+
+
+def check_against_model(data: Data, model) -> None:
+    """Refuses data that can't train `model`: non-numeric or non-finite values, x and y of
+    different lengths, sample shapes the model doesn't take (both shapes named), labels
+    beyond the head's width."""
+    pairs = [("x", data.x, "y", data.y)]
+    if data.x_val is not None or data.y_val is not None:
+        pairs.append(("x_val", data.x_val, "y_val", data.y_val))
+    for xn, x, yn, y in pairs:
+        for name, arr in ((xn, x), (yn, y)):
+            if arr is None:
+                raise FormatError(f"{data.source}: {name} is missing; validation data needs "
+                                  "both x and y")
+            _check_dtype(arr.dtype, name, data.source)
+            if arr.ndim == 0:
+                raise FormatError(f"{data.source}: {name} is a scalar; it needs one entry per "
+                                  "sample")
+            _check_finite(arr, name, data.source)
+        _check_lengths(len(x), len(y), (xn, yn), data.source)
+        if len(x) == 0:
+            raise FormatError(f"{data.source}: {xn} holds no samples; add samples")
+    shape, _ = _model_input(model)
+    for name, arr in (("x", data.x), ("x_val", data.x_val)):
+        if arr is None:
+            continue
+        got = tuple(arr.shape[1:])
+        if len(got) != len(shape) or any(w is not None and w != g for w, g in zip(shape, got)):
+            raise ShapeError(f"{data.source}: {name} samples have shape {got} but the model "
+                             f"takes {shape}")
+    width = _head_width(model)
+    out = tuple(model.outputs[0].shape[1:])
+    for name, arr in (("y", data.y), ("y_val", data.y_val)):
+        if arr is not None and arr.ndim > 1 and not _labels_fit(arr, out):
+            raise ShapeError(f"{data.source}: {name} rows have shape {tuple(arr.shape[1:])} but "
+                             f"the model's output is {out}; give class indices, or rows "
+                             "shaped like the output")
+        if arr is None or arr.dtype.kind not in "iu" or arr.ndim != 1:
+            continue
+        if arr.min() < 0 or (width > 1 and arr.max() >= width):
+            raise ShapeError(f"{data.source}: {name} labels run {int(arr.min())}..{int(arr.max())}"
+                             f" but the model's head has {width} units (classes 0..{width - 1});"
+                             " replace the head first (surgery head --classes N)")
+
+
+def train_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int,
+                   first_epoch: int, epochs: int):
+    """A tf.data pipeline over epochs ``first_epoch..epochs-1``: each epoch's order is a
+    stateless shuffle seeded by ``(seed, epoch)``, batched, prefetched."""
+    from ..io.tfimport import tensorflow
+
+    tf = tensorflow()
+    n = len(x)
+    x_t, y_t = tf.constant(x), tf.constant(y)
+
+    def epoch(e):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack(
+            [tf.cast(seed, tf.int64), e]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(
+            lambda idx: (tf.gather(x_t, idx), tf.gather(y_t, idx)))
+
+    return tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch).prefetch(
+        tf.data.AUTOTUNE)
+
+
+def eval_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int):
+    from ..io.tfimport import tensorflow
+
+    tf = tensorflow()
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).cache().prefetch(
+        tf.data.AUTOTUNE)

@@ -1,0 +1,215 @@
+"""`TransplantReport`: what a transplant did (or would do) to every target variable.
+
+Statuses: ``copied`` (from which source path, and how it was matched), ``adapted`` (which
+adapter, both shapes), ``skipped`` (a skip rule left it initialized), ``missing`` (no source:
+left initialized), ``mismatched`` (a source matched but its shape differs and no adapter was
+given: left initialized). Unused source tensors, non-finite source values and rules that
+matched nothing are listed too. `str()` is a table that groups repeated layers
+(``block{1..3}_conv/kernel``); `to_dict()` is JSON-ready.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..text import NAME_WIDTH, escape_text, shown
+
+__all__ = ["Entry", "TransplantReport", "group_paths"]
+
+STATUSES = ("copied", "adapted", "skipped", "missing", "mismatched")
+
+@dataclass(frozen=True)
+class Entry:
+    """One target variable's outcome."""
+
+    path: str
+    status: str
+    source: str | None = None
+    matched_by: str | None = None  # rule | exact | structural | shape
+    adapter: str | None = None
+    source_shape: tuple | None = None
+    target_shape: tuple | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "status": self.status, "source": self.source,
+                "matched_by": self.matched_by, "adapter": self.adapter,
+                "source_shape": list(self.source_shape) if self.source_shape else None,
+                "target_shape": list(self.target_shape) if self.target_shape else None,
+                "note": self.note}
+
+
+@dataclass(frozen=True)
+class TransplantReport:
+    """The outcome of `surgery.transplant`.
+
+    Attributes:
+        source, target: what was read and filled.
+        entries: one `Entry` per target variable, in target order.
+        unused: source keys no target took.
+        nonfinite: (source key, count of NaN/Inf values) for each source read with any.
+        warnings: rules that matched nothing, with the closest keys.
+        strict: whether strict checks applied.
+        dry_run: True when nothing was changed.
+    """
+
+    source: str
+    target: str
+    entries: tuple[Entry, ...] = ()
+    unused: tuple[str, ...] = ()
+    nonfinite: tuple[tuple[str, int], ...] = ()
+    warnings: tuple[str, ...] = ()
+    strict: bool = False
+    dry_run: bool = False
+
+    def _of(self, status: str) -> list[Entry]:
+        return [e for e in self.entries if e.status == status]
+
+    @property
+    def copied(self) -> list[Entry]:
+        return self._of("copied")
+
+    @property
+    def adapted(self) -> list[Entry]:
+        return self._of("adapted")
+
+    @property
+    def skipped(self) -> list[Entry]:
+        return self._of("skipped")
+
+    @property
+    def missing(self) -> list[Entry]:
+        return self._of("missing")
+
+    @property
+    def mismatched(self) -> list[Entry]:
+        return self._of("mismatched")
+
+    @property
+    def problems(self) -> list[str]:
+        """What strict mode fails on, one line each."""
+        out = [f"{e.path}: no source tensor (left initialized)" for e in self.missing]
+        out += [f"{e.path}: source {e.source} {e.source_shape} vs target {e.target_shape}"
+                for e in self.mismatched]
+        out += [f"{key}: {n} non-finite values" for key, n in self.nonfinite]
+        out += list(self.warnings)
+        return out
+
+    @property
+    def ok(self) -> bool:
+        """False when strict mode would fail."""
+        return not self.problems
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in STATUSES}
+        for e in self.entries:
+            out[e.status] += 1
+        out["unused"] = len(self.unused)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "target": self.target, "dry_run": self.dry_run,
+                "strict": self.strict, "ok": self.ok, "counts": self.counts(),
+                "entries": [e.to_dict() for e in self.entries], "unused": list(self.unused),
+                "nonfinite": [{"source": k, "count": n} for k, n in self.nonfinite],
+                "warnings": list(self.warnings), "problems": self.problems}
+
+    def __str__(self) -> str:
+        lines = [f"source: {shown(self.source, 4 * NAME_WIDTH)}",
+                 f"target: {shown(self.target, 4 * NAME_WIDTH)}"
+                 + ("  (dry run: nothing changed)" if self.dry_run else ""), ""]
+        rows = []
+        for label, group in group_paths(self.entries):
+            e = group[0]
+            detail = {
+                "copied": f"<- {shown(_group_source(group))} ({e.matched_by})",
+                "adapted": f"<- {shown(_group_source(group))} via {e.adapter} "
+                           f"{e.source_shape} -> {e.target_shape}"
+                           + (f"; {e.note}" if e.note else ""),
+                "skipped": "left initialized (skip rule)",
+                "missing": "left initialized (no source)",
+                "mismatched": f"left initialized: {shown(str(e.source))} {e.source_shape} vs "
+                              f"target {e.target_shape}; add an adapter or skip it",
+            }[e.status]
+            rows.append((shown(label), e.status, detail))
+        width = max([len(r[0]) for r in rows] + [6])
+        for label, status, detail in rows:
+            lines.append(f"{label:<{width}}  {status:<10}  {detail}")
+        if self.unused:
+            lines.append("")
+            lines.append(f"unused source tensors ({len(self.unused)}): "
+                         + ", ".join(shown(label) for label, _ in group_paths(
+                             [Entry(k, "unused", k) for k in self.unused])))
+        for key, n in self.nonfinite:
+            lines.append(f"non-finite: {shown(key)} has {n} NaN/Inf values")
+        for w in self.warnings:
+            lines.append(f"warning: {w}")
+        c = self.counts()
+        lines.append("")
+        lines.append(f"{c['copied']} copied, {c['adapted']} adapted, {c['skipped']} skipped, "
+                     f"{c['missing']} missing, {c['mismatched']} mismatched, {c['unused']} "
+                     f"unused" + ("" if self.ok else "; strict would fail"))
+        return "\n".join(escape_text(line) for line in lines)
+
+
+_NUM = re.compile(r"\d+")
+
+
+def _template(path: str) -> tuple[str, list[int]]:
+    nums = [int(n) for n in _NUM.findall(path)]
+    return _NUM.sub("#", path), nums
+
+
+def group_paths(entries) -> list[tuple[str, list]]:
+    """Groups entries whose paths differ in one number and that share a status.
+
+    ``block1_conv/kernel``, ``block2_conv/kernel``, ``block3_conv/kernel`` (all copied the
+    same way) become one row labelled ``block{1..3}_conv/kernel``, placed where the first one
+    stood; entries that don't fit a group keep their own rows.
+    """
+    entries = list(entries)
+    buckets: dict[tuple, list] = {}
+    order: list[tuple] = []
+    for e in entries:
+        tpl, nums = _template(e.path)
+        key = (tpl, e.status, getattr(e, "matched_by", None), getattr(e, "adapter", None),
+               len(nums))
+        if key not in buckets:
+            buckets[key] = []
+            order.append(key)
+        buckets[key].append((e, nums))
+    out: list[tuple[str, list]] = []
+    for key in order:
+        group = buckets[key]
+        if len(group) == 1:
+            out.append((group[0][0].path, [group[0][0]]))
+            continue
+        first = group[0][1]
+        varying = {k for _, nums in group for k, (a, b) in enumerate(zip(first, nums)) if a != b}
+        values = [nums[next(iter(varying))] for _, nums in group] if len(varying) == 1 else []
+        if len(varying) != 1 or len(set(values)) != len(values):
+            out.extend((e.path, [e]) for e, _ in group)
+            continue
+        k_var = next(iter(varying))
+        parts = _NUM.split(group[0][0].path)
+        label = ""
+        for k, part in enumerate(parts[:-1]):
+            label += part + (f"{{{_span(values)}}}" if k == k_var else str(first[k]))
+        label += parts[-1]
+        out.append((label, [e for e, _ in group]))
+    return out
+
+
+def _span(values: list[int]) -> str:
+    if values == list(range(values[0], values[0] + len(values))):
+        return f"{values[0]}..{values[-1]}"
+    return ",".join(str(v) for v in values)
+
+
+def _group_source(group) -> str:
+    if len(group) == 1:
+        return str(group[0].source)
+    labels = group_paths([Entry(e.source or "?", "src") for e in group])
+    return labels[0][0] if len(labels) == 1 else f"{group[0].source} ... {group[-1].source}"

@@ -1,0 +1,264 @@
+"""`surgery.transplant`: fill a target with a source's weights when the two differ.
+
+Plan, then apply: `build_plan` matches names (no arrays read); an evaluation pass reads each
+source tensor once, runs the adapters, checks every result against its target, and counts
+non-finite values, building the `TransplantReport`; only then (not on a dry run, and not when
+strict checks fail) are the values written: assigned one variable at a time into a live model,
+or streamed into a new `.keras` archive for file -> file work (no TensorFlow needed).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .adapters import get_adapter, run_adapter
+from ..entries import VariableInfo
+from ..errors import CheckFailed, InputError
+from .matching import TransplantPlan, build_plan
+from .report import Entry, TransplantReport
+from .rules import Rules, RulesError, load_rules
+from ..io.sources import WeightSource, open_weights
+
+__all__ = ["transplant", "transplant_file", "evaluate"]
+
+
+def _path_of(source: Any) -> str | None:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    name = getattr(source, "name", None)
+    return name if isinstance(source, WeightSource) and isinstance(name, str) and \
+        os.path.exists(name) else None
+
+
+def _np_dtype(name: str):
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _count_nonfinite(a: np.ndarray) -> int:
+    if a.dtype.kind != "f" and str(a.dtype) != "bfloat16":
+        return 0
+    return int(a.size - np.isfinite(a.astype(np.float32)).sum())
+
+
+def evaluate(plan: TransplantPlan, source: WeightSource, targets: list[VariableInfo],
+             nonfinite: dict[str, int], initial: WeightSource | None = None
+             ) -> Iterator[tuple[VariableInfo, Entry, np.ndarray | None]]:
+    """Runs the plan over the source, one target at a time.
+
+    Yields (target info, report entry, array or None); arrays are cast to the target's dtype.
+    Counts NaN/Inf values of each source tensor read into `nonfinite`. `initial` (the target,
+    before anything is written) gives growing adapters the target's own values for new units.
+    Raises the adapters'
+    errors (naming the target, both shapes and the adapter) before the caller has written
+    anything for that target.
+    """
+    cache: dict[tuple, Any] = {}
+    by_path = {t.path: t for t in targets}
+
+    def read(key: str) -> np.ndarray:
+        a = source.read(key)
+        n = _count_nonfinite(a)
+        if n:
+            nonfinite[key] = n
+        return a
+
+    for step in plan.steps:
+        t = by_path[step.target]
+        if step.action in ("skip", "missing", "mismatch"):
+            s = source.info(step.sources[0]) if step.sources else None
+            status = {"skip": "skipped", "missing": "missing", "mismatch": "mismatched"}
+            yield t, Entry(t.path, status[step.action], s.path if s else None,
+                           step.matched_by, None, s.shape if s else None, t.shape), None
+            continue
+        if step.action == "copy":
+            array = read(step.sources[0])
+            s = source.info(step.sources[0])
+            note = "" if s.dtype == t.dtype else f"cast {s.dtype} -> {t.dtype}"
+            yield t, Entry(t.path, "copied", s.path, step.matched_by, None, s.shape, t.shape,
+                           note), array.astype(_np_dtype(t.dtype), copy=False)
+            continue
+        rule = step.adapter
+        adapter = get_adapter(rule.name)
+        group = (rule.target, rule.name, step.sources)
+        if group not in cache:
+            if adapter.is_layer:
+                inputs = {role: read(k) for role, k in zip(step.roles, step.sources)}
+                outs = {o: by_path[f"{rule.target.rstrip('/')}/{o}"].shape
+                        for o in adapter.outputs}
+                where = rule.target
+            else:
+                inputs = {"": read(step.sources[0])}
+                outs = {"": t.shape}
+                where = t.path
+            fresh = None if initial is None or adapter.is_layer else \
+                (lambda p=t.path: initial.read(p))
+            result = run_adapter(adapter, inputs, outs, rule.option_dict, where, initial=fresh)
+            if result.lossy and not rule.lossy:
+                raise RulesError(f"{where}: adapter '{rule.name}' would drop source values "
+                                 f"({result.note}); add lossy = true to its rule to accept that")
+            cache = {group: result}
+        result = cache[group]
+        array = result.arrays[step.output]
+        src_shape = source.info(step.sources[0]).shape if len(step.sources) == 1 else \
+            tuple(source.info(k).shape for k in step.sources)
+        yield t, Entry(t.path, "adapted", ", ".join(step.sources), "rule", rule.name,
+                       src_shape, t.shape, result.note), array.astype(_np_dtype(t.dtype),
+                                                                      copy=False)
+
+
+def _report(plan, source, target_name, entries, nonfinite, strict, dry_run
+            ) -> TransplantReport:
+    return TransplantReport(source=source.name, target=target_name, entries=tuple(entries),
+                            unused=plan.unused, nonfinite=tuple(nonfinite.items()),
+                            warnings=plan.warnings, strict=strict, dry_run=dry_run)
+
+
+def _check_strict(report: TransplantReport) -> None:
+    if report.strict and not report.ok:
+        problems = report.problems
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        err = CheckFailed(f"strict transplant into {report.target} failed with "
+                          f"{len(problems)} problem{'s' if len(problems) > 1 else ''}: "
+                          f"{'; '.join(problems[:3])}{more}; nothing was changed or written")
+        err.report = report
+        raise err
+
+
+def _plan(source: WeightSource, targets, rules) -> tuple[Rules, TransplantPlan]:
+    rules = load_rules(rules)
+    return rules, build_plan(source.variables(), targets, rules, source_name=source.name)
+
+
+def transplant(source: Any, target: Any, rules: Any = None, *, strict: bool = False,
+               dry_run: bool = False) -> TransplantReport:
+    """Fills a live `target` model with `source`'s weights, in place (like `load_weights`).
+
+    Args:
+        source: a live model or any path `open_weights` reads (`.keras`, `.weights.h5`,
+            Keras 2 `.h5`, `.npz`, `.safetensors`, SavedModel/Hub directory, TF checkpoint).
+        target: a live Keras 3 or tf_keras model.
+        rules: a rules TOML path, dict or `Rules` (renames, skips, adapters, matching mode).
+        strict: fail (nothing changed) on missing, mismatched or non-finite weights, or a rule
+            that matches nothing.
+        dry_run: compute the full report, change nothing.
+
+    Returns:
+        A `TransplantReport` (`.copied`, `.adapted`, `.missing`, `.unused`, `.mismatched`,
+        `.ok`, `.to_dict()`, `str()` table).
+
+    Raises:
+        CheckFailed: strict checks failed (its `.report` has the details).
+        SurgeryError: unreadable source, bad rules, an adapter whose options don't fit.
+
+    Example:
+    ```python
+    model = build_gray_cnn()
+    report = surgery.transplant("sample_models/cnn.keras", model, {
+        "adapter": [{"target": "block1_conv/kernel", "name": "adapt_in_channels"}]})
+    print(report)
+    ```
+    """
+    from ..io.sources import LiveModelSource
+
+    tgt = open_weights(target)
+    if not isinstance(tgt, LiveModelSource):
+        raise InputError("transplant fills a live model; for files use "
+                         "surgery.transplant_file(source, target, output)")
+    src = open_weights(source)
+    try:
+        rules, plan = _plan(src, tgt.variables(), rules)
+        strict = strict or rules.strict
+        nonfinite: dict[str, int] = {}
+        # Evaluation pass: every adapter runs and every shape is checked before the model
+        # is touched, so a failure leaves it as it was.
+        entries = [entry for _, entry, _ in evaluate(plan, src, tgt.variables(), nonfinite, tgt)]
+        report = _report(plan, src, tgt.name, entries, nonfinite, strict, dry_run)
+        _check_strict(report)
+        if dry_run:
+            return report
+        for info, _, array in evaluate(plan, src, tgt.variables(), {}, tgt):
+            if array is not None:
+                tgt.handles[info.key].assign(array)
+        return report
+    finally:
+        if src is not source:
+            src.close()
+
+
+def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
+                    strict: bool = False, dry_run: bool = False, overwrite: bool = False,
+                    safe_mode: bool = True, inputs: Sequence = ()) -> TransplantReport:
+    """File -> file transplant: writes `target`'s architecture with `source`'s weights to
+    `output` (a `.keras`), streaming one tensor at a time without TensorFlow.
+
+    Args:
+        source: any source `open_weights` reads.
+        target: a `.keras` file whose architecture (and initial weights) the output takes.
+        output: the `.keras` to write, atomically; never an input.
+        rules, strict, dry_run: as in `transplant`.
+        overwrite: replace an existing output.
+        inputs: other files the caller read (an architecture file, probe inputs): never
+            written.
+        safe_mode: refuse a target config that would run code from outside Keras.
+
+    Raises:
+        CheckFailed, SurgeryError: as `transplant`; nothing is written.
+
+    Example:
+    ```python
+    surgery.transplant_file("pretrained.keras", "new_arch.keras", "filled.keras")
+    ```
+    """
+    from ..io.atomic import check_output
+    from ..io.kerasfile import KerasFileSource
+    from ..io.kerasfile_writer import write_keras_archive
+    from ..io.safety import check_config
+
+    readers = [_path_of(source), target, *inputs] + ([rules] if isinstance(rules, str) else [])
+    tgt = open_weights(target)
+    if not isinstance(tgt, KerasFileSource):
+        tgt.close()
+        raise InputError(f"{target}: a file -> file transplant writes a .keras target; load "
+                         "other targets with surgery.load_model and use surgery.transplant")
+    src = open_weights(source)
+    try:
+        if safe_mode:
+            check_config(tgt.config, target)
+        if not dry_run:
+            check_output(output, inputs=readers, overwrite=overwrite)
+        rules, plan = _plan(src, tgt.variables(), rules)
+        strict = strict or rules.strict
+        nonfinite: dict[str, int] = {}
+        entries: list[Entry] = []
+        if dry_run:
+            entries = [e for _, e, _ in evaluate(plan, src, tgt.variables(), nonfinite, tgt)]
+            report = _report(plan, src, target, entries, nonfinite, strict, True)
+            _check_strict(report)
+            return report
+
+        def values():
+            for info, entry, array in evaluate(plan, src, tgt.variables(), nonfinite, tgt):
+                entries.append(entry)
+                if array is not None:
+                    yield info.key, array
+
+        def check() -> TransplantReport:  # runs before the output is renamed into place
+            report = _report(plan, src, output, entries, nonfinite, strict, False)
+            _check_strict(report)
+            return report
+
+        replaced = {t.key for t, step in zip(tgt.variables(), plan.steps)
+                    if step.action in ("copy", "adapt")}
+        return write_keras_archive(tgt, output, replaced, values(), check,
+                                   inputs=readers, overwrite=overwrite)
+    finally:
+        if src is not source:
+            src.close()
+        tgt.close()

@@ -13,6 +13,7 @@ import weakref
 from typing import Any, Iterable, Mapping
 
 from ..errors import FormatError, InputError, OutputError, SurgeryError
+from ..io.declared import check_declared_widths
 from ..io.safety import check_config
 
 __all__ = ["load_model", "save_model", "source_path"]
@@ -83,6 +84,7 @@ def load_model(path: Any, *, safe_mode: bool = True, custom_objects: Mapping | N
                               "weights only")
         if safe_mode:
             check_config(config, path, custom_objects=custom_objects)
+        check_declared_widths(src, path)  # before Keras builds (and allocates) anything
     _check_classes(config, path, custom_objects, legacy)
     model = _keras_load(path, safe_mode=safe_mode, custom_objects=custom_objects,
                         legacy=legacy)

@@ -165,16 +165,18 @@ def _grow(a: np.ndarray, target: tuple, opts) -> tuple[np.ndarray, str]:
 def _fit_axes(a: np.ndarray, target: tuple, allow_crop: bool, allow_pad: bool, opts):
     """(array, cropped, note of what the grown entries hold)."""
     if a.ndim != len(target):
-        raise ShapeError(f"source {a.shape} and target {target} have different ranks")
+        raise ShapeError(f"source {a.shape} and target {target} have different ranks",
+                         shapes=(a.shape, target))
     out, cropped = a, False
     for axis, (have, want) in enumerate(zip(a.shape, target)):
         if want < have:
             if not allow_crop:
                 raise ShapeError(f"axis {axis} would shrink {have} -> {want}; use 'slice' or "
-                                 "'fit'")
+                                 "'fit'", shapes=(a.shape, target))
             out, cropped = np.take(out, range(want), axis=axis), True
         elif want > have and not allow_pad:
-            raise ShapeError(f"axis {axis} would grow {have} -> {want}; use 'pad' or 'fit'")
+            raise ShapeError(f"axis {axis} would grow {have} -> {want}; use 'pad' or 'fit'",
+                             shapes=(a.shape, target))
     if not allow_pad:
         return out, cropped, ""
     out, note = _grow(out, tuple(target), opts)
@@ -223,7 +225,8 @@ def _transpose(a, target, opts):
 @_single
 def _reshape(a, target, opts):
     if int(np.prod(a.shape)) != int(np.prod(target)):
-        raise ShapeError(f"can't reshape {a.shape} ({int(np.prod(a.shape))} values) to {target}")
+        raise ShapeError(f"can't reshape {a.shape} ({int(np.prod(a.shape))} values) to {target}",
+                         shapes=(a.shape, target))
     return Adapted({"": a.reshape(target).copy()}, False, f"reshaped {a.shape} -> {target}")
 
 
@@ -466,6 +469,7 @@ def run_adapter(adapter: Adapter, inputs: Mapping[str, np.ndarray],
             raise OptionError(f"{where}: adapter '{adapter.name}' option {key} = {value!r} is "
                               "not a finite number; give a finite value")
     src = ", ".join(f"{_shape(a)}" for a in inputs.values())
+    where_kw = {"layer": where} if adapter.is_layer else {"variable": where}
     opts = dict(options)
     if not adapter.is_layer:
         opts["_target"] = _Target(where, initial)
@@ -473,14 +477,29 @@ def run_adapter(adapter: Adapter, inputs: Mapping[str, np.ndarray],
         result = adapter.fn(dict(inputs), dict(targets), opts)
     except (ShapeError, OptionError) as e:
         raise type(e)(f"{where}: adapter '{adapter.name}' can't map source {src} onto target "
-                      f"{_fmt_targets(targets)}: {e}") from None
+                      f"{_fmt_targets(targets)}: {e}", **where_kw,
+                      shapes=_both_sides(inputs, targets)) from None
+    except (TypeError, ValueError, IndexError, KeyError) as e:  # options of the wrong kind
+        given = ", ".join(f"{k} = {v!r}" for k, v in options.items()) or "no options"
+        known = "; ".join(f"{k}: {d}" for k, d in adapter.options.items()) or "none"
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OptionError(f"{where}: adapter '{adapter.name}' can't use {given} ({text}); its "
+                          f"options are {known}", **where_kw) from None
     for name, shape in targets.items():
         got = result.arrays.get(name)
         if got is None or tuple(got.shape) != tuple(shape):
             raise ShapeError(f"{where}: adapter '{adapter.name}' made "
                              f"{None if got is None else tuple(got.shape)} from source {src}, "
-                             f"but the target is {tuple(shape)}; check the adapter's options")
+                             f"but the target is {tuple(shape)}; check the adapter's options",
+                             **where_kw, shapes=(None if got is None else got.shape, shape))
     return result
+
+
+def _both_sides(inputs: Mapping[str, Any], targets: Mapping[str, tuple]) -> tuple:
+    """(source shape(s), target shape(s)): one shape per side, or a tuple of them."""
+    src = tuple(_shape(a) for a in inputs.values())
+    dst = tuple(tuple(s) for s in targets.values())
+    return (src[0] if len(src) == 1 else src, dst[0] if len(dst) == 1 else dst)
 
 
 def _fmt_targets(targets: Mapping[str, tuple]) -> str:

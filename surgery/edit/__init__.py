@@ -49,6 +49,11 @@ def _checked(fn: Callable) -> Callable:
         if "units" in bound.arguments and (not isinstance(units, int) or
                                            isinstance(units, bool)):
             raise OptionError(f"edit.{fn.__name__}: units must be an integer, got {units!r}")
+        ratio = bound.arguments.get("ratio")
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))
+                                  or not 0 < ratio < 1):
+            raise OptionError(f"edit.{fn.__name__}: ratio must be a number between 0 and 1 "
+                              f"(the fraction of channels to delete), got {ratio!r}")
         channels = bound.arguments.get("channels")
         if channels is not None and (isinstance(channels, (str, bytes)) or not all(
                 isinstance(c, int) and not isinstance(c, bool) for c in channels)):

@@ -24,22 +24,14 @@ import numpy as np
 import fnmatch
 import re
 
-from ..errors import OptionError, SurgeryError
+from ..errors import InputError, OptionError, SelectorError
 from ..io.livemodels import framework_of
+from ..layertypes import variable_role
 from ..selection import Selector, select
 from ..io.sources import LiveModelSource, open_weights
 
 __all__ = ["ReinitReport", "reinitialize", "initializer_for", "get_initializer"]
 
-_SETUP = {"kernel": ("kernel", "depthwise"), "bias": ("bias",),
-          "recurrent_kernel": ("recurrent",), "gamma": ("gamma",), "beta": ("beta",),
-          "moving_mean": ("moving_mean",), "moving_variance": ("moving_variance",),
-          "embeddings": ("embeddings",), "depthwise_kernel": ("depthwise",),
-          "pointwise_kernel": ("pointwise",), "alpha": ("alpha",)}
-# Roles of the variables a named initializer does not reach unless selected by path: the
-# value a fresh layer starts from.
-_ROLE_DEFAULTS = {"bias": "zeros", "beta": "zeros", "moving_mean": "zeros",
-                  "gamma": "ones", "moving_variance": "ones"}
 _KNOWN = ("glorot_uniform, glorot_normal, he_uniform, he_normal, lecun_uniform, "
           "lecun_normal, orthogonal, random_normal, random_uniform, truncated_normal, zeros, "
           "ones")
@@ -75,6 +67,10 @@ def get_initializer(name: Any, model: Any, seed: int | None = None) -> Any:
     k = _keras_module(model)
     try:
         init = k.initializers.get(name)
+    except KeyError as e:  # a known class that needs arguments (Constant needs value=...)
+        raise OptionError(f"initializer {name!r} needs arguments ({e.args[0]!r}); pass a "
+                          "config from Python, e.g. {'class_name': 'Constant', 'config': "
+                          "{'value': 0.1}}, or name one without arguments") from None
     except (ValueError, TypeError):
         raise OptionError(f"unknown initializer {name!r}; known: {_KNOWN}") from None
     if init is None:
@@ -89,7 +85,7 @@ def get_initializer(name: Any, model: Any, seed: int | None = None) -> Any:
 
 def initializer_for(holder: Any, name: str) -> Any:
     """The initializer `holder` (a layer or RNN cell) is configured with for variable `name`."""
-    for prefix in _SETUP.get(name, (name,)):
+    for prefix in variable_role(name).setups:
         init = getattr(holder, f"{prefix}_initializer", None)
         if init is not None:
             return init
@@ -118,8 +114,9 @@ def _names_variable(selector: Selector, info) -> bool:
 
 
 def _role_default(info, selectors) -> str | None:
-    """'zeros'/'ones' for a bias or normalization variable reached through its layer."""
-    default = _ROLE_DEFAULTS.get(info.name)
+    """'zeros'/'ones' for a bias or normalization variable reached through its layer: the
+    value a fresh layer starts from (its role's ``fresh``)."""
+    default = variable_role(info.name).fresh
     if default is None or any(_names_variable(s, info) for s in selectors):
         return None
     return default
@@ -143,7 +140,7 @@ def reinitialize(model: Any, *selectors: Selector, initializer: Any = None,
     Raises:
         SelectorError: a selector matches nothing.
         OptionError: unknown initializer name.
-        SurgeryError: a variable whose layer has no initializer for it (name one).
+        OptionError: a variable whose layer has no initializer for it (name one).
 
     Example:
     ```python
@@ -153,12 +150,14 @@ def reinitialize(model: Any, *selectors: Selector, initializer: Any = None,
     """
     src = open_weights(model)
     if not isinstance(src, LiveModelSource):
-        raise SurgeryError("reinitialize acts on a live model; load it with "
-                           "surgery.load_model first")
+        raise InputError("reinitialize acts on a live model; load it with "
+                         "surgery.load_model first")
     if not selectors:
-        raise SurgeryError("reinitialize needs at least one selector (e.g. 'head')")
+        raise SelectorError("reinitialize needs at least one selector (e.g. 'head')")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise OptionError(f"seed must be an integer, got {seed!r}")
+    if seed is not None and not 0 <= seed < 2 ** 31:
+        raise OptionError(f"seed must be between 0 and {2 ** 31 - 1}, got {seed}")
     chosen = select(src.variables(), selectors, what=getattr(model, "name", "model"))
     named = None if initializer is None else \
         _describe(get_initializer(initializer, model))  # an unknown name fails here, always
@@ -183,18 +182,26 @@ def reinitialize(model: Any, *selectors: Selector, initializer: Any = None,
             holder = src.holders[info.key]
             configured = initializer_for(holder, info.name)
             if configured is None:
-                raise SurgeryError(f"{info.path}: its layer ({type(holder).__name__}) has no "
-                                   "initializer for it; pass initializer='glorot_uniform' (or "
-                                   "another name)")
+                raise OptionError(f"{info.path}: its layer ({type(holder).__name__}) has no "
+                                  "initializer for it; pass initializer='glorot_uniform' (or "
+                                  "another name)", variable=info.path)
             init = get_initializer(configured, model, var_seed) if seed is not None else \
                 configured
             if info.name == "bias" and getattr(holder, "unit_forget_bias", False):
                 plan.append((info, _ForgetBias(init), f"{_describe(init)} + unit forget bias"))
                 continue
         plan.append((info, init, _describe(init)))
+    values = []
+    for info, init, _ in plan:  # drawn in a dry run too, so both fail (or not) alike
+        try:
+            values.append(np.asarray(init(info.shape, dtype=info.dtype)))
+        except (ValueError, TypeError) as e:
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise OptionError(f"{info.path}: {_describe(init)} can't fill shape "
+                              f"{tuple(info.shape)} ({text}); select the kernels only or "
+                              "choose another initializer", variable=info.path) from None
     if not dry_run:
-        for info, init, _ in plan:
-            value = np.asarray(init(info.shape, dtype=info.dtype))
+        for (info, _, _), value in zip(plan, values):
             src.handles[info.key].assign(value)
     return ReinitReport(tuple((info.path, desc) for info, _, desc in plan), seed, dry_run)
 

@@ -88,16 +88,16 @@ def read_small_file(path: str, what: str, limit: int) -> bytes:
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise InputError(f"{path}: no such {what}") from None
+        raise InputError(f"{path}: no such {what}", path=path) from None
     except OSError as e:
-        raise InputError(f"{path}: can't read the {what} ({e.strerror})") from None
+        raise InputError(f"{path}: can't read the {what} ({e.strerror})", path=path) from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) \
                 else "a character device" if stat.S_ISCHR(mode) else "a special file"
             raise InputError(f"{path}: is {kind}, not a regular file; pass the {what} as a "
-                             "regular file")
+                             "regular file", path=path)
         os.set_blocking(fd, True)
         chunks, size = [], 0
         while size <= limit:
@@ -107,12 +107,12 @@ def read_small_file(path: str, what: str, limit: int) -> bytes:
             chunks.append(chunk)
             size += len(chunk)
     except OSError as e:
-        raise InputError(f"{path}: can't read the {what} ({e.strerror})") from None
+        raise InputError(f"{path}: can't read the {what} ({e.strerror})", path=path) from None
     finally:
         os.close(fd)
     if size > limit:
         raise InputError(f"{path}: more than {limit} bytes, too large for a {what}; check the "
-                         "path")
+                         "path", path=path)
     return b"".join(chunks)
 
 
@@ -175,20 +175,20 @@ class SafeZip:
             mode = os.stat(path).st_mode
             if not stat.S_ISREG(mode):
                 raise InputError(f"{path}: not a regular file (a FIFO, device or directory); "
-                                 f"pass a {self.kind} file")
+                                 f"pass a {self.kind} file", path=path)
             with open(path, "rb") as f:
                 magic = f.read(4)
         except OSError as e:
-            raise InputError(f"{path}: can't read it ({e.strerror})") from None
+            raise InputError(f"{path}: can't read it ({e.strerror})", path=path) from None
         if magic != _ZIP_MAGIC:
             raise FormatError(f"{path}: not a {self.kind} (not a zip file); check the path, "
-                              "or re-save it")
+                              "or re-save it", path=path)
         try:
             self._zip = zipfile.ZipFile(path)
             infos = self._zip.infolist()
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
             raise FormatError(f"{path}: truncated or damaged {self.kind} ({e}); "
-                              "re-save it or use an intact copy") from None
+                              "re-save it or use an intact copy", path=path) from None
         self._size = os.path.getsize(path)
         self._infos: dict[str, zipfile.ZipInfo] = {}
         for info in infos:
@@ -201,19 +201,22 @@ class SafeZip:
         if n.startswith(("/", "\\")) or ".." in parts or (len(n) > 1 and n[1] == ":"):
             self.close()
             raise FormatError(f"{self.path}: zip member {n!r} points outside the archive; "
-                              "refusing a hostile archive")
+                              "refusing a hostile archive", path=self.path)
         if info.file_size > _MAX_RATIO * max(info.compress_size, 1) + 1024:
             self.close()
             raise FormatError(f"{self.path}: zip member {n!r} declares {info.file_size} bytes "
-                              f"but stores {info.compress_size}; refusing a zip bomb")
+                              f"but stores {info.compress_size}; refusing a zip bomb",
+                              path=self.path)
         if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
             self.close()
             raise FormatError(f"{self.path}: zip member {n!r} declares {info.file_size} bytes "
-                              f"but stores {info.compress_size}; the archive is damaged")
+                              f"but stores {info.compress_size}; the archive is damaged",
+                              path=self.path)
         if info.header_offset + info.compress_size > self._size:
             self.close()
             raise FormatError(f"{self.path}: truncated {self.kind} (member {n!r} runs past "
-                              "the end of the file); re-save it or use an intact copy")
+                              "the end of the file); re-save it or use an intact copy",
+                              path=self.path)
 
     @property
     def members(self) -> list[str]:
@@ -223,40 +226,45 @@ class SafeZip:
         info = self._infos.get(member)
         if info is None:
             raise FormatError(f"{self.path}: no {member} in the {self.kind}; "
-                              "it is incomplete")
+                              "it is incomplete", path=self.path)
         return info
 
     def read_json(self, member: str) -> Any:
         info = self.info(member)
         if info.file_size > MAX_JSON_BYTES:
             raise FormatError(f"{self.path}: {member} declares {info.file_size} bytes, more "
-                              f"than the {MAX_JSON_BYTES} allowed for a config")
+                              f"than the {MAX_JSON_BYTES} allowed for a config", path=self.path)
         try:
             data = self._zip.read(member)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
             raise FormatError(f"{self.path}: can't read {member} ({e}); the {self.kind} is "
-                              "damaged") from None
+                              "damaged", path=self.path) from None
         return parse_json(data, f"{self.path}: {member}")
 
     def open_member(self, member: str) -> io.IOBase:
         """A seekable binary file for one member (stored members are read in place)."""
         info = self.info(member)
         if info.compress_type == zipfile.ZIP_STORED:
+            if not 0 <= info.header_offset <= self._size - 30:
+                raise FormatError(f"{self.path}: damaged zip directory ({member} starts at "
+                                  f"offset {info.header_offset}, outside the file)",
+                                  path=self.path)
             with open(self.path, "rb") as f:
                 f.seek(info.header_offset)
                 header = f.read(30)
             if len(header) < 30 or header[:4] != _ZIP_MAGIC:
-                raise FormatError(f"{self.path}: damaged zip header for {member}")
+                raise FormatError(f"{self.path}: damaged zip header for {member}", path=self.path)
             name_len, extra_len = struct.unpack("<HH", header[26:30])
             start = info.header_offset + 30 + name_len + extra_len
             if start + info.file_size > self._size:
                 raise FormatError(f"{self.path}: truncated {self.kind} ({member} runs past "
-                                  "the end of the file); re-save it or use an intact copy")
+                                  "the end of the file); re-save it or use an intact copy",
+                                  path=self.path)
             return io.BufferedReader(_MemberFile(self.path, start, info.file_size))
         try:
             return self._zip.open(member)
         except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as e:
-            raise FormatError(f"{self.path}: can't open {member} ({e})") from None
+            raise FormatError(f"{self.path}: can't open {member} ({e})", path=self.path) from None
 
     def close(self) -> None:
         z = getattr(self, "_zip", None)
@@ -288,7 +296,7 @@ class KerasArchive(SafeZip):
         if "config.json" not in self._infos:
             self.close()
             raise FormatError(f"{path}: zip without config.json, so not a Keras model archive; "
-                              "pass a .keras file written by model.save()")
+                              "pass a .keras file written by model.save()", path=path)
         self._config: Any = None
 
     @property
@@ -298,6 +306,6 @@ class KerasArchive(SafeZip):
             config = self.read_json("config.json")
             if not isinstance(config, dict) or "class_name" not in config:
                 raise FormatError(f"{self.path}: config.json is not a Keras model config "
-                                  "(no class_name)")
+                                  "(no class_name)", path=self.path)
             self._config = config
         return self._config

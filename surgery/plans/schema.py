@@ -82,7 +82,7 @@ def _step(i: int, step: Any) -> Iterator[tuple[str, str]]:
         yield "step", f"step {i} must be a table ([[step]] with op = \"...\")"
         return
     op = step.get("op")
-    if op not in STEPS:
+    if not isinstance(op, str) or op not in STEPS:
         yield "step", f"step {i} has op {op!r}; use one of {', '.join(STEPS)}"
         return
     where = f"a {op} step (step {i})"
@@ -93,7 +93,7 @@ def _step(i: int, step: Any) -> Iterator[tuple[str, str]]:
             yield "step", f"{where} needs {key} = ..."
     if op == "edit" and "action" in step:
         action = step["action"]
-        if action not in EDITS:
+        if not isinstance(action, str) or action not in EDITS:
             yield "action", (f"edit action {action!r} (step {i}); use one of "
                              f"{', '.join(EDITS)}")
             return

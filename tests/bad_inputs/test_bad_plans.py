@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cli import main
@@ -90,6 +90,8 @@ _plans = st.dictionaries(
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
 @given(data=_plans)
+@example(data={"step": [{"model": None, "op": []}]})  # found by `make fuzz`: unhashable op
+@example(data={"target": {"model": "x"}, "step": [{"op": "edit", "action": ["widen"]}]})
 def test_fuzzed_plans_only_raise_plan_errors(tmp_path_factory, data):
     folder = tmp_path_factory.mktemp("fuzzplan")
     path = folder / "p.toml"

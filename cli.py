@@ -239,6 +239,14 @@ Rules (TOML, --rules R.toml; see the README for every adapter):
 """
 
 
+def _tolerance(ctx, param, value):
+    """--atol: a finite number >= 0 (inf or NaN would pass any edit; a negative one none)."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"{value!r} is not a finite number >= 0; give a tolerance "
+                                 "such as 1e-5", ctx=ctx, param=param)
+    return value
+
+
 @main.command("transplant", epilog=_RULES_HELP)
 @click.argument("source")
 @click.argument("target")
@@ -252,7 +260,8 @@ Rules (TOML, --rules R.toml; see the README for every adapter):
               "batch; exit 1 (nothing written) if outputs differ.")
 @click.option("--inputs", metavar="X.npz", help="Your own inputs for --verify, compared "
               "besides the random probe families (implies --verify).")
-@click.option("--atol", default=1e-5, show_default=True, help="Tolerance for --verify.")
+@click.option("--atol", default=1e-5, show_default=True, callback=_tolerance,
+              help="Tolerance for --verify.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 @click.option("--source-architecture", metavar="MODEL.keras|config.json",
               help="Names the variables of a bare .weights.h5 SOURCE.")
@@ -281,7 +290,8 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
         raise click.UsageError("give -o/--output (or --dry-run)")
     source_path = source
     do_verify = do_verify or inputs is not None
-    readers = [source, target, rules, source_architecture, inputs]
+    readers = [source, target, rules, source_architecture, inputs,
+               surgery.load_rules(rules).files() if rules else ()]  # + files the rules read
     if source_architecture:
         source = surgery.open_weights(source, architecture=source_architecture)
     try:
@@ -600,6 +610,16 @@ def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, l
             from surgery.errors import OutputError
             raise OutputError(f"{ckpt}: is also the output {path} of this command; give each "
                               "output its own path")
+        from surgery.io.atomic import _inside
+        holds_input = any(r and (_inside(r, ckpt) or os.path.realpath(r) ==
+                                 os.path.realpath(ckpt)) for r in readers)
+        if path and _inside(path, ckpt) and not holds_input:  # that one: finetune's line
+            from surgery.errors import OutputError
+            raise OutputError(f"{path}: is inside the checkpoint folder {ckpt}, whose files "
+                              "are removed after the run; write it outside that folder")
+    if save_adapters and not lora_rank:  # before anything is loaded or trained
+        from surgery.errors import OptionError
+        raise OptionError("--save-adapters needs --lora-rank: there are no adapters to save")
     if plot:
         from surgery.train.outputs import require_matplotlib
         require_matplotlib()
@@ -666,7 +686,8 @@ def _edit_options(f):
         click.option("--dry-run", is_flag=True, help="Print the report; write nothing."),
         click.option("--verify", "do_verify", is_flag=True, help="Compare outputs with MODEL "
                      "on a probe batch; exit 1 (nothing written) if they differ."),
-        click.option("--atol", default=1e-5, show_default=True, help="Tolerance for --verify."),
+        click.option("--atol", default=1e-5, show_default=True, callback=_tolerance,
+                     help="Tolerance for --verify."),
         click.option("--inputs", metavar="X.npz", expose_value=False, help="Your own inputs "
                      "for --verify, besides the random probe families (implies --verify).",
                      callback=lambda ctx, _, value: ctx.meta.__setitem__("verify_inputs",
@@ -890,8 +911,8 @@ def set_cmd(model, output, dry_run, overwrite, unsafe, as_json, selects, l2, l1,
 @main.command("convert")
 @click.argument("model")
 @click.option("-o", "--output", required=True, metavar="OUT.keras", help="The Keras 3 model.")
-@click.option("--atol", default=1e-5, show_default=True, help="Tolerance for the output "
-              "check.")
+@click.option("--atol", default=1e-5, show_default=True, callback=_tolerance,
+              help="Tolerance for the output check.")
 @click.option("--inputs", metavar="X.npz", help="Your own inputs for the check, besides the "
               "random probe families.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
@@ -907,8 +928,12 @@ def convert_cmd(model, output, atol, inputs, overwrite, unsafe, as_json) -> int:
     Example:
       surgery convert sample_models/keras2_mlp.h5 -o keras3_mlp.keras
     """
-    from surgery.errors import CheckFailed
+    from surgery.errors import CheckFailed, InputError
+    from surgery.io.sources import detect_format
 
+    if os.path.exists(model) and detect_format(model) != "hdf5":
+        raise InputError(f"{model}: is already a Keras 3 model ({detect_format(model)}); "
+                         "convert takes a Keras 2 (tf_keras) .h5 model")
     old = surgery.load_model(model, safe_mode=not unsafe, legacy=True)
     new = surgery.load_model(model, safe_mode=not unsafe)
     weights = surgery.diff(old, new)
@@ -1058,8 +1083,16 @@ def recipe_run(name: str, model_path: str | None, output: str | None, seed: int 
         if key not in accepted:
             raise click.BadParameter(f"recipe {name} has no option {key!r}; it takes "
                                      f"{', '.join(accepted)}", param_hint="--set")
+        if key == "output":  # an output, checked like -o
+            if output is not None:
+                raise click.BadParameter("give the output once: -o OUT or --set output=OUT, "
+                                         "not both", param_hint="--set")
+            output = value
+            continue
         kwargs[key] = _option_value(value)
     params = inspect_params(recipe)
+    if "overwrite" in params:  # every file a recipe writes: replaced only with --overwrite
+        kwargs["overwrite"] = overwrite
     if model_path is not None:
         if "model" not in params:
             raise click.BadParameter(f"recipe {name} takes no model", param_hint="--model")
@@ -1071,11 +1104,10 @@ def recipe_run(name: str, model_path: str | None, output: str | None, seed: int 
 
         readers = [v for v in kwargs.values() if isinstance(v, str) and os.path.exists(v)]
         default = getattr(params.get("model"), "default", None)
-        check_output(output, inputs=readers + [default, kwargs.get("model")],
-                     overwrite=overwrite)
+        if not recipe.writes_folder:  # a folder recipe checks each of its files itself
+            check_output(output, inputs=readers + [default, kwargs.get("model")],
+                         overwrite=overwrite)
         kwargs["output"] = output
-        if "overwrite" in params:
-            kwargs["overwrite"] = overwrite
     if seed is not None:
         kwargs["seed"] = seed
     if not as_json and "echo" in params:
@@ -1094,11 +1126,12 @@ def inspect_params(recipe) -> dict:
 @main.command("demo")
 @click.option("--out", "out_dir", default="demo-out", show_default=True,
               help="Folder for the demo's models and its summary.json.")
-@click.option("--seeds", default=3, show_default=True, help="How many seeds per task.")
+@click.option("--seeds", default=3, show_default=True, type=click.IntRange(1, 1000),
+              help="How many seeds per task (1 or more).")
 @click.option("--task", "tasks_", multiple=True, type=click.Choice(["cnn", "lstm"]),
               help="Run only these tasks (default: both).")
-@click.option("--overwrite", is_flag=True, help="Accepted for compatibility; the demo "
-              "always replaces its own files in --out.")
+@click.option("--overwrite", is_flag=True, help="Replace the demo's files already in --out "
+              "(its models and summary.json); without it an existing one is refused.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON only.")
 def demo_cmd(out_dir: str, seeds: int, tasks_, overwrite: bool, as_json: bool) -> int:
     """Transfer vs training from scratch on the shipped sample models.
@@ -1118,7 +1151,7 @@ def demo_cmd(out_dir: str, seeds: int, tasks_, overwrite: bool, as_json: bool) -
 
     echo = (lambda line: None) if as_json else click.echo
     summary = run_demo(out_dir, seeds=tuple(range(seeds)), tasks_to_run=tasks_ or
-                       ("cnn", "lstm"), echo=echo)
+                       ("cnn", "lstm"), overwrite=overwrite, echo=echo)
     if as_json:
         _print_json(summary)
         return 0

@@ -25,6 +25,7 @@ class Recipe:
     module: str
     function: str
     summary: str
+    writes_folder: bool = False  # `output` names a folder the recipe fills (it checks each file)
 
     def load(self) -> Callable:
         import importlib
@@ -62,7 +63,8 @@ REGISTRY = {r.name: r for r in [
            "close to identity"),
     Recipe("lstm-torch", "lstm", "pytorch_roundtrip", "export to a PyTorch-layout "
            ".safetensors and import back, outputs equal"),
-    Recipe("tour", "tour", "run_tour_recipe", "inspect, round-trip and diff the sample models"),
+    Recipe("tour", "tour", "run_tour_recipe", "inspect, round-trip and diff the sample models",
+           writes_folder=True),
 ]}
 
 

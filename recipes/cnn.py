@@ -122,6 +122,9 @@ def _images(n: int, seed: int, size: int = tasks.IMAGE_SIZE):
     return tasks.make_shapes(n, seed=seed, size=size)[0]
 
 
+MAX_CHANNELS = 4096  # input channels cnn-channels builds a model for
+
+
 def input_channels(model: Any = SAMPLE_CNN, *, channels: int = 1, mode: str = "sum",
                    indices: Sequence[int | None] | None = None, seed: int = 0,
                    output: str | None = None,
@@ -141,9 +144,20 @@ def input_channels(model: Any = SAMPLE_CNN, *, channels: int = 1, mode: str = "s
     ```
     """
     from surgery import edit
+    from surgery.errors import OptionError, UnsupportedModelError
 
+    if not isinstance(channels, int) or isinstance(channels, bool) or \
+            not 1 <= channels <= MAX_CHANNELS:
+        raise OptionError(f"cnn-channels: channels must be a whole number in 1..{MAX_CHANNELS}, "
+                          f"got {channels!r}")
     src = surgery.load_model(model)
-    h, w, c = tuple(src.inputs[0].shape[1:])
+    shape = tuple(src.inputs[0].shape)
+    if len(shape) != 4:
+        where = model if isinstance(model, str) else "the model"
+        raise UnsupportedModelError(f"{where}: its input has shape {shape}, not (batch, height, "
+                                    "width, channels); cnn-channels needs a 2D CNN (use --model "
+                                    "with an image model)")
+    h, w, c = shape[1:]
     steps = [f"load_model({model!r})"]
     new, report = edit.change_input(src, (h, w, channels))
     steps.append(f"edit.change_input(model, ({h}, {w}, {channels}))")

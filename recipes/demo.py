@@ -38,10 +38,12 @@ import surgery
 from sample_models import tasks
 
 from . import cnn, lstm
-from .base import Echo, quiet
+from .base import HERE, Echo, quiet
 
 __all__ = ["run_demo", "TASKS", "format_table", "LABELS_PER_CLASS", "PATIENCE", "MIN_DELTA",
-           "MAX_EPOCHS"]
+           "MAX_EPOCHS", "demo_outputs", "write_summary"]
+
+SAMPLES = os.path.join(HERE, "sample_models")  # what the demo reads: never written
 
 LABELS_PER_CLASS = 20
 PATIENCE = 5        # epochs without an improvement of MIN_DELTA in the training loss
@@ -65,8 +67,31 @@ def _measure(model, data, test, epochs: list[int], max_epochs: int, seconds: flo
             "seconds": seconds, "trained_params": trained_params, "bn_recomputed": bn}
 
 
+def _model_path(out_dir: str, key: str, arm: str, seed: int) -> str:
+    return os.path.join(out_dir, f"{key}_{arm}_seed{seed}.keras")
+
+
+def demo_outputs(out_dir: str, seeds: Sequence[int], tasks_to_run: Sequence[str]) -> list[str]:
+    """Every file the demo writes into `out_dir`: its models, then ``summary.json``."""
+    return [_model_path(out_dir, key, arm, seed) for key in tasks_to_run for seed in seeds
+            for arm in ("transfer", "scratch")] + [os.path.join(out_dir, "summary.json")]
+
+
+def write_summary(summary: dict, out_dir: str, *, overwrite: bool = False) -> str:
+    """Writes ``summary.json`` into `out_dir` atomically (replacing one only with `overwrite`;
+    never through a link, a FIFO or into the sample models); returns its path."""
+    from surgery.io.atomic import atomic_path
+
+    path = os.path.join(out_dir, "summary.json")
+    with atomic_path(path, inputs=[SAMPLES], overwrite=overwrite) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=2)
+            f.write("\n")
+    return path
+
+
 def _run_task(key: str, seed: int, out_dir: str | None, echo: Echo, *, patience: int,
-              min_delta: float, max_epochs: int) -> dict:
+              min_delta: float, max_epochs: int, overwrite: bool = False) -> dict:
     label, recipe, make = TASKS[key]
     data, test = make(seed)
     stop = {"early_stop": patience, "min_delta": min_delta}
@@ -82,8 +107,8 @@ def _run_task(key: str, seed: int, out_dir: str | None, echo: Echo, *, patience:
     t_scratch = time.perf_counter() - t0
     if out_dir:
         for arm, result in (("transfer", transfer), ("scratch", scratch)):
-            surgery.save_model(result.model, os.path.join(out_dir, f"{key}_{arm}_seed{seed}"
-                                                          ".keras"), overwrite=True)
+            surgery.save_model(result.model, _model_path(out_dir, key, arm, seed),
+                               overwrite=overwrite, inputs=[SAMPLES])
     return {"task": key, "seed": seed,
             "transfer": _measure(transfer.model, data, test, transfer.metrics["epochs"],
                                  max_epochs, t_transfer, transfer.metrics["trained_params"],
@@ -181,13 +206,40 @@ def format_table(summary: dict) -> str:
 def run_demo(out_dir: str | None = "demo-out", *, seeds: Sequence[int] = (0, 1, 2),
              tasks_to_run: Sequence[str] = ("cnn", "lstm"), patience: int = PATIENCE,
              min_delta: float = MIN_DELTA, max_epochs: int = MAX_EPOCHS,
-             echo: Echo = quiet) -> dict:
+             overwrite: bool = False, echo: Echo = quiet) -> dict:
     """Runs the demo; writes its models and ``summary.json`` into `out_dir` (none if None);
     returns the summary: per task and arm, test and training accuracy (mean/min/max), epochs
     run (per training phase), time, parameters trained, the BatchNorm layers recomputed, and
-    the gain in test accuracy points; plus each run and the setup."""
+    the gain in test accuracy points; plus each run and the setup.
+
+    Every file is checked before training starts: an existing one is replaced only with
+    `overwrite`; links, special files and the sample models' folder are refused.
+    """
+    from surgery.errors import OptionError
+
+    seeds, tasks_to_run = list(seeds), list(tasks_to_run)
+    if not seeds:
+        raise OptionError("the demo needs at least one seed (--seeds 1 or more)")
+    unknown = [t for t in tasks_to_run if t not in TASKS]
+    if unknown or not tasks_to_run:
+        raise OptionError(f"unknown demo task {unknown[0] if unknown else '(none)'!r}; tasks: "
+                          f"{', '.join(TASKS)}")
     if out_dir:
+        from surgery.io.atomic import check_outputs
+
+        if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+            from surgery.errors import OutputError
+            raise OutputError(f"{out_dir}: is not a folder; give a folder for the demo's files",
+                              path=out_dir)
+        created = not os.path.lexists(out_dir)
         os.makedirs(out_dir, exist_ok=True)
+        try:
+            check_outputs(demo_outputs(out_dir, seeds, tasks_to_run), inputs=[SAMPLES],
+                          overwrite=overwrite)
+        except Exception:
+            if created:
+                os.rmdir(out_dir)  # refused: leave no trace
+            raise
     t0 = time.perf_counter()
     runs = []
     for key in tasks_to_run:
@@ -195,7 +247,7 @@ def run_demo(out_dir: str | None = "demo-out", *, seeds: Sequence[int] = (0, 1, 
             echo(f"{TASKS[key][0]}, seed {seed}: transfer recipe, then the same architecture "
                  "from scratch, each until its training loss stops improving")
             run = _run_task(key, seed, out_dir, echo, patience=patience, min_delta=min_delta,
-                            max_epochs=max_epochs)
+                            max_epochs=max_epochs, overwrite=overwrite)
             t, s = run["transfer"], run["scratch"]
             echo(f"  test accuracy: transfer {t['test_accuracy']:.3f}, scratch "
                  f"{s['test_accuracy']:.3f} (training set: {t['train_accuracy']:.3f}, "
@@ -206,7 +258,5 @@ def run_demo(out_dir: str | None = "demo-out", *, seeds: Sequence[int] = (0, 1, 
                "seconds": round(time.perf_counter() - t0, 1),
                "setup": _setup(seeds, patience, min_delta, max_epochs)}
     if out_dir:
-        with open(os.path.join(out_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-            f.write("\n")
+        write_summary(summary, out_dir, overwrite=overwrite)
     return summary

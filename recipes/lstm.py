@@ -223,10 +223,11 @@ def grow(model: Any = SAMPLE_LSTM, *, layer: str = "encoder", units: int = 96,
 
 
 def pytorch_roundtrip(model: Any = SAMPLE_LSTM, *, folder: str | None = None, seed: int = 0,
-                      echo: Echo = quiet) -> RecipeResult:
+                      overwrite: bool = False, echo: Echo = quiet) -> RecipeResult:
     """Export the LSTM classifier to a PyTorch-layout `.safetensors` state dict and import it
     back into a fresh Keras model (examples/rules/torch_lstm_export.toml and torch_lstm.toml);
-    the outputs are the same.
+    the outputs are the same. An existing `folder`/lstm.safetensors is replaced only with
+    `overwrite`.
 
     Example:
     ```python
@@ -243,9 +244,13 @@ def pytorch_roundtrip(model: Any = SAMPLE_LSTM, *, folder: str | None = None, se
     rules = os.path.join(HERE, "examples", "rules")
     folder = folder or tempfile.mkdtemp(prefix="surgery-torch-")
     path = os.path.join(folder, "lstm.safetensors")
+    from surgery.io.atomic import check_output
+
+    # never over an existing file unless `overwrite`, never over (or into) the model read
+    check_output(path, inputs=[model], overwrite=overwrite)
     src = surgery.load_model(model)
     keys = surgery.export_state_dict(src, path, os.path.join(rules, "torch_lstm_export.toml"),
-                                     overwrite=True)
+                                     overwrite=overwrite)
     fresh = rebuild(src, model_config(src))
     report = surgery.transplant(path, fresh, os.path.join(rules, "torch_lstm.toml"))
     x = _sequences(32, seed)

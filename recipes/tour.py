@@ -31,8 +31,29 @@ def _sample(name: str) -> str:
 
 def run_tour(out_dir: str, *, overwrite: bool = False,
              echo: Callable[[str], None] = lambda s: None) -> str:
-    """Runs the tour, writing models and ``summary.json`` into `out_dir`; returns its path."""
+    """Runs the tour, writing models and ``summary.json`` into `out_dir`; returns its path.
+
+    Every file it writes is checked before anything is written (never over an existing file
+    unless `overwrite`, never a link or special file, never into the sample models' folder) and
+    written atomically.
+    """
+    from surgery.io.atomic import atomic_path, check_outputs
+
+    inputs = [SAMPLES]
+    names = ("cnn.keras", "lstm.keras", "keras2_mlp.keras", "summary.json")
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        from surgery.errors import OutputError
+        raise OutputError(f"{out_dir}: is not a folder; give a folder for the tour's files",
+                          path=out_dir)
+    created = not os.path.lexists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    try:
+        check_outputs([os.path.join(out_dir, n) for n in names], inputs=inputs,
+                      overwrite=overwrite)
+    except Exception:
+        if created:
+            os.rmdir(out_dir)  # refused: leave no trace
+        raise
     t0 = time.perf_counter()
     summary: dict = {"models": {}}
 
@@ -47,7 +68,8 @@ def run_tour(out_dir: str, *, overwrite: bool = False,
     echo("2. load, save atomically, and diff: a round trip is bit-identical")
     for name in ("cnn.keras", "lstm.keras"):
         model = surgery.load_model(_sample(name))
-        out = surgery.save_model(model, os.path.join(out_dir, name), overwrite=overwrite)
+        out = surgery.save_model(model, os.path.join(out_dir, name), overwrite=overwrite,
+                                 inputs=inputs)
         d = surgery.diff(_sample(name), out)
         summary["models"][name]["round_trip_identical"] = d.identical
         echo(f"   {name:<15} -> {out}: {'identical' if d.identical else 'DIFFERENT'}")
@@ -58,7 +80,7 @@ def run_tour(out_dir: str, *, overwrite: bool = False,
     x, _ = tasks.make_blobs(64, seed=7)
     gap = float(np.abs(keras2.predict(x, verbose=0) - keras3.predict(x, verbose=0)).max())
     out = surgery.save_model(keras3, os.path.join(out_dir, "keras2_mlp.keras"),
-                             overwrite=overwrite)
+                             overwrite=overwrite, inputs=inputs)
     same = surgery.diff(_sample("keras2_mlp.h5"), out).identical
     summary["models"]["keras2_mlp.h5"].update(converted=out, max_output_diff=gap,
                                               weights_identical=same)
@@ -72,17 +94,20 @@ def run_tour(out_dir: str, *, overwrite: bool = False,
 
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     path = os.path.join(out_dir, "summary.json")
-    with open(path, "w") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
+    with atomic_path(path, inputs=inputs, overwrite=overwrite) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=2)
+            f.write("\n")
     return path
 
 
-def run_tour_recipe(*, output: str | None = "demo-out", seed: int = 0):
-    """The tour as a recipe: inspect, round-trip and diff the sample models into `output`."""
+def run_tour_recipe(*, output: str | None = "demo-out", seed: int = 0,
+                    overwrite: bool = False):
+    """The tour as a recipe: inspect, round-trip and diff the sample models into the folder
+    `output` (its files are replaced only with `overwrite`)."""
     from .base import RecipeResult
 
-    path = run_tour(output or "demo-out", overwrite=True)
+    path = run_tour(output or "demo-out", overwrite=overwrite)
     with open(path) as f:
         summary = json.load(f)
     return RecipeResult("tour", None, ["inspect each sample model", "load_model + save_model + "

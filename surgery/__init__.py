@@ -55,7 +55,6 @@ _PUBLIC = {
     "describe_setup": "io.describe",
     "variable_stats": "io.describe",
     "Plan": "plans.plan",
-    "PlanError": "plans.plan",
     "hub_layer": "model.hub",
     "HubLayer": "model.hub",
     "export_model": "model.hub",
@@ -74,6 +73,13 @@ _PUBLIC = {
     "OutputError": "errors",
     "OptionError": "errors",
     "CheckFailed": "errors",
+    "OutputExists": "errors",
+    "UnsupportedModelError": "errors",
+    "EditError": "errors",
+    "PartialLayerError": "errors",
+    "RulesError": "errors",
+    "PlanError": "errors",
+    "Interrupted": "errors",
 }
 
 # Subpackages reachable as attributes after a plain ``import surgery`` (surgery.edit.widen).

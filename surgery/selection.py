@@ -29,7 +29,7 @@ import time
 from typing import Callable, Iterable, Sequence, Union
 
 from .entries import VariableInfo
-from .errors import SelectorError, SurgeryError
+from .errors import RegexRefused as _Refused, SelectorError, SurgeryError
 
 __all__ = ["Selector", "compile_selector", "select", "closest_paths", "regex_problem",
            "SafePattern", "MAX_KEY", "MAX_COUNT", "MAX_PATTERN", "MAX_SECONDS"]
@@ -110,10 +110,6 @@ def _char_class(op, av, icase: bool) -> tuple | None:
         else:
             got = _ANY
     return (_FULL & ~got[0], True) if negate else got
-
-
-class _Refused(Exception):
-    """Carries the reason a regex is outside the subset."""
 
 
 class _Checker:
@@ -345,7 +341,7 @@ class SafePattern:
             raise self._error(f"{self._label}: the name '{shown(name)}' is {len(name)} "
                               f"characters long; regexes are matched against names of up to "
                               f"{MAX_KEY} characters; select or rename it with a glob or an "
-                              "exact name instead")
+                              "exact name instead", variable=name)
         if self._spent > MAX_SECONDS:
             raise self._error(f"{self._label}: matching took more than {MAX_SECONDS:g} s over "
                               f"{self._calls} names; simplify the pattern")

@@ -3,13 +3,14 @@
 Starting from the layer whose channels go, one pass over the graph in topological order follows
 the deleted channels downstream, tracking the axis they live on (the last axis in
 channels_last, axis 1 in channels_first) and their indices: through layers that keep channels
-apart (activations, dropout and noise, pooling, global pooling, cropping, padding,
-upsampling, BatchNorm and DepthwiseConv, both sliced too), through Permute (the axis moves),
-Flatten (the indices become the flattened rows, in the Flatten's own order) and Concatenate
-(offsets), to every layer that reads channels (Dense, Conv, Conv transpose, SeparableConv,
-recurrent input kernels, TimeDistributed, Bidirectional) and slices their inputs. A layer that
-would treat the channel axis as spatial (a channels_last pooling after a channels_first conv, a
-BatchNorm on another axis, a Dense or LSTM reading a channels_first tensor) is refused by name.
+apart (the registry's pass-through kinds: activations, dropout and noise, pooling, global
+pooling, cropping, padding, upsampling; BatchNorm, PReLU and DepthwiseConv, sliced too), through
+Permute (the axis moves), Flatten (the indices become the flattened rows, in the Flatten's own
+order) and Concatenate (offsets), to every layer that reads channels (Dense, Conv, Conv
+transpose, SeparableConv, recurrent input kernels, TimeDistributed, Bidirectional) and slices
+their inputs. A layer that would treat the channel axis as spatial (a channels_last pooling
+after a channels_first conv, a BatchNorm on another axis, a Dense or LSTM reading a
+channels_first tensor) is refused by name.
 Inputs of an elementwise merge (Add, Subtract, Multiply, Average, Maximum, Minimum) must lose
 the same channels: they form a coupled group, deleted together (or, with ``couple=False``, an
 error naming the group).
@@ -21,29 +22,21 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import OptionError, SurgeryError
+from ..errors import EditError, OptionError
 from ..io.sources import open_weights
+from ..layertypes import LayerType, classes, layer_type
 from .core import EditResult, apply_edits, edit_nested, find_layer, graph, shared_layers
 
 __all__ = ["delete_channels", "lowest_channels"]
 
-_PRODUCERS = {"Dense": "units", "Conv1D": "filters", "Conv2D": "filters", "Conv3D": "filters",
-              "Conv1DTranspose": "filters", "Conv2DTranspose": "filters",
-              "Conv3DTranspose": "filters", "SeparableConv1D": "filters",
-              "SeparableConv2D": "filters", "Embedding": "output_dim"}
-# Zero in, zero out, one channel at a time, whatever the layout.
-_ELEMENTWISE = ("ReLU", "Activation", "Dropout", "LeakyReLU", "ELU", "GaussianNoise",
-                "GaussianDropout", "AlphaDropout", "SpatialDropout1D", "SpatialDropout2D",
-                "SpatialDropout3D", "Identity", "ActivityRegularization")
-# Work on the spatial axes of their data_format (1D layers without one: channels_last).
-_SPATIAL = tuple(f"{kind}{d}D" for d in (1, 2, 3) for kind in (
-    "MaxPooling", "AveragePooling", "UpSampling", "ZeroPadding", "Cropping"))
-_GLOBAL = tuple(f"Global{kind}Pooling{d}D" for d in (1, 2, 3) for kind in ("Average", "Max"))
-_MERGE = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
-_READERS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
-            "Conv3DTranspose", "SeparableConv1D", "SeparableConv2D", "LSTM", "GRU",
-            "SimpleRNN", "TimeDistributed", "Bidirectional")
-_LAST_AXIS_READERS = ("Dense", "LSTM", "GRU", "SimpleRNN", "Bidirectional")
+_NONE = LayerType()
+
+
+def _entry(cls: str) -> LayerType:
+    """The registry entry of a class name (an unknown class has no roles)."""
+    return layer_type(cls) or _NONE
+
+
 _MIXING = ("softmax", "log_softmax")
 
 
@@ -65,7 +58,7 @@ def _format_axis(layer, rank: int) -> int:
 
 def _reader_axis(layer, rank: int) -> int:
     cls = type(layer).__name__
-    if cls in _LAST_AXIS_READERS:
+    if _entry(cls).axis == "last":
         return rank - 1
     if cls == "TimeDistributed":
         inner = layer.layer
@@ -77,7 +70,7 @@ def _reader_axis(layer, rank: int) -> int:
 
 def _producer_axis(layer) -> int:
     rank = _rank(layer.output)
-    if type(layer).__name__ in ("Dense", "Embedding"):
+    if _entry(type(layer).__name__).axis == "last":
         return rank - 1
     return _format_axis(layer, rank)
 
@@ -103,10 +96,10 @@ class _Flow:
         self.slices: dict[str, tuple[str, list[int]]] = {}  # layer -> (how, channels)
         self.readers: dict[str, tuple[list[int], bool]] = {}  # layer -> (inputs, via Flatten)
 
-    def refuse(self, name: str, trail: list[str], why: str) -> SurgeryError:
+    def refuse(self, name: str, trail: list[str], why: str) -> EditError:
         cls = type(self.layers[name]).__name__
-        return SurgeryError(f"delete_channels: {cls} {name!r} on the path "
-                            f"{' -> '.join(trail)} {why}")
+        return EditError(f"delete_channels: {cls} {name!r} on the path "
+                         f"{' -> '.join(trail)} {why}", layer=name)
 
     def axis_check(self, name, trail, expected, actual, rank, fix) -> None:
         if expected != actual:
@@ -141,21 +134,22 @@ def _topological(names: list[str], pred: dict[str, list[str]]) -> list[str]:
 
 def _upstream_producer(flow: _Flow, name: str, path: list[str]) -> str:
     """Walks up through channel-keeping layers to the layer that makes the channels."""
-    through = _ELEMENTWISE + _SPATIAL + _GLOBAL + ("BatchNormalization",)
+    through = ("elementwise", "per_channel", "spatial", "global", "normalize")
     while True:
         layer = flow.layers.get(name)
         cls = type(layer).__name__
         if layer is None or cls == "InputLayer":
-            raise SurgeryError(f"delete_channels: the group reaches the model input through "
-                               f"{' <- '.join(path)}; an input's channels can't be deleted")
-        if cls in _PRODUCERS:
+            raise EditError(f"delete_channels: the group reaches the model input through "
+                            f"{' <- '.join(path)}; an input's channels can't be deleted",
+                            layer=name)
+        if _entry(cls).width:
             return name
-        if cls not in through:
-            raise SurgeryError(f"delete_channels: {cls} {name!r} on the path "
-                               f"{' <- '.join(path)} is not supported in a coupled group")
+        if _entry(cls).passes not in through:
+            raise EditError(f"delete_channels: {cls} {name!r} on the path "
+                            f"{' <- '.join(path)} is not supported in a coupled group", layer=name)
         ups = flow.pred.get(name, [])
         if len(ups) != 1:
-            raise SurgeryError(f"delete_channels: {cls} {name!r} has {len(ups)} inputs")
+            raise EditError(f"delete_channels: {cls} {name!r} has {len(ups)} inputs", layer=name)
         path = path + [ups[0]]
         name = ups[0]
 
@@ -170,9 +164,9 @@ def _merge(flow: _Flow, name: str, trail: list[str], couple: bool) -> bool:
     new = [g for g in dict.fromkeys(group) if g not in flow.producers]
     if new:
         if not couple:
-            raise SurgeryError(f"delete_channels: {cls} {name!r} couples "
-                               f"{', '.join(sorted(set(group)))}; their channels must go "
-                               "together (couple=True deletes the whole group)")
+            raise EditError(f"delete_channels: {cls} {name!r} couples "
+                            f"{', '.join(sorted(set(group)))}; their channels must go "
+                            "together (couple=True deletes the whole group)", layer=name)
         first = flow.out[next(i for i in ins if i in flow.out)]
         for g in new:
             flow.producers[g] = first[1]
@@ -208,8 +202,9 @@ def _concatenate(flow: _Flow, name: str, trail: list[str]) -> None:
 def _flatten_rows(layer, axis: int, chans: list[int]) -> list[int]:
     """The rows of the flattened vector that hold `chans` (on `axis`) of the input."""
     if any(d is None for d in layer.input.shape[1:]):
-        raise SurgeryError(f"delete_channels: Flatten {layer.name!r} has an input of unknown "
-                           f"shape {tuple(layer.input.shape)}; give the model a fixed input shape")
+        raise EditError(f"delete_channels: Flatten {layer.name!r} has an input of unknown "
+                        f"shape {tuple(layer.input.shape)}; give the model a fixed input shape",
+                        layer=layer.name)
     shape = [int(d) for d in layer.input.shape[1:]]
     dims = list(range(1, len(shape) + 1))
     if getattr(layer, "data_format", "channels_last") == "channels_first" and len(dims) > 1:
@@ -228,20 +223,21 @@ def _step(flow: _Flow, name: str, couple: bool) -> bool:
     axis, chans, path = flow.out[affected[0]]
     trail = path + [name]
     if name in flow.shared:
-        raise SurgeryError(f"delete_channels: {cls} {name!r} on the path "
-                           f"{' -> '.join(trail)} is shared (called more than once); "
-                           "deleting channels would give its calls different widths")
-    if cls == "Concatenate":
+        raise EditError(f"delete_channels: {cls} {name!r} on the path "
+                        f"{' -> '.join(trail)} is shared (called more than once); "
+                        "deleting channels would give its calls different widths", layer=name)
+    kind = _entry(cls)
+    if kind.merge == "concatenate":
         return _concatenate(flow, name, trail)
-    if cls in _MERGE:
+    if kind.merge == "elementwise":
         return _merge(flow, name, trail, couple)
     if len(flow.pred.get(name, [])) != 1:
         raise flow.refuse(name, trail, f"takes {len(flow.pred[name])} inputs; only its "
                           "main input's channels can be followed")
     rank = _rank(layer.input)
     fmt_fix = f"build it with data_format='{_layout(axis, rank)}' to follow them"
-    if cls in _READERS:
-        if cls in _LAST_AXIS_READERS or (cls == "TimeDistributed" and not hasattr(
+    if kind.reads:
+        if kind.axis == "last" or (cls == "TimeDistributed" and not hasattr(
                 layer.layer, "data_format")):
             fix = "it reads the last axis; put a Flatten, a global pooling or a Permute before it"
         else:
@@ -254,17 +250,22 @@ def _step(flow: _Flow, name: str, couple: bool) -> bool:
         flow.readers[name] = (chans, "Flatten" in [type(flow.layers[p]).__name__
                                                     for p in path if p in flow.layers])
         return False
-    if cls in _ELEMENTWISE:
+    if kind.passes == "elementwise":
         act = getattr(getattr(layer, "activation", None), "__name__", "")
         if act in _MIXING:
             raise flow.refuse(name, trail, f"applies {act}, which mixes channels")
         out = (axis, chans)
-    elif cls in _SPATIAL or cls in _GLOBAL:
+    elif kind.passes in ("spatial", "global"):
         fix = fmt_fix if hasattr(layer, "data_format") else (
             "it has no data_format; put Permute((2, 1)) before it or use channels_last layers")
         flow.axis_check(name, trail, _format_axis(layer, rank), axis, rank, fix)
-        out = (1 if cls in _GLOBAL and not layer.keepdims else axis, chans)
-    elif cls == "BatchNormalization":
+        out = (1 if kind.passes == "global" and not layer.keepdims else axis, chans)
+    elif kind.passes == "per_channel":  # PReLU: its alpha holds a value per channel
+        flow.axis_check(name, trail, rank - 1, axis, rank,
+                        "it reads the last axis; put a Permute before it")
+        flow.slices[name] = ("per_channel", chans)
+        out = (axis, chans)
+    elif kind.passes == "normalize":
         bn_axis = layer.axis  # a list of one axis in tf_keras
         bn_axis = bn_axis[0] if isinstance(bn_axis, (list, tuple)) and len(bn_axis) == 1 \
             else bn_axis
@@ -275,7 +276,7 @@ def _step(flow: _Flow, name: str, couple: bool) -> bool:
                         f"build it with axis={axis} to follow them")
         flow.slices[name] = ("bn", chans)
         out = (axis, chans)
-    elif cls in ("DepthwiseConv1D", "DepthwiseConv2D"):
+    elif kind.passes == "depthwise":
         flow.axis_check(name, trail, _format_axis(layer, rank), axis, rank, fmt_fix)
         m = int(layer.depth_multiplier)
         flow.slices[name] = ("depthwise", chans)
@@ -304,18 +305,19 @@ def _walk(flow: _Flow, couple: bool) -> None:
                         getattr(layer, "groups", 1) or 1) != 1:
                     why = f"applies {act}, which mixes channels" if act in _MIXING else \
                         f"is grouped (groups={layer.groups})"
-                    raise SurgeryError(f"delete_channels: {type(layer).__name__} {name!r} "
-                                       f"{why}; its output channels can't be deleted one by one")
+                    raise EditError(f"delete_channels: {type(layer).__name__} {name!r} "
+                                    f"{why}; its output channels can't be deleted one by one",
+                                    layer=name)
                 flow.out[name] = (_producer_axis(layer), flow.producers[name], [name])
             elif _step(flow, name, couple):
                 pulled = True
                 break
             if flow.nested and name in flow.out and (name in flow.outputs or
                                                      not flow.succ.get(name)):
-                raise SurgeryError(f"delete_channels: the channels flow out of the nested model "
-                                   f"{flow.model.name!r} (through {' -> '.join(flow.out[name][2])}"
-                                   "); delete them where the outer model reads them, at the top "
-                                   "level")
+                raise EditError(f"delete_channels: the channels flow out of the nested model "
+                                f"{flow.model.name!r} (through {' -> '.join(flow.out[name][2])}"
+                                "); delete them where the outer model reads them, at the top "
+                                "level", layer=name)
         if not pulled:
             return
 
@@ -345,7 +347,7 @@ def lowest_channels(model: Any, layer: str, *, k: int | None = None, ratio: floa
             f"{layer}/pointwise_kernel" if f"{layer}/pointwise_kernel" in w else \
             f"{layer}/kernel"
         if key not in w:
-            raise SurgeryError(f"layer {layer!r} has no kernel to rank channels by")
+            raise EditError(f"layer {layer!r} has no kernel to rank channels by", layer=layer)
         kernel = w.read(key)
     if "Transpose" in _class_at(model, layer):
         kernel = np.swapaxes(kernel, -1, -2)  # (..., out, in): outputs are the axis before
@@ -355,7 +357,8 @@ def lowest_channels(model: Any, layer: str, *, k: int | None = None, ratio: floa
         raise OptionError("give exactly one of k or ratio")
     count = int(k) if k is not None else int(round(n * float(ratio)))
     if not 0 < count < n:
-        raise OptionError(f"can't delete {count} of {n} channels of {layer!r}; keep at least one")
+        raise OptionError(f"can't delete {count} of {n} channels of {layer!r}; keep at least one",
+                          layer=layer)
     return sorted(np.argsort(norms, kind="stable")[:count].tolist())
 
 
@@ -387,7 +390,7 @@ def _fill(flow: _Flow):
             for name, (how, drop) in flow.slices.items():
                 m = int(getattr(flow.layers[name], "depth_multiplier", 1))
                 for var in ("gamma", "beta", "moving_mean", "moving_variance", "kernel",
-                            "bias"):
+                            "bias", "alpha"):
                     key = f"{name}/{var}"
                     if key not in src:
                         continue
@@ -395,6 +398,9 @@ def _fill(flow: _Flow):
                         cut(key, -2, drop)
                     elif how == "depthwise":  # bias: channel c holds c*m .. c*m+m-1
                         cut(key, 0, [c * m + j for c in drop for j in range(m)])
+                    elif how == "per_channel":  # alpha: the input's shape, channels last
+                        if src.shape(key)[-1] > 1:  # 1: shared over the channel axis
+                            cut(key, -1, drop)
                     else:
                         cut(key, 0, drop)
             for name, (drop, _) in flow.readers.items():
@@ -403,8 +409,7 @@ def _fill(flow: _Flow):
                     var = key.rsplit("/", 1)[1]
                     # a coupled producer that also reads the channels: cut both axes
                     a = (dst if key in done else src).read(key)
-                    if var == "kernel" and reader_cls in (
-                            "LSTM", "GRU", "SimpleRNN", "Bidirectional"):
+                    if var == "kernel" and _entry(reader_cls).axis == "last":
                         a = np.take(a, _keep(a.shape[0], drop), axis=0)
                     elif var == "kernel" and "Transpose" in reader_cls:
                         a = np.take(a, _keep(a.shape[-1], drop), axis=-1)
@@ -439,7 +444,7 @@ def delete_channels(model: Any, layer: str, channels: Sequence[int], *, couple: 
     Raises:
         SelectorError: no such layer (closest names listed).
         OptionError: indices out of range, or all of them.
-        SurgeryError: an unsupported layer on the dependency path (named, with the path), a
+        EditError: an unsupported layer on the dependency path (named, with the path), a
             layer whose layout puts the channels on another axis, a coupled group with
             ``couple=False``, a subclassed model.
 
@@ -454,25 +459,26 @@ def delete_channels(model: Any, layer: str, channels: Sequence[int], *, couple: 
             f"delete {len(set(channels))} channels of {layer}")
     producer = find_layer(model, layer)
     cls = type(producer).__name__
-    if cls not in _PRODUCERS:
-        raise SurgeryError(f"layer {layer!r} is a {cls}; delete_channels starts at "
-                           f"{', '.join(sorted(_PRODUCERS))}")
-    width = int(getattr(producer, _PRODUCERS[cls]))
+    if not _entry(cls).width:
+        raise EditError(f"layer {layer!r} is a {cls}; delete_channels starts at "
+                        f"{', '.join(sorted(classes(width=True)))}", layer=layer)
+    width = int(getattr(producer, _entry(cls).width))
     chans = sorted({int(c) for c in channels})
     bad = [c for c in chans if not 0 <= c < width]
     if bad:
         raise OptionError(f"channel {bad[0]} is out of range for {layer!r} with {width} "
-                          f"channels (0..{width - 1})")
+                          f"channels (0..{width - 1})", layer=layer)
     if not chans or len(chans) >= width:
         raise OptionError(f"delete_channels would leave {layer!r} with "
-                          f"{width - len(chans)} of {width} channels; delete 1..{width - 1}")
+                          f"{width - len(chans)} of {width} channels; delete 1..{width - 1}",
+                          layer=layer)
     flow = _Flow(model, _nested)
     flow.producers[layer] = chans
     _walk(flow, couple)
     replace, changes = {}, []
     for name, drop in flow.producers.items():
         old = flow.layers[name]
-        key = _PRODUCERS[type(old).__name__]
+        key = _entry(type(old).__name__).width
         config = old.get_config()
         config[key] = int(getattr(old, key)) - len(drop)
         replace[name] = type(old).from_config(config)

@@ -10,14 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from .. import reshape as R
-from ..errors import SurgeryError
+from ..errors import EditError
 from ..model.rebuild import keras_module
 from ..io.sources import open_weights
+from ..layertypes import layer_type
 from .core import EditReport, EditResult, params
 
 __all__ = ["fully_convolutional"]
-
-_AFTER = ("Dense", "Dropout", "Activation", "ReLU", "Softmax")
 
 
 def fully_convolutional(model: Any, *, input_shape: tuple | None = None) -> EditResult:
@@ -37,18 +36,20 @@ def fully_convolutional(model: Any, *, input_shape: tuple | None = None) -> Edit
     names = [l.name for l in model.layers]
     flats = [l for l in model.layers if type(l).__name__ == "Flatten"]
     if len(flats) != 1:
-        raise SurgeryError(f"{model.name}: fully_convolutional needs exactly one Flatten "
-                           f"layer, found {len(flats)}")
+        raise EditError(f"{model.name}: fully_convolutional needs exactly one Flatten "
+                        f"layer, found {len(flats)}")
     flat = flats[0]
     fmap = tuple(int(d) for d in flat.input.shape[1:])
     if len(fmap) != 3:
-        raise SurgeryError(f"{model.name}: Flatten reads shape {fmap}; a 2D feature map "
-                           "(height, width, channels) is needed")
+        raise EditError(f"{model.name}: Flatten reads shape {fmap}; a 2D feature map "
+                        "(height, width, channels) is needed", layer=flat.name)
     after = model.layers[names.index(flat.name) + 1:]
-    bad = [l.name for l in after if type(l).__name__ not in _AFTER]
+    bad = [l.name for l in after  # Dense (converted) and layers that act on the last axis
+           if not getattr(layer_type(type(l).__name__), "pointwise", False)]
     if bad:
-        raise SurgeryError(f"{model.name}: layer {bad[0]!r} after Flatten is not a Dense, "
-                           "Dropout or activation; only such heads can become convolutions")
+        raise EditError(f"{model.name}: layer {bad[0]!r} after Flatten is not a Dense, "
+                        "Dropout or activation; only such heads can become convolutions",
+                        layer=bad[0])
     dense = [l for l in after if type(l).__name__ == "Dense"]
     converted: dict[str, tuple] = {}
 

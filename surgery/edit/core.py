@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..errors import SelectorError, SurgeryError
+from ..errors import EditError, SelectorError, SurgeryError
 from ..model.rebuild import keras_module, model_config
 from ..selection import closest_paths
 
@@ -84,7 +84,7 @@ def find_layer(model, name: str) -> Any:
         if layer.name == name:
             return layer
     raise SelectorError(f"no layer {name!r} in {model.name}; closest: "
-                        f"{', '.join(closest_paths(name, layer_names(model), 5))}")
+                        f"{', '.join(closest_paths(name, layer_names(model), 5))}", layer=name)
 
 
 def graph(model) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -197,14 +197,14 @@ def _edit_sequential(model, k, delete, replace, after, before, input_shape):
     try:
         return k.Sequential(layers, name=model.name)
     except Exception as e:  # Keras reports shape errors in several types
-        raise SurgeryError(f"{model.name}: the edited model does not build "
-                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                           ) from None
+        raise EditError(f"{model.name}: the edited model does not build "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                        ) from None
 
 
 def _edit_functional(model, k, delete, replace, after, before, input_shape):
     if len(model.inputs) != 1 and input_shape is not None:
-        raise SurgeryError(f"{model.name}: a new input shape needs a model with one input")
+        raise EditError(f"{model.name}: a new input shape needs a model with one input")
 
     def clone(layer):
         if layer.name in replace:
@@ -216,8 +216,8 @@ def _edit_functional(model, k, delete, replace, after, before, input_shape):
             args = (before[layer.name](args[0]),) + args[1:]
         if layer.name in delete:
             if len(args) != 1:
-                raise SurgeryError(f"layer {layer.name!r} takes {len(args)} inputs; only "
-                                   "single-input layers can be deleted")
+                raise EditError(f"layer {layer.name!r} takes {len(args)} inputs; only "
+                                "single-input layers can be deleted", layer=layer.name)
             return args[0]
         out = layer(*args, **kwargs)
         if layer.name in after:
@@ -237,9 +237,9 @@ def _edit_functional(model, k, delete, replace, after, before, input_shape):
     except SurgeryError:
         raise
     except Exception as e:
-        raise SurgeryError(f"{model.name}: the edited model does not build "
-                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                           ) from None
+        raise EditError(f"{model.name}: the edited model does not build "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                        ) from None
 
 
 def _carry(old, new, operation, changes, fill, skip) -> EditResult:
@@ -275,7 +275,8 @@ def edit_nested(model: Any, path: str, inner_edit: Callable[[Any, str], EditResu
     inner = find_layer(model, head)
     if not is_graph_model(inner):
         raise SelectorError(f"{path!r}: {head!r} is a {type(inner).__name__}, not a nested "
-                            "model; name a top-level layer, or a layer inside a nested model")
+                            "model; name a top-level layer, or a layer inside a nested model",
+                            layer=path)
     inner_result = inner_edit(inner, rest)
     new_inner = inner_result.model
     new_inner.name = inner.name if hasattr(new_inner, "name") else head

@@ -1,7 +1,8 @@
 """Function-preserving growth (Net2Net, Chen et al. 2016): `widen` and `deepen`.
 
-`widen` follows the widened layer's output through channel-preserving layers (activations,
-dropout, pooling, global pooling, BatchNorm, which is widened too, and Flatten) to every Dense
+`widen` follows the widened layer's output through channel-preserving layers (the registry's
+pass-through kinds: activations, dropout and noise, pooling, padding, cropping, upsampling,
+global pooling, BatchNorm and PReLU, which are widened too, and Flatten) to every Dense
 or Conv that reads it, and splits those readers' incoming weights among the copies, so the
 new model computes the same function (exactly, with ``noise=0``). `deepen` inserts an identity
 Dense or Conv after a layer (ReLU after a non-negative output, linear otherwise: exact either
@@ -15,58 +16,65 @@ from typing import Any
 import numpy as np
 
 from .. import reshape as R
-from ..errors import OptionError, SurgeryError
+from ..errors import EditError, OptionError
 from ..reshape.net2net import check_noise, net2wider_mapping
 from ..model.rebuild import keras_module
 from ..io.sources import open_weights
+from ..layertypes import LayerType, classes, layer_type
 from .core import EditResult, apply_edits, edit_nested, find_layer, graph, shared_layers
 
 __all__ = ["widen", "deepen"]
 
-_PASS = ("ReLU", "Activation", "Dropout", "LeakyReLU", "ELU", "PReLU", "SpatialDropout1D",
-         "SpatialDropout2D", "SpatialDropout3D", "MaxPooling1D", "MaxPooling2D",
-         "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-         "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-         "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GaussianNoise")
-_READERS = ("Dense", "Conv1D", "Conv2D", "Conv3D")
-_WIDENABLE = ("Dense", "Conv1D", "Conv2D", "Conv3D")
+# Pass-through kinds Net2Wider follows unchanged (a BatchNorm is widened with the copies, a
+# PReLU's alpha too).
+_FOLLOWS = ("elementwise", "spatial", "global")
 
 
-def _trace(model, start: str) -> tuple[list[str], list[tuple[str, int]]]:
-    """(BatchNorms to widen, (reader, flatten positions or 0)) downstream of `start`."""
-    bns, readers = [], []
+def _entry(cls: str) -> LayerType:
+    """The registry entry of a class name (an unknown class has no roles)."""
+    return layer_type(cls) or LayerType()
+
+
+def _trace(model, start: str) -> tuple[list[str], list[tuple[str, int]], list[str]]:
+    """(BatchNorms to widen, (reader, flatten positions or 0), PReLUs to widen) downstream
+    of `start`."""
+    bns, readers, alphas = [], [], []
     shared = shared_layers(model)
     succ = graph(model)[0]  # read the config once, not per layer
     stack = [(c, 0, [start, c]) for c in succ.get(start, [])]
     if not stack:
-        raise SurgeryError(f"layer {start!r} feeds no other layer; widening it changes the "
-                           "model's output width")
+        raise EditError(f"layer {start!r} feeds no other layer; widening it changes the "
+                        "model's output width", layer=start)
     while stack:
         name, flat, path = stack.pop()
         layer = find_layer(model, name)
         cls = type(layer).__name__
         if name in shared:
-            raise SurgeryError(f"widen {start!r}: {cls} {name!r} on the path "
-                               f"{' -> '.join(path)} is shared (called more than once); "
-                               "widening would give its calls different input widths")
-        if cls in _READERS:
+            raise EditError(f"widen {start!r}: {cls} {name!r} on the path "
+                            f"{' -> '.join(path)} is shared (called more than once); "
+                            "widening would give its calls different input widths", layer=name)
+        kind = _entry(cls)
+        if kind.widen:
             readers.append((name, flat))
             continue
         if cls == "Flatten":
             shape = tuple(layer.input.shape[1:-1])
             flat = int(np.prod(shape)) if shape else 1
-        elif cls == "BatchNormalization":
+        elif kind.passes == "normalize":
             bns.append(name)
-        elif cls not in _PASS:
-            raise SurgeryError(f"widen {start!r}: {cls} {name!r} on the path "
-                               f"{' -> '.join(path)} mixes or reshapes channels, which Net2Wider "
-                               "can't follow; widen another layer")
+        elif kind.passes == "per_channel":
+            alphas.append(name)
+        elif kind.passes not in _FOLLOWS:
+            raise EditError(f"widen {start!r}: {cls} {name!r} on the path "
+                            f"{' -> '.join(path)} mixes or reshapes channels, which Net2Wider "
+                            "can't follow; widen another layer", layer=name)
         nxt = succ.get(name, [])
         if not nxt:
-            raise SurgeryError(f"widen {start!r}: the path {' -> '.join(path)} reaches the "
-                               "model's output without a Dense/Conv to absorb the new units")
+            raise EditError(f"widen {start!r}: the path {' -> '.join(path)} reaches the "
+                            "model's output without a Dense/Conv to absorb the new units",
+                            layer=start)
         stack.extend((c, flat, path + [c]) for c in nxt)
-    return bns, readers
+    return bns, readers, alphas
 
 
 def widen(model: Any, layer: str, units: int, *, seed: int | None = None,
@@ -84,7 +92,7 @@ def widen(model: Any, layer: str, units: int, *, seed: int | None = None,
 
     Raises:
         OptionError: `units` not above today's width; NaN, infinite or negative `noise`.
-        SurgeryError: a layer type that can't be widened, or a path to the next Dense/Conv
+        EditError: a layer type that can't be widened, or a path to the next Dense/Conv
             through a layer that mixes channels (named, with the path).
 
     Example:
@@ -98,16 +106,16 @@ def widen(model: Any, layer: str, units: int, *, seed: int | None = None,
             inner, rest, units, seed=seed, noise=noise), f"widen {layer} -> {units}")
     old = find_layer(model, layer)
     cls = type(old).__name__
-    if cls not in _WIDENABLE:
-        raise SurgeryError(f"layer {layer!r} is a {cls}; widen works on "
-                           f"{', '.join(_WIDENABLE)}")
-    key = "units" if cls == "Dense" else "filters"
+    if not _entry(cls).widen:
+        raise EditError(f"layer {layer!r} is a {cls}; widen works on "
+                        f"{', '.join(classes(widen=True))}", layer=layer)
+    key = _entry(cls).width
     width = int(getattr(old, key))
     if not isinstance(units, (int, np.integer)) or units <= width:
         raise OptionError(f"widen {layer!r}: {units!r} units is not more than its {width}; "
-                          "Net2Wider only grows (use delete_channels to shrink)")
+                          "Net2Wider only grows (use delete_channels to shrink)", layer=layer)
     noise = check_noise(noise, f"widen {layer!r}")
-    bns, readers = _trace(model, layer)
+    bns, readers, alphas = _trace(model, layer)
     # One draw of the copies, shared by the kernel, every reader and every BatchNorm: drawn
     # separately (seed=None), they would disagree and the function would change.
     mapping = net2wider_mapping(width, int(units), seed=seed)
@@ -147,10 +155,15 @@ def widen(model: Any, layer: str, units: int, *, seed: int | None = None,
                     if f"{b}/{name}" in dst:
                         dst.variable(f"{b}/{name}").assign(value)
                         converted.append(f"{b}/{name}")
+            for p in alphas:  # a copy gets the alpha of the channel it copies
+                alpha = src.read(f"{p}/alpha")
+                if alpha.shape[-1] > 1:  # 1: shared over the channel axis
+                    dst.variable(f"{p}/alpha").assign(alpha[..., mapping])
+                    converted.append(f"{p}/alpha")
         return converted
 
     changes = [f"{layer}: {width} -> {units} {key}"] + \
-        [f"{b}: widened with it" for b in bns] + \
+        [f"{b}: widened with it" for b in [*bns, *alphas]] + \
         [f"{r}: incoming weights split among the copies" for r, _ in readers]
     return apply_edits(model, operation=f"widen {layer} {width} -> {units}",
                        replace={layer: new_layer}, changes=tuple(changes), fill=fill)
@@ -196,12 +209,12 @@ def deepen(model: Any, after: str, *, residual: bool = False, name: str | None =
         new = conv(units, 3, padding="same", name=name)
         kernel = R.identity_kernel(units, kernel_size=(3,) * (rank - 1))
     else:
-        raise SurgeryError(f"deepen: layer {after!r} outputs shape {shape}; an identity layer "
-                           "needs a vector or a feature map")
+        raise EditError(f"deepen: layer {after!r} outputs shape {shape}; an identity layer "
+                        "needs a vector or a feature map", layer=after)
     if residual:
         if type(model).__name__ == "Sequential":
-            raise SurgeryError("deepen(residual=True) adds a branch, which needs a Functional "
-                               "model")
+            raise EditError("deepen(residual=True) adds a branch, which needs a Functional "
+                            "model")
         kernel = np.zeros_like(kernel)
         add = k.layers.Add(name=f"{name}_add")
 

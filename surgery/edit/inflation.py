@@ -13,18 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from .. import reshape as R
-from ..errors import OptionError, SurgeryError
+from ..errors import EditError, OptionError, SurgeryError
 from ..model.rebuild import keras_module
 from ..io.sources import open_weights
+from ..layertypes import layer_type
 from .core import EditReport, EditResult, params
 
 __all__ = ["inflate"]
-
-_POOL = {"MaxPooling2D": "MaxPooling3D", "AveragePooling2D": "AveragePooling3D"}
-_GLOBAL = {"GlobalAveragePooling2D": "GlobalAveragePooling3D",
-           "GlobalMaxPooling2D": "GlobalMaxPooling3D"}
-_KEEP = ("BatchNormalization", "ReLU", "Activation", "Dense", "Dropout", "LeakyReLU",
-         "InputLayer", "Softmax", "LayerNormalization")
 
 
 def inflate(model: Any, *, frames: int | None = None, depth: int = 3, mode: str = "center"
@@ -37,7 +32,7 @@ def inflate(model: Any, *, frames: int | None = None, depth: int = 3, mode: str 
         mode: ``center`` (exact per frame) or ``tile`` (I3D).
 
     Raises:
-        SurgeryError: a layer with no 3D counterpart here (named).
+        EditError: a layer with no 3D counterpart here (named).
 
     Example:
     ```python
@@ -49,31 +44,32 @@ def inflate(model: Any, *, frames: int | None = None, depth: int = 3, mode: str 
     k = keras_module(model)
     shape = tuple(model.inputs[0].shape[1:])
     if len(shape) != 3:
-        raise SurgeryError(f"{model.name}: inflate needs an image model (height, width, "
-                           f"channels input); this one takes {shape}")
+        raise EditError(f"{model.name}: inflate needs an image model (height, width, "
+                        f"channels input); this one takes {shape}")
     convs: list[str] = []
 
     def clone(layer):
         cls = type(layer).__name__
         config = layer.get_config()
-        if cls == "Conv2D":
+        target = getattr(layer_type(cls), "inflate", None)  # the 3D class, or "same"
+        if target and target != "same" and "kernel_size" in config:
             convs.append(layer.name)
             config.update(kernel_size=(depth,) + tuple(config["kernel_size"]),
                           strides=(1,) + tuple(config["strides"]),
                           dilation_rate=(1,) + tuple(config["dilation_rate"]))
             config.pop("groups", None)
-            return k.layers.Conv3D.from_config(config)
-        if cls in _POOL:
+            return getattr(k.layers, target).from_config(config)
+        if target and target != "same" and "pool_size" in config:
             config.update(pool_size=(1,) + tuple(config["pool_size"]),
                           strides=(1,) + tuple(config["strides"] or config["pool_size"]))
-            return getattr(k.layers, _POOL[cls]).from_config(config)
-        if cls in _GLOBAL:
-            return getattr(k.layers, _GLOBAL[cls]).from_config(config)
-        if cls in _KEEP:
+            return getattr(k.layers, target).from_config(config)
+        if target and target != "same":  # global pooling: time is pooled too
+            return getattr(k.layers, target).from_config(config)
+        if target == "same":
             return layer.__class__.from_config(config)
-        raise SurgeryError(f"inflate: layer {layer.name!r} is a {cls}, which has no 3D "
-                           "counterpart here (Conv2D, pooling, global pooling, BatchNorm, "
-                           "activations, Dense are supported)")
+        raise EditError(f"inflate: layer {layer.name!r} is a {cls}, which has no 3D "
+                        "counterpart here (Conv2D, pooling, global pooling, BatchNorm, "
+                        "activations, Dense are supported)", layer=layer.name)
 
     new_input = k.Input((frames,) + shape, dtype=model.inputs[0].dtype,
                         name=model.inputs[0].name.split(":")[0])
@@ -82,9 +78,9 @@ def inflate(model: Any, *, frames: int | None = None, depth: int = 3, mode: str 
     except SurgeryError:
         raise
     except Exception as e:
-        raise SurgeryError(f"{model.name}: the inflated model does not build "
-                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                           ) from None
+        raise EditError(f"{model.name}: the inflated model does not build "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                        ) from None
     carried, converted = [], []
     with open_weights(model) as src, open_weights(new) as dst:
         for key in dst:

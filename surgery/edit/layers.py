@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import OptionError, SurgeryError
+from ..errors import OptionError, ShapeError
 from ..model.rebuild import keras_module
 from .core import EditResult, apply_edits, find_layer
 
@@ -120,7 +120,7 @@ def change_input(model: Any, shape: tuple) -> EditResult:
     shape = tuple(int(d) if d is not None else None for d in shape)
     old = tuple(model.inputs[0].shape[1:])
     if len(shape) != len(old):
-        raise SurgeryError(f"{model.name}: input shape {shape} has {len(shape)} axes, the model's "
-                           f"{old} has {len(old)}")
+        raise ShapeError(f"{model.name}: input shape {shape} has {len(shape)} axes, the model's "
+                         f"{old} has {len(old)}", shapes=(shape, old))
     return apply_edits(model, operation=f"input {old} -> {shape}", input_shape=shape,
                        changes=(f"input shape {old} -> {shape}",))

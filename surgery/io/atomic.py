@@ -31,7 +31,7 @@ import tempfile
 import threading
 from typing import Iterable, Iterator
 
-from ..errors import OutputError
+from ..errors import OutputError, OutputExists
 
 __all__ = ["check_output", "check_outputs", "check_output_dir", "atomic_path", "atomic_dir",
            "clean_stale", "TMP_MARK"]
@@ -82,9 +82,9 @@ def _check_folder(path: str) -> str:
         probe = parent
     if os.path.exists(probe) and not os.path.isdir(probe):
         raise OutputError(f"{path}: {probe} is a file, not a folder; choose an output path "
-                          "inside a folder")
+                          "inside a folder", path=path)
     if not os.path.isdir(folder):
-        raise OutputError(f"{path}: the folder {folder} does not exist; create it first")
+        raise OutputError(f"{path}: the folder {folder} does not exist; create it first", path=path)
     return folder
 
 
@@ -92,10 +92,10 @@ def _check_inputs(path: str, inputs: Iterable) -> None:
     for inp in _input_paths(inputs):
         if _same_file(path, inp):  # same inode (hard link), or same real path
             raise OutputError(f"{path}: this is the input {inp}; write the output to "
-                              "another path (surgery never writes over its input)")
+                              "another path (surgery never writes over its input)", path=path)
         if os.path.isdir(inp) and _inside(path, inp):
             raise OutputError(f"{path}: is inside the input folder {inp}; write the output "
-                              "elsewhere (surgery never writes into its inputs)")
+                              "elsewhere (surgery never writes into its inputs)", path=path)
 
 
 def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: bool = False
@@ -123,7 +123,7 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: b
     path = os.fspath(path)
     if not path or path.endswith(("/", os.sep)):
         raise OutputError(f"{path or repr(path)}: is not a file name (it ends with a "
-                          "separator); give a file path such as out.keras")
+                          "separator); give a file path such as out.keras", path=path)
     _check_folder(path)
     _check_inputs(path, inputs)
     try:
@@ -132,15 +132,16 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: b
         return path
     except OSError as e:
         raise OutputError(f"{path}: can't be checked ({e.strerror}); choose another output "
-                          "path") from None
+                          "path", path=path) from None
     if stat.S_ISDIR(st.st_mode):
-        raise OutputError(f"{path}: is a directory; give a file path for the output")
+        raise OutputError(f"{path}: is a directory; give a file path for the output", path=path)
     if not stat.S_ISREG(st.st_mode):
         raise OutputError(f"{path}: is {_kind(st.st_mode)}; surgery writes only regular files "
-                          "(it never replaces special files or links), so give another path")
+                          "(it never replaces special files or links), so give another path",
+                          path=path)
     if not overwrite:
-        raise OutputError(f"{path}: already exists; pass --overwrite (overwrite=True) to "
-                          "replace it")
+        raise OutputExists(f"{path}: already exists; pass --overwrite (overwrite=True) to "
+                           "replace it", path=path)
     return path
 
 
@@ -165,7 +166,7 @@ def check_outputs(paths: Iterable, *, inputs: Iterable = (), overwrite: bool = F
         key = os.path.realpath(p)
         if key in seen:
             raise OutputError(f"{p}: is also the output {seen[key]} of this command; give each "
-                              "output its own path")
+                              "output its own path", path=p)
         seen[key] = p
         out.append(check_output(p, inputs=inputs, overwrite=overwrite))
     return out
@@ -183,27 +184,36 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale(path: str) -> list[str]:
+def clean_stale(path: str, *, inputs: Iterable = (), folder: bool = False) -> list[str]:
     """Removes temporary files of earlier, killed writes to `path`; returns what it removed.
 
-    Only names of this module's pattern whose pid is not alive are removed; links are removed
-    as links (never followed); a stale folder (an export's) is removed without following links.
+    Only names made by this module for `path` (``.<name>.surgery-tmp-<pid>-<8 random chars>``
+    plus, for a file target, its exact suffix) whose pid is not alive are removed: files for a
+    file target, folders (an export's, removed without following links) for a folder target
+    (`folder`). A path that is one of `inputs` is never removed.
     """
-    folder = os.path.dirname(os.path.abspath(path)) or "."
+    where = os.path.dirname(os.path.abspath(path)) or "."
     base = os.path.basename(os.path.normpath(path))
-    pattern = re.compile(re.escape(f".{base}{TMP_MARK}") + r"(\d+)-[A-Za-z0-9_]+")
+    tail = "" if folder else re.escape(_suffix(path))
+    pattern = re.compile(re.escape(f".{base}{TMP_MARK}") + r"(\d+)-[a-z0-9_]{8}" + tail)
+    ins = _input_paths(inputs)
     removed = []
     try:
-        names = os.listdir(folder)
+        names = os.listdir(where)
     except OSError:
         return removed
     for name in names:
-        m = pattern.match(name)
+        m = pattern.fullmatch(name)
         if not m or _pid_alive(int(m.group(1))):
             continue
-        full = os.path.join(folder, name)
+        full = os.path.join(where, name)
+        if any(_same_file(full, inp) or _inside(inp, full) for inp in ins):
+            continue
         try:
-            if stat.S_ISDIR(os.lstat(full).st_mode):
+            is_dir = stat.S_ISDIR(os.lstat(full).st_mode)
+            if is_dir != folder:
+                continue
+            if is_dir:
                 shutil.rmtree(full)
             else:
                 os.unlink(full)
@@ -255,7 +265,8 @@ def _write_error(path: str, e: OSError) -> OutputError:
             errno.EDQUOT: "free some space", errno.EFBIG: "write to another filesystem or "
             "raise the file size limit", errno.EACCES: "check the folder's permissions"}
     return OutputError(f"{path}: could not be written ({what}); "
-                       f"{hint.get(e.errno, 'check the output folder')}; nothing was written")
+                       f"{hint.get(e.errno, 'check the output folder')}; nothing was written",
+                       path=path)
 
 
 def _umask_mode(directory: bool = False) -> int:
@@ -272,14 +283,15 @@ def _publish(tmp: str, path: str, overwrite: bool) -> None:
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise OutputError(f"{path}: already exists (another process wrote it meanwhile); "
-                          "pass --overwrite (overwrite=True) to replace it") from None
+        raise OutputExists(f"{path}: already exists (another process wrote it meanwhile); "
+                           "pass --overwrite (overwrite=True) to replace it", path=path) from None
     except OSError as e:
         if e.errno not in _NO_HARDLINKS:
             raise
         if os.path.lexists(path):  # a filesystem without hard links: check, then rename
-            raise OutputError(f"{path}: already exists (another process wrote it meanwhile); "
-                              "pass --overwrite (overwrite=True) to replace it") from None
+            raise OutputExists(f"{path}: already exists (another process wrote it meanwhile); "
+                               "pass --overwrite (overwrite=True) to replace it",
+                               path=path) from None
         os.replace(tmp, path)
         return
     os.unlink(tmp)
@@ -313,7 +325,7 @@ def atomic_path(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: bo
     ```
     """
     path = check_output(path, inputs=inputs, overwrite=overwrite)
-    clean_stale(path)
+    clean_stale(path, inputs=inputs)
     folder = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{TMP_MARK}{os.getpid()}-",
@@ -326,7 +338,7 @@ def atomic_path(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: bo
             yield tmp
             st = os.lstat(tmp)
             if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
-                raise OutputError(f"{path}: nothing was written")
+                raise OutputError(f"{path}: nothing was written", path=path)
             try:
                 with open(tmp, "rb+") as f:
                     os.fsync(f.fileno())
@@ -348,27 +360,60 @@ def atomic_path(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: bo
         raise
 
 
-_SAVEDMODEL_ENTRIES = {"saved_model.pb", "saved_model.pbtxt", "variables", "assets",
-                       "assets.extra", "fingerprint.pb", "keras_metadata.pb"}
+_VARIABLES_DATA = re.compile(r"variables\.data-\d{5}-of-\d{5}")
+
+
+def _foreign_entries(path: str) -> list[str]:
+    """What in the folder `path` a SavedModel export does not write (relative paths).
+
+    Allowed: the top-level SavedModel files, variables/variables.index and
+    variables/variables.data-NNNNN-of-NNNNN, and empty assets/ and assets.extra/ folders.
+    Anything else (a file of the user's in assets/, a link, a special file) is foreign.
+    """
+    foreign = []
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        st = os.lstat(full)
+        if name in ("saved_model.pb", "saved_model.pbtxt", "fingerprint.pb",
+                    "keras_metadata.pb"):
+            ok = stat.S_ISREG(st.st_mode)
+        elif name == "variables" and stat.S_ISDIR(st.st_mode):
+            ok = True
+            for sub in sorted(os.listdir(full)):
+                if not ((sub == "variables.index" or _VARIABLES_DATA.fullmatch(sub)) and
+                        stat.S_ISREG(os.lstat(os.path.join(full, sub)).st_mode)):
+                    foreign.append(f"{name}/{sub}")
+        elif name in ("assets", "assets.extra") and stat.S_ISDIR(st.st_mode):
+            ok = True
+            foreign.extend(f"{name}/{sub}" for sub in sorted(os.listdir(full)))
+        else:
+            ok = False
+        if not ok:
+            foreign.append(name)
+    return foreign
 
 
 def _replaceable_export(path: str, inputs: Iterable) -> None:
-    """An existing folder may be replaced only if it is a SavedModel and holds no input."""
+    """An existing folder may be replaced only if it is a SavedModel that holds nothing but
+    what an export writes, and no input."""
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         what = "a file" if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)
-        raise OutputError(f"{path}: is {what}; give a folder path for the export")
-    names = set(os.listdir(path))
-    if "saved_model.pb" not in names or names - _SAVEDMODEL_ENTRIES:
-        extra = sorted(names - _SAVEDMODEL_ENTRIES)
+        raise OutputError(f"{path}: is {what}; give a folder path for the export", path=path)
+    try:
+        extra = _foreign_entries(path)
+    except OSError as e:
+        raise OutputError(f"{path}: can't be checked ({e.strerror}); give another path",
+                          path=path) from None
+    if "saved_model.pb" not in os.listdir(path) or extra:
         why = (f"it holds {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}"
                if extra else "it is not a SavedModel")
         raise OutputError(f"{path}: is a folder surgery did not export ({why}); --overwrite "
-                          "replaces only an earlier export, so give another path")
+                          "replaces only an earlier export, so give another path", path=path)
     for inp in _input_paths(inputs):
         if _same_file(path, inp) or _inside(inp, path):
             raise OutputError(f"{path}: holds the input {inp}; write the export to another "
-                              "path (surgery never deletes its inputs)")
+                              "path (surgery never deletes its inputs)", path=path)
 
 
 def check_output_dir(path: str | os.PathLike, *, inputs: Iterable = (),
@@ -388,8 +433,8 @@ def check_output_dir(path: str | os.PathLike, *, inputs: Iterable = (),
     _check_inputs(path, inputs)
     if os.path.lexists(path):
         if not overwrite and os.path.isdir(path) and not os.path.islink(path):
-            raise OutputError(f"{path}: already exists; pass --overwrite (overwrite=True) to "
-                              "replace it")
+            raise OutputExists(f"{path}: already exists; pass --overwrite (overwrite=True) to "
+                               "replace it", path=path)
         _replaceable_export(path, inputs)
     return path
 
@@ -413,7 +458,7 @@ def atomic_dir(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: boo
     ```
     """
     path = check_output_dir(path, inputs=inputs, overwrite=overwrite)
-    clean_stale(path)
+    clean_stale(path, inputs=inputs, folder=True)
     folder = os.path.dirname(os.path.abspath(path))
     try:
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}{TMP_MARK}{os.getpid()}-",
@@ -427,8 +472,8 @@ def atomic_dir(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: boo
             os.chmod(tmp, _umask_mode(directory=True))
             if os.path.lexists(path):
                 if not overwrite:
-                    raise OutputError(f"{path}: already exists (another process wrote it "
-                                      "meanwhile); pass --overwrite to replace it")
+                    raise OutputExists(f"{path}: already exists (another process wrote it "
+                                       "meanwhile); pass --overwrite to replace it", path=path)
                 _replaceable_export(path, inputs)
                 trash = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}{TMP_MARK}"
                                          f"{os.getpid()}-", dir=folder)

@@ -88,7 +88,7 @@ def open_checkpoint(path: str, *, savedmodel: bool) -> CheckpointSource:
         prefix = os.path.join(path, "variables", "variables")
         if not os.path.isfile(prefix + ".index"):
             raise FormatError(f"{path}: a SavedModel without variables/variables.index, so it "
-                              "holds no weights to read")
+                              "holds no weights to read", path=path)
         return CheckpointSource(path, prefix, "savedmodel")
     prefix = path[: -len(".index")] if path.endswith(".index") else path
     return CheckpointSource(path, prefix, "checkpoint")

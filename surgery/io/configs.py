@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Iterator
 
-from ..errors import SelectorError, SurgeryError
+from ..errors import SelectorError, UnsupportedModelError
 from ..selection import closest_paths
 from .h5layout import is_model_config, layer_name
 
@@ -17,7 +17,7 @@ def model_config(model: Any) -> dict:
     """A deep copy of the model's serialized config (``{"class_name", "config"}``).
 
     Raises:
-        SurgeryError: a subclassed model (no graph to edit).
+        UnsupportedModelError: a subclassed model (no graph to edit).
     """
     name = getattr(model, "name", "model")
     message = (f"{name}: a subclassed model has no graph to edit; this needs a Functional or "
@@ -25,9 +25,9 @@ def model_config(model: Any) -> dict:
     try:
         config = model.get_config()
     except NotImplementedError:
-        raise SurgeryError(message) from None
+        raise UnsupportedModelError(message) from None
     if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
-        raise SurgeryError(message)
+        raise UnsupportedModelError(message)
     kind = "Sequential" if type(model).__name__ == "Sequential" else "Functional"
     return {"class_name": kind, "config": copy.deepcopy(config)}
 

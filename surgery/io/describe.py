@@ -15,11 +15,11 @@ from ..layertypes import layer_type
 
 __all__ = ["describe_setup", "variable_stats", "format_object"]
 
-_GATES = {"LSTM": (4, "i,f,c,o"), "GRU": (3, "z,r,h"), "SimpleRNN": (1, ""),
-          "ConvLSTM1D": (4, "i,f,c,o"), "ConvLSTM2D": (4, "i,f,c,o"),
-          "ConvLSTM3D": (4, "i,f,c,o")}
-WRAPPERS = ("Bidirectional", "TimeDistributed")
-_WRAPPERS = WRAPPERS
+
+
+def is_wrapper(cls: str) -> bool:
+    """Whether `cls` wraps one inner layer (Bidirectional, TimeDistributed)."""
+    return bool(getattr(layer_type(cls), "wrapper", False))
 
 
 def format_object(obj: Any) -> str | None:
@@ -53,7 +53,7 @@ def _layer_configs(source) -> dict[str, tuple[str, dict]]:
 
 
 def _inner(cls: str, cfg: dict, name: str) -> tuple[str, dict]:
-    if cls in _WRAPPERS:
+    if is_wrapper(cls):
         inner = cfg.get("layer") or {}
         if cls == "Bidirectional" and "/backward/" in f"/{name}/" and cfg.get("backward_layer"):
             inner = cfg["backward_layer"]
@@ -88,8 +88,10 @@ def describe_setup(source: Any) -> dict[str, dict]:
                  else None,
                  "constraint": format_object(cfg.get(f"{prefix}_constraint")) if prefix
                  else None}
-        if cls in _GATES and v.name in ("kernel", "recurrent_kernel", "bias"):
-            gates, names = _GATES[cls]
+        gate_names = known.gates if known is not None else None
+        if gate_names and v.name in ("kernel", "recurrent_kernel", "bias"):
+            gates = len(gate_names)
+            names = ",".join(gate_names) if gates > 1 else ""
             units = int(cfg.get("units") or cfg.get("filters") or v.shape[-1] // gates)
             rows = "input/recurrent rows x " if len(v.shape) == 2 and v.name == "bias" and \
                 cls == "GRU" else ""

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..entries import LayerInfo, VariableInfo
 from ..errors import FormatError
-from ..layertypes import RNN_CELLS, VariableSpec, variable_specs
+from ..layertypes import VariableSpec, rnn_cell, variable_specs
 
 __all__ = [
     "guard", "open_h5", "scan_h5", "VirtualGroup", "check_dataset", "dataset_dtype",
@@ -374,7 +374,7 @@ class _Walker:
 
     def _sublayer(self, attr, group, cls, cfg, prefix, owners, trainable, depth):
         if attr == "cell":  # RNN: the cell adds no name
-            inner = cfg.get("cell") if cls == "RNN" else {"class_name": RNN_CELLS.get(cls, cls),
+            inner = cfg.get("cell") if cls == "RNN" else {"class_name": rnn_cell(cls) or cls,
                                                            "config": cfg}
             self._transparent(group, inner, prefix, owners, trainable)
         elif attr == "layer":  # TimeDistributed and other wrappers add no name
@@ -512,7 +512,7 @@ def _translate(parts: list[str], layer_config: Mapping) -> list[str]:
         if direction:
             inner = cfg.get("backward_layer") if direction == "backward" else None
             return [direction] + _translate(parts[1:], inner or cfg.get("layer") or {})
-    if (cls in RNN_CELLS or cls == "RNN") and len(parts) > 1 and _CELL_NAME.match(parts[0]):
+    if (rnn_cell(cls) or cls == "RNN") and len(parts) > 1 and _CELL_NAME.match(parts[0]):
         return parts[1:]
     if cls == "TimeDistributed" and len(parts) > 1:
         return _translate(parts[1:], cfg.get("layer") or {})

@@ -119,7 +119,7 @@ class ShardedWeightsSource(_H5Source):
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict):
             raise FormatError(f"{path}: a .weights.json without a weight_map, so not a Keras "
-                              "sharded weights index")
+                              "sharded weights index", path=path)
         folder = os.path.dirname(os.path.abspath(path))
         shards: dict[str, h5py.File] = {}
         root = VirtualGroup()
@@ -128,15 +128,17 @@ class ShardedWeightsSource(_H5Source):
                 for name in files if isinstance(files, list) else [files]:
                     if not isinstance(name, str) or os.path.basename(name) != name:
                         raise FormatError(f"{path}: shard name {name!r} is not a file beside "
-                                          "the index; refusing it")
+                                          "the index; refusing it", path=path)
                     if name not in shards:
                         shard_path = os.path.join(folder, name)
                         if not os.path.isfile(shard_path):
-                            raise InputError(f"{path}: shard {name} is missing beside it")
+                            raise InputError(f"{path}: shard {name} is missing beside it",
+                                             path=path)
                         shards[name] = open_h5(shard_path, shard_path)
                     with guard(name):
                         if group_path not in shards[name]:
-                            raise FormatError(f"{path}: shard {name} has no {group_path}")
+                            raise FormatError(f"{path}: shard {name} has no {group_path}",
+                                              path=path)
             for name, shard in shards.items():
                 with guard(name):
                     root.merge(shard, name)
@@ -164,11 +166,12 @@ def read_architecture(architecture: Any) -> tuple[dict, dict[str, tuple] | None]
         return architecture, None
     path = os.fspath(architecture)
     if not os.path.exists(path):
-        raise InputError(f"{path}: no such architecture file (pass a .keras or config.json)")
+        raise InputError(f"{path}: no such architecture file (pass a .keras or config.json)",
+                         path=path)
     if path.lower().endswith(".json"):
         config = parse_json(read_small_file(path, "architecture file", MAX_JSON_BYTES), path)
         if not isinstance(config, dict) or "class_name" not in config:
-            raise FormatError(f"{path}: not a Keras model config (no class_name)")
+            raise FormatError(f"{path}: not a Keras model config (no class_name)", path=path)
         return config, None
     with KerasFileSource(path) as src:
         return src.config, {v.path: v.shape for v in src.variables()}
@@ -204,8 +207,8 @@ def open_hdf5(path: str, *, architecture: Any = None) -> WeightSource:
         if architecture is not None:
             h5.close()
             raise InputError(f"{path}: a Keras 2 .h5 names its own variables; drop "
-                             "architecture=/--architecture")
+                             "architecture=/--architecture", path=path)
         return LegacyH5Source(path, h5)
     h5.close()
     raise FormatError(f"{path}: an HDF5 file that is neither Keras 3 weights nor a Keras 2 "
-                      "model; surgery can't tell which variables it holds")
+                      "model; surgery can't tell which variables it holds", path=path)

@@ -153,18 +153,19 @@ def write_keras_archive(template: Any, output: str, replaced: set[str],
                         out[key][...] = array
             except OSError as e:
                 raise OutputError(f"{output}: can't write the weights ({e}); nothing was "
-                                  "written") from None
+                                  "written", path=output) from None
             result = check()
             size = window.size
             if size >= _ZIP64_LIMIT and not zip64:
-                raise OutputError(f"{output}: the weights grew past 4 GiB; save with Keras")
+                raise OutputError(f"{output}: the weights grew past 4 GiB; save with Keras",
+                                  path=output)
             crc = 0
             f.seek(window._start)
             remaining = size
             while remaining:
                 chunk = f.read(min(_CHUNK, remaining))
                 if not chunk:
-                    raise OutputError(f"{output}: short read while checksumming")
+                    raise OutputError(f"{output}: short read while checksumming", path=output)
                 crc = zlib.crc32(chunk, crc)
                 remaining -= len(chunk)
             f.seek(h5_offset)

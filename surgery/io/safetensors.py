@@ -67,14 +67,15 @@ class SafetensorsSource(WeightSource):
             head = f.read(8)
             if len(head) < 8:
                 raise FormatError(f"{path}: safetensors header invalid: the file is shorter "
-                                  "than the 8-byte header length")
+                                  "than the 8-byte header length", path=path)
             (n,) = struct.unpack("<Q", head)
             if n > min(_MAX_HEADER, size - 8):
                 raise FormatError(f"{path}: safetensors header invalid: it declares {n} bytes "
-                                  f"of header but the file has {size - 8} after the length")
+                                  f"of header but the file has {size - 8} after the length",
+                                  path=path)
             header = parse_json(f.read(n), f"{path}: safetensors header")
         if not isinstance(header, dict):
-            raise FormatError(f"{path}: safetensors header invalid: not a JSON object")
+            raise FormatError(f"{path}: safetensors header invalid: not a JSON object", path=path)
         start = 8 + n
         variables, spans = [], []
         for name, entry in header.items():
@@ -86,10 +87,10 @@ class SafetensorsSource(WeightSource):
         for begin, end, name in spans:
             if begin < cursor:
                 raise FormatError(f"{path}: safetensors header invalid: tensor {_short(name)} "
-                                  "overlaps the tensor before it")
+                                  "overlaps the tensor before it", path=path)
             if begin > cursor:
                 raise FormatError(f"{path}: safetensors header invalid: {begin - cursor} bytes "
-                                  f"of gap before tensor {_short(name)}")
+                                  f"of gap before tensor {_short(name)}", path=path)
             cursor = end
         super().__init__(path, sorted(variables, key=lambda v: v.key[0]), [])
         self._path = path
@@ -126,7 +127,7 @@ class SafetensorsSource(WeightSource):
             f.seek(begin)
             data = f.read(end - begin)
         if len(data) != end - begin:
-            raise FormatError(f"{self._path}: {info.path} is truncated")
+            raise FormatError(f"{self._path}: {info.path} is truncated", path=self._path)
         return np.frombuffer(data, dtype=_np_dtype(info.dtype)).reshape(info.shape).copy()
 
 
@@ -147,7 +148,7 @@ def write_safetensors(tensors: Mapping[str, np.ndarray], path: str, *,
         code = _CODES.get(str(a.dtype))
         if code is None:
             raise OutputError(f"{path}: tensor {name!r} has dtype {a.dtype}, which safetensors "
-                              "can't hold")
+                              "can't hold", path=path, variable=name)
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
         header[name] = {"dtype": code, "shape": list(a.shape),

@@ -128,7 +128,7 @@ class NpzSource(WeightSource):
         finally:
             zf.close()
         if not variables:
-            raise FormatError(f"{path}: an npz archive with no arrays")
+            raise FormatError(f"{path}: an npz archive with no arrays", path=path)
         super().__init__(path, variables, [])
         self._path = path
 
@@ -139,7 +139,8 @@ class NpzSource(WeightSource):
                 return np.lib.format.read_array(f, allow_pickle=False)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
                 NotImplementedError) as e:
-            raise FormatError(f"{self._path}: can't read {info.path} ({e})") from None
+            raise FormatError(f"{self._path}: can't read {info.path} ({e})",
+                              path=self._path) from None
 
 
 def _npy_header(f, where: str) -> tuple[tuple[int, ...], str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..errors import SelectorError, SurgeryError
+from ..errors import InputError, OptionError, PartialLayerError, SelectorError
 from ..io.livemodels import framework_of
 from ..selection import Selector, select
 from ..io.sources import LiveModelSource, open_weights
@@ -21,10 +21,6 @@ from ..io.sources import LiveModelSource, open_weights
 __all__ = ["FreezeReport", "freeze", "unfreeze", "resolve_layers"]
 
 _BN = ("BatchNormalization", "SyncBatchNormalization")
-
-
-class PartialLayerError(SurgeryError):
-    """A selector reached only some variables of a layer where whole layers are needed."""
 
 
 @dataclass(frozen=True)
@@ -124,11 +120,11 @@ def resolve_layers(src: LiveModelSource, selectors: Sequence[Selector],
 def _set(model: Any, selectors, excepts, *, trainable: bool, bn: str, dry_run: bool,
          allow_partial: bool) -> FreezeReport:
     if bn not in ("inference", "train"):
-        raise SurgeryError(f"bn must be 'inference' or 'train', got {bn!r}")
+        raise OptionError(f"bn must be 'inference' or 'train', got {bn!r}")
     src = open_weights(model)
     if not isinstance(src, LiveModelSource):
-        raise SurgeryError("freeze/unfreeze act on a live model; load it with "
-                           "surgery.load_model first")
+        raise InputError("freeze/unfreeze act on a live model; load it with "
+                         "surgery.load_model first")
     what = getattr(model, "name", "model")
     whole, partial = resolve_layers(src, selectors, excepts, what=what)
     if partial and not allow_partial:
@@ -137,10 +133,10 @@ def _set(model: Any, selectors, excepts, *, trainable: bool, bn: str, dry_run: b
             f"{src.info(partial[0]).layer!r}; Keras saves trainable per layer, so a saved file "
             "can't hold it; select whole layers (e.g. "
             f"'{src.info(partial[0]).layer}/*'), or set single variables in Python for the "
-            "current session")
+            "current session", layer=src.info(partial[0]).layer, variable=partial[0])
     if partial and framework_of(model) == "tf_keras":
         raise PartialLayerError(f"{partial[0]}: tf_keras can't change one variable's trainable "
-                                "flag; select whole layers")
+                                "flag; select whole layers", variable=partial[0])
     before = _counts(model)
     rows, bn_train, bn_inf = [], [], []
     for path in whole:

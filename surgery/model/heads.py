@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import OptionError, SelectorError, SurgeryError
+from ..errors import OptionError, SelectorError, UnsupportedModelError
 from ..io.livemodels import require_live_model
 from .rebuild import carry_weights, find_layer_config, iter_layer_configs, keras_module, \
     model_config, rebuild
@@ -161,8 +161,8 @@ def add_head(backbone: Any, num_classes: int, *, pooling: str | None = "avg",
     copy_ = rebuild(backbone, model_config(backbone))
     carry_weights(backbone, copy_)
     if len(copy_.outputs) != 1:
-        raise SurgeryError(f"{backbone.name}: add_head needs a backbone with one output, it "
-                           f"has {len(copy_.outputs)}")
+        raise UnsupportedModelError(f"{backbone.name}: add_head needs a backbone with one "
+                                    f"output, it has {len(copy_.outputs)}")
     x = copy_.outputs[0]
     rank = len(x.shape)
     if pooling == "flatten":
@@ -171,7 +171,7 @@ def add_head(backbone: Any, num_classes: int, *, pooling: str | None = "avg",
         kind = {"avg": "GlobalAveragePooling", "max": "GlobalMaxPooling"}[pooling]
         x = getattr(k.layers, f"{kind}{rank - 2}D")(name=f"{name}_pool")(x)
     elif rank != 2:
-        raise SurgeryError(f"{backbone.name}: its output has shape {tuple(x.shape)}; give "
-                           "pooling='avg', 'max' or 'flatten' to make vectors for the head")
+        raise OptionError(f"{backbone.name}: its output has shape {tuple(x.shape)}; give "
+                          "pooling='avg', 'max' or 'flatten' to make vectors for the head")
     out = k.layers.Dense(int(num_classes), activation=activation, name=name)(x)
     return k.Model(copy_.inputs, out, name=f"{backbone.name}_{name}")

@@ -151,7 +151,8 @@ def hub_layer(path: str, *, trainable: bool = False, signature: str | None = Non
         outputs = layer._fn.structured_outputs
         if isinstance(outputs, dict) and len(outputs) > 1:
             raise InputError(f"{path}: signature {signature!r} returns "
-                             f"{', '.join(sorted(outputs))}; pass output_key= one of them")
+                             f"{', '.join(sorted(outputs))}; pass output_key= one of them",
+                             path=path)
     return layer
 
 

@@ -18,16 +18,21 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import OptionError, SurgeryError
+from ..errors import OptionError, UnsupportedModelError
 from ..io.livemodels import framework_of, require_live_model
 from .rebuild import carry_weights, find_layer_config, model_config, rebuild
+from ..layertypes import classes, layer_type
 from ..selection import Selector, select
 from ..io.sources import open_weights
 
 __all__ = ["LoraReport", "enable_lora", "merge_lora", "lora_layers", "SUPPORTED"]
 
-SUPPORTED = ("Dense", "EinsumDense", "Embedding", "Conv1D", "Conv2D", "Conv3D")
-_KERNEL = {"Embedding": "embeddings"}
+SUPPORTED = classes(lora=True)  # as registered at import; `supported()` reads it live
+
+
+def supported() -> tuple[str, ...]:
+    """The layer classes Keras LoRA adapts (the registry's ``lora`` role)."""
+    return classes(lora=True)
 
 
 @dataclass(frozen=True)
@@ -73,8 +78,8 @@ def enable_lora(model: Any, *selectors: Selector, rank: int, alpha: float | None
             train, as in PEFT's ``bias="none"``).
 
     Raises:
-        SurgeryError: a tf_keras model, or a selected layer type without LoRA (names the layer
-            and the supported types).
+        UnsupportedModelError: a tf_keras model, or a selected layer type without LoRA (names
+            the layer and the supported types).
 
     Example:
     ```python
@@ -83,8 +88,8 @@ def enable_lora(model: Any, *selectors: Selector, rank: int, alpha: float | None
     """
     require_live_model(model, "enable_lora")
     if framework_of(model) == "tf_keras":
-        raise SurgeryError("tf_keras models have no LoRA; convert the model to Keras 3 first "
-                           "(surgery convert)")
+        raise UnsupportedModelError("tf_keras models have no LoRA; convert the model to Keras 3 "
+                                    "first (surgery convert)")
     if not isinstance(rank, (int, np.integer)) or rank < 1:
         raise OptionError(f"rank must be a positive integer, got {rank!r}")
     if alpha is not None and (isinstance(alpha, bool) or not isinstance(
@@ -95,17 +100,19 @@ def enable_lora(model: Any, *selectors: Selector, rank: int, alpha: float | None
         chosen = select(src.variables(), selectors, what=model.name)
         layers = list(dict.fromkeys(v.layer for v in chosen))
     else:
-        layers = [p for p, l in src.layer_objects.items() if type(l).__name__ in SUPPORTED]
+        layers = [p for p, l in src.layer_objects.items() if type(l).__name__ in supported()]
     for path in layers:
         layer = src.layer_objects[path]
-        if type(layer).__name__ not in SUPPORTED:
-            raise SurgeryError(f"layer {path!r} is a {type(layer).__name__}, which has no LoRA; "
-                               f"LoRA works on {', '.join(SUPPORTED)}")
+        if type(layer).__name__ not in supported():
+            raise UnsupportedModelError(f"layer {path!r} is a {type(layer).__name__}, which has "
+                                        f"no LoRA; LoRA works on {', '.join(supported())}",
+                                        layer=path)
         if getattr(layer, "kernel_constraint", None) is not None and \
                 not getattr(layer, "lora_enabled", False):
-            raise SurgeryError(f"layer {path!r} has a kernel constraint, which LoRA can't keep "
-                               "(Keras refuses it); leave the layer out of the LoRA selection "
-                               "or remove its constraint first")
+            raise UnsupportedModelError(f"layer {path!r} has a kernel constraint, which LoRA "
+                                        "can't keep (Keras refuses it); leave the layer out of "
+                                        "the LoRA selection or remove its constraint first",
+                                        layer=path)
     before = _trainable(model)
     for path in layers:
         layer = src.layer_objects[path]
@@ -142,7 +149,7 @@ def merge_lora(model: Any) -> Any:
     ops = keras().ops
     with open_weights(new) as dst:
         for path, layer in adapted.items():
-            name = _KERNEL.get(type(layer).__name__, "kernel")
+            name = getattr(layer_type(type(layer).__name__), "lora", None) or "kernel"
             merged = ops.convert_to_numpy(getattr(layer, name))
             dst.variable(f"{path}/{name}").assign(merged)
             for other in ("bias",):

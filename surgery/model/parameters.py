@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import OptionError, SurgeryError
+from ..errors import OptionError, SelectorError
 from ..layertypes import layer_type
-from ..io.describe import WRAPPERS as _WRAPPERS
+from ..io.describe import is_wrapper
 from ..io.livemodels import require_live_model
 from ..selection import Selector, select
 
@@ -37,15 +37,16 @@ def _set(model: Any, selectors, what: str, build) -> Any:
     for v in chosen:
         lc = find_layer_config(config, v.layer)
         cls, cfg = lc.get("class_name", ""), lc.get("config") or {}
-        if cls in _WRAPPERS:
+        if is_wrapper(cls):
             lc = cfg.get("layer") or {}
             cls, cfg = lc.get("class_name", ""), lc.get("config") or {}
         known = layer_type(cls)
         prefix = next((s.setup for s in (known.specs(cfg) if known else [])
                        if s.name == v.name), None)
         if prefix is None or f"{prefix}_{what}" not in cfg:
-            raise SurgeryError(f"{v.path}: layer {v.layer!r} ({cls}) has no {what} setting for "
-                               "this variable; select kernels, biases or embeddings")
+            raise SelectorError(f"{v.path}: layer {v.layer!r} ({cls}) has no {what} setting for "
+                                "this variable; select kernels, biases or embeddings",
+                                layer=v.layer, variable=v.path)
         cfg[f"{prefix}_{what}"] = build()
         touched.append(v.path)
     new = rebuild(model, config)

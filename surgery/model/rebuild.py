@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..errors import SurgeryError
+from ..errors import EditError, SurgeryError
 from ..io.configs import find_layer_config, iter_layer_configs, model_config
 from ..io.livemodels import framework_of
 
@@ -35,8 +35,8 @@ def rebuild(model: Any, config: dict) -> Any:
         raise
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SurgeryError(f"{getattr(model, 'name', 'model')}: Keras could not build the "
-                           f"edited model ({type(e).__name__}: {msg})") from None
+        raise EditError(f"{getattr(model, 'name', 'model')}: Keras could not build the "
+                        f"edited model ({type(e).__name__}: {msg})") from None
 
 
 def carry_weights(source: Any, target: Any, *, skip: Sequence[str] = ()) -> Any:

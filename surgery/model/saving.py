@@ -70,18 +70,19 @@ def load_model(path: Any, *, safe_mode: bool = True, custom_objects: Mapping | N
     if kind == "savedmodel":
         raise InputError(f"{path}: a SavedModel directory, which Keras 3 can't load as a model; "
                          "read its variables with surgery.open_weights(path), or call it as a "
-                         "layer with surgery.hub_layer(path)")
+                         "layer with surgery.hub_layer(path)", path=path)
     if kind in ("npz", "checkpoint"):
         raise InputError(f"{path}: a weights file without an architecture; load the model it "
-                         "belongs to and transplant these weights into it")
+                         "belongs to and transplant these weights into it", path=path)
     with open_weights(path) as src:  # structure, config and every dataset header checked
         if src.format == "weights.h5":
             raise InputError(f"{path}: a .weights.h5 file holds no architecture; load the "
-                             ".keras model and call model.load_weights() or surgery.transplant")
+                             ".keras model and call model.load_weights() or surgery.transplant",
+                             path=path)
         config = src.config
         if config is None:
             raise FormatError(f"{path}: a Keras 2 weights file without a model config; it holds "
-                              "weights only")
+                              "weights only", path=path)
         if safe_mode:
             check_config(config, path, custom_objects=custom_objects)
         check_declared_widths(src, path)  # before Keras builds (and allocates) anything
@@ -113,7 +114,7 @@ def _check_classes(config, path, custom_objects, legacy) -> None:
             continue
         raise FormatError(f"{path}: layer {layer!r} is of class {registered or cls!r}, which is "
                           "neither a Keras class nor registered; pass custom_objects= (Python) "
-                          "or register it with keras.saving.register_keras_serializable")
+                          "or register it with keras.saving.register_keras_serializable", path=path)
 
 
 def _keras_load(path, *, safe_mode, custom_objects, legacy):
@@ -132,8 +133,8 @@ def _keras_load(path, *, safe_mode, custom_objects, legacy):
         if "Could not locate" in msg or "Unknown layer" in msg or "Unknown" in msg:
             raise FormatError(f"{path}: {msg}; pass the class in custom_objects "
                               "(Python) or register it with keras.saving.register_keras_"
-                              "serializable") from None
-        raise FormatError(f"{path}: Keras could not rebuild the model ({msg})") from None
+                              "serializable", path=path) from None
+        raise FormatError(f"{path}: Keras could not rebuild the model ({msg})", path=path) from None
 
 
 def _save_kind(path: str, model: Any) -> str:
@@ -145,7 +146,7 @@ def _save_kind(path: str, model: Any) -> str:
     if name.endswith((".h5", ".hdf5")):
         return "h5"
     raise OutputError(f"{path}: unknown output kind; use a .keras (model), .h5 (Keras 2 model) "
-                      "or .weights.h5 (weights only) file name")
+                      "or .weights.h5 (weights only) file name", path=path)
 
 
 def save_model(model: Any, path: Any, *, overwrite: bool = False,
@@ -194,5 +195,5 @@ def save_model(model: Any, path: Any, *, overwrite: bool = False,
             raise
         except Exception as e:
             raise OutputError(f"{path}: Keras could not write the model ({_first_line(e)}); "
-                              "nothing was written") from None
+                              "nothing was written", path=path) from None
     return path

@@ -189,6 +189,7 @@ def probe_inputs(model: Any, *, batch: int = 8, seed: int = 0,
     """
     if family not in FAMILIES:
         raise OptionError(f"unknown probe family {family!r}; use one of {', '.join(FAMILIES)}")
+    _check_probe_size(model, batch)
     rng = np.random.default_rng([seed, FAMILIES.index(family)] if family != "normal" else seed)
     out = []
     for i, tensor in enumerate(model.inputs):
@@ -197,16 +198,69 @@ def probe_inputs(model: Any, *, batch: int = 8, seed: int = 0,
         if _is_int(tensor):
             out.append(rng.integers(0, _vocab(model), shape).astype(dtype))
         elif family == "normal":
-            out.append(rng.normal(size=shape).astype("float32"))
+            out.append(_draw(rng.normal, shape))
         else:
             sampler = _input_scale(model, i) if family == "scale" else None
-            x = sampler(rng, shape) if sampler is not None else rng.uniform(size=shape)
+            x = sampler(rng, shape) if sampler is not None else _draw(rng.uniform, shape)
             out.append(np.asarray(x, "float32"))
     return out
 
 
+MAX_PROBE_BYTES = 256 * 1024 * 1024  # one batch of random probes, all inputs together
+
+
+def _draw(draw, shape: list[int]) -> np.ndarray:
+    """float32 draws, made in float64 chunks of 1M (the same values as one float64 draw)."""
+    out = np.empty(int(np.prod(shape)), "float32")
+    for start in range(0, out.size, 1 << 20):
+        out[start:start + (1 << 20)] = draw(size=min(1 << 20, out.size - start))
+    return out.reshape(shape)
+
+
+def _probe_bytes(model: Any, batch: int) -> int:
+    return sum(int(np.prod(_probe_shape(t, batch), dtype=object)) * 4
+               for t in _declared_inputs(model))
+
+
+def _check_probe_size(model: Any, batch: int) -> None:
+    size = _probe_bytes(model, batch)
+    if size > MAX_PROBE_BYTES:
+        shapes = ", ".join(str(tuple(t.shape)) for t in _declared_inputs(model))
+        raise InputError(f"verify: {getattr(model, 'name', 'the model')} declares inputs of "
+                         f"shape {shapes}; a batch of {batch} random probes would take "
+                         f"{size / 2 ** 30:.1f} GiB (more than {MAX_PROBE_BYTES >> 20} MiB); "
+                         "give your own smaller inputs with --inputs (inputs=)")
+
+
 def _input_names(model: Any) -> list[str]:
     return [getattr(t, "name", "").split(":")[0] for t in _declared_inputs(model)] or ["x"]
+
+
+def _read_npz(where: str) -> dict[str, np.ndarray]:
+    """The arrays of an inputs .npz, through the checked reader (regular file, zip bombs,
+    declared shapes larger than what is stored, pickles)."""
+    import zipfile
+    import zlib
+
+    from ..io.sources import NpzSource
+
+    src = NpzSource(where)
+    out = {}
+    try:
+        for info in src.variables():
+            if np.dtype(info.dtype).kind == "c":
+                raise InputError(f"{where}: input {info.path!r} holds complex numbers "
+                                 f"({info.dtype}); give real-valued arrays", path=where)
+            try:
+                with zipfile.ZipFile(where) as zf, zf.open(info.key) as f:
+                    out[info.path] = np.lib.format.read_array(f, allow_pickle=False)
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+                    NotImplementedError) as e:
+                raise InputError(f"{where}: can't read input {info.path!r} ({e}); save the "
+                                 "inputs again with numpy.savez", path=where) from None
+    finally:
+        src.close()
+    return out
 
 
 def _load_inputs(inputs: Any, model: Any) -> list[np.ndarray]:
@@ -214,15 +268,10 @@ def _load_inputs(inputs: Any, model: Any) -> list[np.ndarray]:
     where = "inputs"
     if isinstance(inputs, (str, os.PathLike)):
         where = os.fspath(inputs)
-        if not os.path.isfile(where):
+        if not os.path.lexists(where):
             raise InputError(f"{where}: no such inputs file (an .npz with one array per model "
-                             "input)")
-        try:
-            with np.load(where, allow_pickle=False) as data:
-                inputs = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as e:
-            raise InputError(f"{where}: not a readable .npz of input arrays ({e}); save one "
-                             "with numpy.savez") from None
+                             "input)", path=where)
+        inputs = _read_npz(where)
         if not all(n in inputs for n in names):
             if len(names) != 1 or not inputs:
                 raise InputError(f"{where}: needs arrays named {', '.join(names)}")
@@ -241,6 +290,14 @@ def _load_inputs(inputs: Any, model: Any) -> list[np.ndarray]:
     if len(xs) != len(names):
         raise InputError(f"{where}: {len(xs)} arrays for a model with {len(names)} inputs "
                          f"({', '.join(names)}); give one array per input")
+    for name, x in zip(names, xs):
+        if x.dtype.kind == "c":
+            raise InputError(f"{where}: input {name!r} holds complex numbers ({x.dtype}); "
+                             "give real-valued arrays")
+        if x.dtype.kind == "f" and x.size and not np.isfinite(x).all():
+            bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+            raise InputError(f"{where}: input {name!r} holds {bad} NaN or infinite values of "
+                             f"{x.size}; give finite inputs (they can't be compared)")
     for name, x, t in zip(names, xs, _declared_inputs(model)):
         want = tuple(t.shape)[1:]
         if x.ndim != len(want) + 1 or any(w is not None and w != g
@@ -395,6 +452,9 @@ def _probes(model: Any, inputs: Any, *, batch: int, seed: int,
     else:
         chosen = [f for f in FAMILIES if f != "scale" or any(
             _input_scale(model, i) for i in range(len(declared)))]
+    if inputs is not None and families is None and \
+            _probe_bytes(model, batch) > MAX_PROBE_BYTES:
+        chosen = []  # too large to draw: the caller's own inputs are the probes
     probes = [("tokens" if tokens else f, probe_inputs(model, batch=batch, seed=seed,
                                                        family=f)) for f in chosen]
     if inputs is not None:

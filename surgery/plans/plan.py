@@ -42,17 +42,13 @@ from typing import Any
 import numpy as np
 
 from ..io.atomic import atomic_path, check_outputs
-from ..errors import CheckFailed, InputError, ShapeError, SurgeryError
+from ..errors import CheckFailed, InputError, PlanError, ShapeError, SurgeryError
 from ..io.inventory import inspect as inspect_fn
 from .schema import check_plan
 from ..transfer.rules import read_toml
 from ..selection import select
 
 __all__ = ["Plan", "PlanError", "PlanReport"]
-
-
-class PlanError(SurgeryError):
-    """A plan that can't run: every problem, with its line."""
 
 
 def _sha256(path: str) -> str:

@@ -88,12 +88,14 @@ def _stat_data(path: str) -> os.stat_result:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise InputError(f"{path}: no such data file or folder") from None
+        raise InputError(f"{path}: no such data file or folder", path=path) from None
     except OSError as e:
-        raise InputError(f"{path}: can't be read ({e.strerror}); check the path") from None
+        raise InputError(f"{path}: can't be read ({e.strerror}); check the path",
+                         path=path) from None
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
         raise InputError(f"{path}: is {_kind_of(path)}, not a data file or folder; "
-                         "surgery reads training data only from regular files and folders")
+                         "surgery reads training data only from regular files and folders",
+                         path=path)
     return st
 
 
@@ -106,15 +108,16 @@ def _open_regular(path: str) -> io.BufferedReader:
         if not stat.S_ISREG(st.st_mode):
             kind = "a directory" if stat.S_ISDIR(st.st_mode) else _kind_of(path)
             raise InputError(f"{path}: is {kind}, not a regular file; surgery reads "
-                             "training data only from regular files")
+                             "training data only from regular files", path=path)
         fd = os.open(path, flags)
     except OSError as e:
-        raise InputError(f"{path}: can't be read ({e.strerror}); check the path") from None
+        raise InputError(f"{path}: can't be read ({e.strerror}); check the path",
+                         path=path) from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise InputError(f"{path}: is {_kind_of(path)}, not a regular file; surgery "
-                         "reads training data only from regular files")
+                         "reads training data only from regular files", path=path)
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 
@@ -147,7 +150,7 @@ class _Walk:
         try:
             return os.scandir(folder)
         except OSError as e:
-            raise InputError(f"{folder}: can't be read ({e.strerror})") from None
+            raise InputError(f"{folder}: can't be read ({e.strerror})", path=folder) from None
 
     def follow(self, full: str, *, read: bool) -> os.stat_result | None:
         """A link's target's stat, or None where it won't be used (not a folder, and not a
@@ -276,18 +279,18 @@ def _load_npz(path: str):
         if missing:
             raise FormatError(f"{path}: an .npz for training needs arrays 'x' and 'y'; it has "
                               f"{', '.join(sorted(arrays)) or 'none'}; save it with "
-                              "np.savez(path, x=..., y=...)")
+                              "np.savez(path, x=..., y=...)", path=path)
         val = [k for k in ("x_val", "y_val") if k in arrays]
         if len(val) == 1:
             other = "y_val" if val == ["x_val"] else "x_val"
             raise FormatError(f"{path}: has {val[0]} but no {other}; validation data needs "
-                              "both (or neither)")
+                              "both (or neither)", path=path)
         keys = ["x", "y"] + val
         for key in keys:
             _check_dtype(src.dtype(key), key, path)
             if not src.shape(key):
                 raise FormatError(f"{path}: {key} is a scalar; it needs one entry per sample "
-                                  "(shape (samples, ...))")
+                                  "(shape (samples, ...))", path=path)
         _check_lengths(src.shape("x")[0], src.shape("y")[0], ("x", "y"), path)
         if val:
             _check_lengths(src.shape("x_val")[0], src.shape("y_val")[0], ("x_val", "y_val"),
@@ -311,10 +314,10 @@ def _csv_rows(path: str):
             except UnicodeDecodeError:
                 line, reason = _first_bad_utf8(path)
                 raise FormatError(f"{path}: line {line}: not UTF-8 text ({reason}); save the "
-                                  "file as UTF-8") from None
+                                  "file as UTF-8", path=path) from None
             except csv.Error as e:
                 raise FormatError(f"{path}: line {reader.line_num}: not a valid CSV row ({e}); "
-                                  "fix that line") from None
+                                  "fix that line", path=path) from None
             if row:
                 yield reader.line_num, row
 
@@ -332,7 +335,7 @@ def _first_bad_utf8(path: str) -> tuple[int, str]:
 
 def _bad_cell(path: str, line: int, column: str, value: str, why: str) -> FormatError:
     shown = value if len(value) <= 40 else value[:40] + "..."
-    return FormatError(f"{path}: line {line}, column {column!r}: {shown!r} {why}")
+    return FormatError(f"{path}: line {line}, column {column!r}: {shown!r} {why}", path=path)
 
 
 def _load_csv(path: str, label: str | None):
@@ -349,16 +352,16 @@ def _parse_csv(path: str, label: str, rows):
         _, header = next(rows)
     except StopIteration:
         raise FormatError(f"{path}: empty CSV file; it needs a header row naming the columns "
-                          "and one row per sample") from None
+                          "and one row per sample", path=path) from None
     if label not in header:
         shown = ", ".join(header[:12]) + (", ..." if len(header) > 12 else "")
         raise FormatError(f"{path}: no label column {label!r}; columns: {shown}; name one "
-                          "with --label")
+                          "with --label", path=path)
     idx = header.index(label)
     names = [h for i, h in enumerate(header) if i != idx]
     if not names:
         raise FormatError(f"{path}: no feature columns, only the label column {label!r}; "
-                          "add the features as columns")
+                          "add the features as columns", path=path)
     chunks: list[np.ndarray] = []
     labels: list[str] = []
     lines: list[int] = []
@@ -388,7 +391,7 @@ def _parse_csv(path: str, label: str, rows):
     for line, row in rows:
         if len(row) != len(header):
             raise FormatError(f"{path}: line {line} has {len(row)} fields but the header has "
-                              f"{len(header)}; fix that row")
+                              f"{len(header)}; fix that row", path=path)
         labels.append(row[idx])
         lines.append(line)
         pending.append(row[:idx] + row[idx + 1:])
@@ -397,7 +400,8 @@ def _parse_csv(path: str, label: str, rows):
     if pending:
         flush()
     if not labels:
-        raise FormatError(f"{path}: a CSV with a header and no rows; add one row per sample")
+        raise FormatError(f"{path}: a CSV with a header and no rows; add one row per sample",
+                          path=path)
     x = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
     y, classes = _csv_labels(path, label, labels, lines)
     return x, y, None, None, classes
@@ -527,7 +531,7 @@ def _load_images(path: str, model, seed: int):
                                             lambda n: n.lower().endswith(_IMAGE_EXT))]
     if not files:
         raise InputError(f"{path}: no images found (an image folder needs one subfolder per "
-                         f"class holding {'/'.join(_IMAGE_EXT)} files)")
+                         f"class holding {'/'.join(_IMAGE_EXT)} files)", path=path)
     shape, _ = _model_input(model)
     if len(shape) != 3 or None in shape[:2]:
         raise ShapeError(f"{path}: an image folder needs a model with (height, width, channels) "
@@ -574,11 +578,11 @@ def _load_tfdata(path: str):
         spec = ds.element_spec
     except Exception as e:  # TF and protobuf raise several kinds for a bad directory
         raise FormatError(f"{path}: can't load the saved tf.data dataset ({type(e).__name__}: "
-                          f"{_tf_message(e)}); {fix}") from None
+                          f"{_tf_message(e)}); {fix}", path=path) from None
     if not (isinstance(spec, tuple) and len(spec) == 2
             and all(isinstance(s, tf.TensorSpec) for s in spec)):
         raise FormatError(f"{path}: a saved tf.data dataset for training must yield (x, y) "
-                          f"pairs of tensors; it yields {spec}")
+                          f"pairs of tensors; it yields {spec}", path=path)
     for name, s in zip(("x", "y"), spec):
         if not (s.dtype.is_floating or s.dtype.is_integer or s.dtype.is_bool):
             raise _not_numeric(name, s.dtype.name, path)
@@ -589,20 +593,20 @@ def _load_tfdata(path: str):
             held += x.nbytes + y.nbytes
             if held > budget:
                 raise FormatError(f"{path}: the saved dataset expands beyond {budget} bytes "
-                                  f"from {stored} stored; refusing a decompression bomb")
+                                  f"from {stored} stored; refusing a decompression bomb", path=path)
             xs.append(x)
             ys.append(y)
     except tf.errors.OpError as e:
         raise FormatError(f"{path}: damaged saved tf.data dataset ({type(e).__name__}: "
-                          f"{_tf_message(e)}); {fix}") from None
+                          f"{_tf_message(e)}); {fix}", path=path) from None
     if not xs:
-        raise FormatError(f"{path}: the saved tf.data dataset is empty")
+        raise FormatError(f"{path}: the saved tf.data dataset is empty", path=path)
     try:
         return np.stack(xs), np.array(ys), None, None, ()
     except ValueError:
         raise FormatError(f"{path}: the dataset's samples differ in shape ({xs[0].shape} and "
                           f"{next(a.shape for a in xs if a.shape != xs[0].shape)}); a "
-                          "training set needs one shape") from None
+                          "training set needs one shape", path=path) from None
 
 
 # ------------------------------------------------------------------ entry point
@@ -653,10 +657,10 @@ def load_data(path: str, model, *, label: str | None = None, val: str | None = N
         kind, loaded = "csv", _load_csv(path, label)
     else:
         raise InputError(f"{path}: unknown kind of data; use an .npz (x, y), a .csv with a "
-                         "label column, an image folder, or a saved tf.data directory")
+                         "label column, an image folder, or a saved tf.data directory", path=path)
     x, y, xv, yv, classes = loaded
     if len(x) == 0:
-        raise FormatError(f"{path}: no training samples (x is empty); add samples")
+        raise FormatError(f"{path}: no training samples (x is empty); add samples", path=path)
     if val is not None:
         other = load_data(val, model, label=label, seed=seed)
         xv, yv = other.x, other.y

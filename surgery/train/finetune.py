@@ -26,19 +26,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from .data import Data, check_against_model, eval_pipeline, load_data, train_pipeline
-from ..errors import OptionError, SelectorError, SurgeryError
+from ..errors import Interrupted, OptionError, SelectorError, SurgeryError, UnsupportedModelError
 from ..io.livemodels import framework_of
 from ..selection import select
 from ..io.sources import open_weights
 
 __all__ = ["FinetuneResult", "finetune", "infer_loss", "loss_object", "make_loss", "Interrupted",
            "set_trainable"]
-
-
-class Interrupted(SurgeryError):
-    """Training was interrupted (Ctrl-C); the last epoch's checkpoint is kept for --resume."""
-
-    exit_code = 130
 
 
 @dataclass
@@ -111,8 +105,8 @@ def infer_loss(model, y: np.ndarray) -> tuple[str, list[str], bool]:
         if head == "softmax" or one_hot:
             return "categorical_crossentropy", ["accuracy"], head != "softmax"
         return "mean_squared_error", ["mean_absolute_error"], False
-    raise SurgeryError(f"can't infer a loss for labels {y.dtype} {y.shape[1:]} and a head of "
-                       f"{width} units ({head}); pass --loss NAME")
+    raise OptionError(f"can't infer a loss for labels {y.dtype} {y.shape[1:]} and a head of "
+                      f"{width} units ({head}); pass --loss NAME")
 
 
 # Keras's loss functions by name take probabilities; these classes take `from_logits`.
@@ -238,7 +232,7 @@ def set_trainable(model, train: Sequence[str], freeze: Sequence[str], bn: str, *
 
 def _lora_targets(model, lora_select: Sequence, train: Sequence) -> list:
     """The LoRA selectors: `lora_select`, or every supported layer `train` doesn't train."""
-    from ..model.lora import SUPPORTED
+    from ..model.lora import supported
 
     src = open_weights(model)
     trained = {v.layer for v in select(src.variables(), train, what=model.name)} \
@@ -251,9 +245,9 @@ def _lora_targets(model, lora_select: Sequence, train: Sequence) -> list:
                                 "layer trains either fully or through LoRA adapters")
         return list(lora_select)
     layers = [p for p, layer in src.layer_objects.items()
-              if type(layer).__name__ in SUPPORTED and p not in trained]
+              if type(layer).__name__ in supported() and p not in trained]
     if not layers:
-        raise SelectorError(f"{model.name}: no layer left for LoRA ({', '.join(SUPPORTED)}) "
+        raise SelectorError(f"{model.name}: no layer left for LoRA ({', '.join(supported())}) "
                             "outside --train; name some with --lora-select")
     return [(lambda v, p=p: v.layer == p) for p in layers]
 
@@ -273,8 +267,8 @@ def _l2sp_loss(model, base, keras, alpha: float, beta: float):
     from ..model.saving import source_path
 
     if source_path(model) is None:
-        raise SurgeryError(f"--l2sp needs pretrained weights to anchor to; {model.name} was not "
-                           "loaded from a file (load it with surgery.load_model first)")
+        raise OptionError(f"--l2sp needs pretrained weights to anchor to; {model.name} was not "
+                          "loaded from a file (load it with surgery.load_model first)")
     try:
         head = find_head(model)
     except SurgeryError:
@@ -347,17 +341,23 @@ def _real(name: str, value: Any, *, low: float, high: float | None = None,
         raise OptionError(f"{name} must be a finite number {rng}, got {value!r}")
 
 
-def _whole(name: str, value: Any, *, low: int, optional: bool = False) -> None:
+def _whole(name: str, value: Any, *, low: int, optional: bool = False,
+           high: int | None = None) -> None:
     if value is None and optional:
         return
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
         raise OptionError(f"{name} must be a whole number of at least {low}, got {value!r}")
+    if high is not None and value > high:
+        raise OptionError(f"{name} must be at most {high:,}, got {value:,}")
+
+
+MAX_COUNT = 2**31 - 1  # the largest epoch count and batch size TensorFlow's int32 counters hold
 
 
 def _check_options(o: dict) -> None:
     """Refuses non-finite, out-of-range and contradictory options before anything runs."""
-    _whole("--epochs", o["epochs"], low=1)
-    _whole("--batch-size", o["batch_size"], low=1)
+    _whole("--epochs", o["epochs"], low=1, high=MAX_COUNT)
+    _whole("--batch-size", o["batch_size"], low=1, high=MAX_COUNT)
     _whole("--seed", o["seed"], low=0)
     _whole("--early-stop", o["early_stop"], low=1, optional=True)
     _whole("--lora-rank", o["lora_rank"], low=1, optional=True)
@@ -483,8 +483,8 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
                         lora_select=lora_select, val=val))
     keras = tfimport.keras()
     if framework_of(model) == "tf_keras":
-        raise SurgeryError("finetune trains Keras 3 models; convert a Keras 2 model first "
-                           "(surgery convert MODEL.h5 -o MODEL.keras)")
+        raise UnsupportedModelError("finetune trains Keras 3 models; convert a Keras 2 model first "
+                                    "(surgery convert MODEL.h5 -o MODEL.keras)")
     inputs = _input_paths(model, data, val)
     if isinstance(data, Data):
         check_against_model(data, model)

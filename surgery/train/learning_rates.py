@@ -15,7 +15,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..errors import OptionError, SurgeryError
+from ..errors import OptionError, UnsupportedModelError
 from ..io.livemodels import framework_of, require_live_model
 from ..selection import select
 from ..io.sources import open_weights
@@ -80,7 +80,7 @@ def learning_rates(model: Any, multipliers: Mapping[Any, float] | None = None,
         `LearningRates`; compile with ``model.compile(optimizer=lr.optimizer, ...)``.
 
     Raises:
-        SurgeryError: a tf_keras model (no MultiOptimizer there).
+        UnsupportedModelError: a tf_keras model (no MultiOptimizer there).
         SelectorError: a selector matching nothing.
 
     Example:
@@ -90,8 +90,8 @@ def learning_rates(model: Any, multipliers: Mapping[Any, float] | None = None,
     ```
     """
     if framework_of(model) == "tf_keras":
-        raise SurgeryError("per-layer learning rates need Keras 3 (tf_keras has no "
-                           "MultiOptimizer); convert the model first")
+        raise UnsupportedModelError("per-layer learning rates need Keras 3 (tf_keras has no "
+                                    "MultiOptimizer); convert the model first")
     if decay is not None and not (_finite(decay) and 0 < decay <= 1):
         raise OptionError(f"layer decay must be a finite number in (0, 1], got {decay!r}")
     if not (_finite(base_lr) and base_lr > 0):

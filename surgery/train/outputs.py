@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
@@ -19,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..io.atomic import atomic_path
-from ..errors import FormatError, InputError, OptionError, OutputError, SurgeryError
+from ..errors import FormatError, InputError, OptionError, OutputError, OutputExists
 
 __all__ = ["write_metrics", "write_plot", "write_adapters", "require_matplotlib",
            "TrainingCheckpoint", "CHECKPOINT_MARKER", "weights_hash", "arrays_hash"]
@@ -32,8 +33,8 @@ def require_matplotlib() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SurgeryError("--plot needs matplotlib, which is not installed; run "
-                           "pip install 'surgery[plot]' (or drop --plot)") from None
+        raise OptionError("--plot needs matplotlib, which is not installed; run "
+                          "pip install 'surgery[plot]' (or drop --plot)") from None
     return plt
 
 
@@ -75,7 +76,7 @@ def write_adapters(adapters: dict, path: str, *, overwrite: bool = False,
                    inputs: Sequence = ()) -> str:
     """LoRA adapter weights (``<layer>/lora_kernel_a|b``) as an .npz."""
     if not adapters:
-        raise SurgeryError("--save-adapters needs --lora-rank: there are no adapters to save")
+        raise OptionError("--save-adapters needs --lora-rank: there are no adapters to save")
     with atomic_path(path, inputs=inputs, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **adapters)
@@ -118,7 +119,7 @@ def arrays_hash(*arrays: Any) -> str:
 
 def _damaged(path: str, what: str) -> FormatError:
     return FormatError(f"{path}: {what}; the checkpoint is damaged: start over with --overwrite "
-                       "(overwrite=True)")
+                       "(overwrite=True)", path=path)
 
 
 def _type_name(value: Any) -> str:
@@ -152,6 +153,19 @@ def _check_state(path: str, state: Any) -> dict:
             isinstance(e, dict) for e in state["epochs"]):
         raise _damaged(path, f"'epoch' is {epoch} but 'epochs' holds {len(state['epochs'])} "
                              "records")
+    for i, record in enumerate(state["epochs"], 1):
+        if not _is_int(record.get("epoch")) or record["epoch"] != i:
+            raise _damaged(path, f"record {i} of 'epochs' has 'epoch' "
+                                 f"{json.dumps(record.get('epoch'))}, expected {i}")
+        if "loss" not in record:
+            raise _damaged(path, f"record {i} of 'epochs' has no 'loss'")
+        bad = next((k for k, v in record.items() if isinstance(v, bool) or
+                    not isinstance(v, (int, float))), None)
+        if bad is not None:
+            raise _damaged(path, f"record {i} of 'epochs': {bad!r} is "
+                                 f"{_type_name(record[bad])}, expected a number")
+    if state["best"] is not None and not math.isfinite(state["best"]):
+        raise _damaged(path, f"'best' is {state['best']}, expected a finite number or null")
     if state["best_epoch"] is not None and not 1 <= state["best_epoch"] <= epoch:
         raise _damaged(path, f"'best_epoch' {state['best_epoch']} is outside 1..{epoch}")
     if state["wait"] < 0:
@@ -216,11 +230,12 @@ class TrainingCheckpoint:
                 self._state = self._read_state()
                 self._compare(self._state, settings)
             elif not overwrite:
-                raise OutputError(f"{self.folder}: holds the checkpoint of an earlier run; pass "
-                                  "--resume to continue it or --overwrite to start over")
+                raise OutputExists(f"{self.folder}: holds the checkpoint of an earlier run; pass "
+                                   "--resume to continue it or --overwrite to start over",
+                                   path=self.folder)
         elif resume:
             raise InputError(f"{self.folder}: no checkpoint to resume from (no such folder); "
-                             "run without --resume")
+                             "run without --resume", path=self.folder)
 
     def _path(self, name: str) -> str:
         return os.path.join(self.folder, name)
@@ -233,27 +248,27 @@ class TrainingCheckpoint:
             if _same_file(folder, inp) or _inside(inp, folder):
                 raise OutputError(f"{folder}: the checkpoint folder holds the input {inp}; give "
                                   "--checkpoint a folder of its own (surgery never writes "
-                                  "into or deletes its inputs)")
+                                  "into or deletes its inputs)", path=folder)
             if os.path.isdir(inp) and _inside(folder, inp):
                 raise OutputError(f"{folder}: is inside the input folder {inp}; give "
                                   "--checkpoint a folder outside it (surgery never writes "
-                                  "into its inputs)")
+                                  "into its inputs)", path=folder)
         if not os.path.lexists(folder):
             parent = os.path.dirname(os.path.abspath(folder))
             if not os.path.isdir(parent):
                 raise OutputError(f"{folder}: the folder {parent} does not exist; create it "
-                                  "first or choose another --checkpoint folder")
+                                  "first or choose another --checkpoint folder", path=folder)
             return
         st = os.lstat(folder)
         if not stat.S_ISDIR(st.st_mode):
             what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a folder"
             raise OutputError(f"{folder}: is {what}; give --checkpoint a folder path that "
-                              "surgery can create")
+                              "surgery can create", path=folder)
         marker = os.path.join(folder, CHECKPOINT_MARKER)
         if not os.path.isfile(marker) or os.path.islink(marker):
             raise OutputError(f"{folder}: is a folder surgery did not create (no "
                               f"{CHECKPOINT_MARKER} in it); surgery never reuses or deletes "
-                              "it, so give --checkpoint a new folder")
+                              "it, so give --checkpoint a new folder", path=folder)
 
     def _read_state(self) -> dict:
         path = self._path(_STATE)
@@ -261,7 +276,8 @@ class TrainingCheckpoint:
             st = os.lstat(path)
         except FileNotFoundError:
             raise InputError(f"{self.folder}: no checkpoint to resume from (state.json "
-                             "missing); start over with --overwrite (overwrite=True)") from None
+                             "missing); start over with --overwrite (overwrite=True)",
+                             path=self.folder) from None
         if not stat.S_ISREG(st.st_mode):
             raise _damaged(path, "is not a regular file")
         if st.st_size > _MAX_STATE:
@@ -287,18 +303,19 @@ class TrainingCheckpoint:
         diff = fingerprint_diff(state["fingerprint"], now["fingerprint"])
         if diff:
             raise InputError(f"{self.folder}: the checkpoint belongs to another model ({diff});"
-                             " start without --resume or use the matching model")
+                             " start without --resume or use the matching model", path=self.folder)
         if state["model_sha256"] != now["model_sha256"]:
             raise InputError(f"{self.folder}: the checkpoint was started from other weights of "
                              f"this architecture (weights sha256 {state['model_sha256'][:12]} "
                              f"in the checkpoint vs {now['model_sha256'][:12]} now); resume "
                              "with the model the run started from, or start over with "
-                             "--overwrite")
+                             "--overwrite", path=self.folder)
         if state["data_sha256"] != now["data_sha256"]:
             raise InputError(f"{self.folder}: the checkpoint was trained on other data (sha256 "
                              f"{state['data_sha256'][:12]} in the checkpoint vs "
                              f"{now['data_sha256'][:12]} now); resume with the same --data, "
-                             "--val, --val-split and --label, or start over with --overwrite")
+                             "--val, --val-split and --label, or start over with --overwrite",
+                             path=self.folder)
         changed = _setting_diff(state["settings"], now["settings"])
         if changed:
             raise OptionError(f"{self.folder}: the checkpoint's run had other settings: "
@@ -385,7 +402,8 @@ class TrainingCheckpoint:
                 os.mkdir(self.folder)
             except OSError as e:
                 raise OutputError(f"{self.folder}: can't create the checkpoint folder "
-                                  f"({e.strerror}); choose another --checkpoint folder") from None
+                                  f"({e.strerror}); choose another --checkpoint folder",
+                                  path=self.folder) from None
             with atomic_path(self._path(CHECKPOINT_MARKER)) as tmp:
                 with open(tmp, "w") as f:
                     json.dump({"format": _FORMAT, "version": _VERSION}, f)

@@ -19,6 +19,7 @@ what.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -319,14 +320,20 @@ def _linear_to_torch(a, target, opts):
     return Adapted({"": R.linear_to_torch(a)}, False, "Keras Dense -> PyTorch Linear")
 
 
+MAX_VOCAB_BYTES = 64 * 1024 * 1024  # a vocabulary file is text, one token per line
+
+
 def _vocab(value, what):
     if isinstance(value, str):
+        from ..io.archive import read_small_file
+
+        data = read_small_file(value, f"{what} file", MAX_VOCAB_BYTES)
         try:
-            with open(value, encoding="utf-8") as f:
-                return [line.rstrip("\n") for line in f if line.rstrip("\n")]
-        except OSError as e:
-            raise OptionError(f"adapter 'remap_rows': can't read {what} file {value!r} "
-                              f"({e.strerror})") from None
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise OptionError(f"adapter 'remap_rows': {what} file {value!r} is not UTF-8 text "
+                              f"(byte {e.start}); give one token per line") from None
+        return [line for line in re.split(r"\r\n?|\n", text) if line]  # universal newlines
     if isinstance(value, list):
         return value
     raise OptionError(f"adapter 'remap_rows': {what} must be a list of tokens or a file path")

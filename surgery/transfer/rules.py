@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 from .adapters import get_adapter
 from ..io.archive import read_small_file
-from ..errors import OptionError, SurgeryError
+from ..errors import OptionError, RulesError
 from ..selection import SafePattern, regex_problem
 
 __all__ = ["RulesError", "Rename", "AdapterRule", "Rules", "load_rules", "MATCH_MODES",
@@ -45,10 +45,7 @@ _TOP = {"match", "strict", "skip", "rename", "adapter"}
 _ADAPTER_KEYS = {"target", "name", "source", "sources", "lossy"}
 MAX_RULES_BYTES = 1024 * 1024  # a rules file is a short text
 MAX_TOML_DEPTH = 32  # arrays and inline tables inside each other
-
-
-class RulesError(SurgeryError):
-    """A rules file or dict that can't be used (unknown key, wrong type, invalid regex)."""
+FILE_OPTIONS = ("old_vocab", "new_vocab")  # adapter options that may name a file to read
 
 
 @dataclass(frozen=True)
@@ -85,6 +82,11 @@ class Rules:
     match: str = "structural"
     strict: bool = False
     origin: str = "rules"
+
+    def files(self) -> tuple[str, ...]:
+        """The files the rules name (an adapter's vocabulary files): inputs of the command."""
+        return tuple(value for a in self.adapters for key, value in a.options
+                     if key in FILE_OPTIONS and isinstance(value, str))
 
     def to_dict(self) -> dict:
         return {"match": self.match, "strict": self.strict, "skip": list(self.skips),

@@ -126,9 +126,22 @@ def _check_strict(report: TransplantReport) -> None:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         err = CheckFailed(f"strict transplant into {report.target} failed with "
                           f"{len(problems)} problem{'s' if len(problems) > 1 else ''}: "
-                          f"{'; '.join(problems[:3])}{more}; nothing was changed or written")
+                          f"{'; '.join(problems[:3])}{more}; nothing was changed or written",
+                          **_first_problem(report))
         err.report = report
         raise err
+
+
+def _first_problem(report: TransplantReport) -> dict:
+    """The structured fields of a strict failure: its first mismatched variable with both
+    shapes (source, target), else its first missing variable, else its first non-finite source
+    tensor."""
+    if report.mismatched:
+        first = report.mismatched[0]
+        return {"variable": first.path, "shapes": (first.source_shape, first.target_shape)}
+    if report.missing:
+        return {"variable": report.missing[0].path}
+    return {"variable": report.nonfinite[0][0]} if report.nonfinite else {}
 
 
 def _plan(source: WeightSource, targets, rules) -> tuple[Rules, TransplantPlan]:
@@ -231,6 +244,8 @@ def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
     try:
         if safe_mode:
             check_config(tgt.config, target)
+        rules = load_rules(rules)
+        readers.extend(rules.files())  # vocabulary files the rules read are inputs too
         if not dry_run:
             check_output(output, inputs=readers, overwrite=overwrite)
         rules, plan = _plan(src, tgt.variables(), rules)

@@ -26,6 +26,7 @@ logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notes are n
 
 import surgery  # noqa: E402
 from surgery.errors import SurgeryError  # noqa: E402
+from surgery.text import json_safe  # noqa: E402
 
 __all__ = ["main"]
 
@@ -129,19 +130,8 @@ def _native_stderr_quiet(enabled: bool):
         os.close(saved)
 
 
-def _json_safe(value: Any) -> Any:
-    """JSON has no NaN or Infinity: such floats are written as the strings "nan", "inf"."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _print_json(data: Any) -> None:
-    click.echo(json.dumps(_json_safe(data), indent=2, default=str, allow_nan=False))
+    click.echo(json.dumps(json_safe(data), indent=2, default=str, allow_nan=False))
 
 
 def _emit(result: Any, as_json: bool) -> None:
@@ -598,28 +588,17 @@ def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, l
           --lora-select fc --save-adapters adapters.npz
     """
     from surgery.io.atomic import check_outputs
-    from surgery.train.outputs import write_adapters, write_metrics, write_plot
+    from surgery.train.outputs import (check_adapters, check_beside_checkpoint, write_adapters,
+                                       write_metrics, write_plot)
 
     readers = [model, data, val]
     check_outputs([output, metrics_out, plot, save_adapters], inputs=readers,
                   overwrite=overwrite)
     # the checkpoint folder: finetune checks it against the inputs and its own marker
     ckpt = checkpoint or (None if strategy == "multiworker" else f"{output}.ckpt")
-    for path in (output, metrics_out, plot, save_adapters) if ckpt else ():
-        if path and os.path.realpath(path) == os.path.realpath(ckpt):
-            from surgery.errors import OutputError
-            raise OutputError(f"{ckpt}: is also the output {path} of this command; give each "
-                              "output its own path")
-        from surgery.io.atomic import _inside
-        holds_input = any(r and (_inside(r, ckpt) or os.path.realpath(r) ==
-                                 os.path.realpath(ckpt)) for r in readers)
-        if path and _inside(path, ckpt) and not holds_input:  # that one: finetune's line
-            from surgery.errors import OutputError
-            raise OutputError(f"{path}: is inside the checkpoint folder {ckpt}, whose files "
-                              "are removed after the run; write it outside that folder")
+    check_beside_checkpoint(ckpt, [output, metrics_out, plot, save_adapters], inputs=readers)
     if save_adapters and not lora_rank:  # before anything is loaded or trained
-        from surgery.errors import OptionError
-        raise OptionError("--save-adapters needs --lora-rank: there are no adapters to save")
+        check_adapters({})
     if plot:
         from surgery.train.outputs import require_matplotlib
         require_matplotlib()

@@ -6,7 +6,10 @@ CLI's `error:` lines) passes names through `escape_text` or `shown`.
 
 from __future__ import annotations
 
-__all__ = ["NAME_WIDTH", "escape_text", "shown"]
+import math
+from typing import Any
+
+__all__ = ["NAME_WIDTH", "escape_text", "shown", "json_safe"]
 
 NAME_WIDTH = 80  # the widest a name column gets in a text table; longer names are shortened
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -41,3 +44,15 @@ def shown(text: str, width: int = NAME_WIDTH) -> str:
         return text
     head = (width - 1) // 2
     return text[:head] + "\u2026" + text[len(text) - (width - 1 - head):]
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinite float (JSON has none) written as the string "nan",
+    "inf" or "-inf", in nested dicts, lists and tuples too."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

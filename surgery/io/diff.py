@@ -8,13 +8,12 @@ time.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..text import escape_text, shown
+from ..text import escape_text, json_safe, shown
 from .sources import open_weights
 
 __all__ = ["VariableDiff", "WeightDiff", "diff"]
@@ -69,7 +68,7 @@ class WeightDiff:
             "variables": [{"path": v.path, "status": v.status,
                            "shape_a": list(v.shape_a) if v.shape_a is not None else None,
                            "shape_b": list(v.shape_b) if v.shape_b is not None else None,
-                           "max_abs_diff": _json_number(v.max_abs_diff)}
+                           "max_abs_diff": json_safe(v.max_abs_diff)}
                           for v in self.variables],
         }
 
@@ -160,10 +159,3 @@ def diff(a: Any, b: Any, *, architecture_a: Any = None, architecture_b: Any = No
         for s, orig in ((sa, a), (sb, b)):
             if s is not orig:
                 s.close()
-
-
-def _json_number(value: float | None) -> float | str | None:
-    """A float for JSON: NaN and infinities as strings ("nan", "inf"), which JSON can't hold."""
-    if value is None or math.isfinite(value):
-        return value
-    return str(value)

@@ -19,10 +19,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..io.atomic import atomic_path
+from ..io.atomic import _inside, atomic_path
 from ..errors import FormatError, InputError, OptionError, OutputError, OutputExists
 
 __all__ = ["write_metrics", "write_plot", "write_adapters", "require_matplotlib",
+           "check_adapters", "check_beside_checkpoint",
            "TrainingCheckpoint", "CHECKPOINT_MARKER", "weights_hash", "arrays_hash"]
 
 
@@ -75,12 +76,43 @@ def write_plot(result: Any, path: str, *, overwrite: bool = False,
 def write_adapters(adapters: dict, path: str, *, overwrite: bool = False,
                    inputs: Sequence = ()) -> str:
     """LoRA adapter weights (``<layer>/lora_kernel_a|b``) as an .npz."""
-    if not adapters:
-        raise OptionError("--save-adapters needs --lora-rank: there are no adapters to save")
+    check_adapters(adapters)
     with atomic_path(path, inputs=inputs, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **adapters)
     return path
+
+
+def check_adapters(adapters: dict) -> None:
+    """Raises `OptionError` when there are no LoRA adapters to save (no ``--lora-rank``)."""
+    if not adapters:
+        raise OptionError("--save-adapters needs --lora-rank: there are no adapters to save")
+
+
+def check_beside_checkpoint(folder: str | None, outputs: Sequence, *,
+                            inputs: Sequence = ()) -> None:
+    """Refuses an output that is the checkpoint folder itself, or lies inside it (its files
+    are removed after the run). A folder that holds an input is left to `TrainingCheckpoint`,
+    whose refusal names that input.
+
+    Raises:
+        OutputError: naming the output and the checkpoint folder.
+    """
+    if not folder:
+        return
+    real = os.path.realpath(folder)
+    holds_input = any(r and (_inside(r, folder) or os.path.realpath(r) == real)
+                      for r in inputs if isinstance(r, (str, os.PathLike)))
+    for path in outputs:
+        if not path:
+            continue
+        if os.path.realpath(path) == real:
+            raise OutputError(f"{folder}: is also the output {path} of this command; give "
+                              "each output its own path", path=path)
+        if _inside(path, folder) and not holds_input:
+            raise OutputError(f"{path}: is inside the checkpoint folder {folder}, whose files "
+                              "are removed after the run; write it outside that folder",
+                              path=path)
 
 
 # ---------------------------------------------------------------- the per-epoch checkpoint

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import zipfile
 
 import h5py
 import numpy as np
@@ -30,6 +29,7 @@ from surgery.entries import VariableInfo
 from surgery.errors import FormatError, InputError, SelectorError
 from surgery.transfer.rules import RulesError, load_rules
 from surgery.selection import select
+from tests.bad_inputs.files import one_error, rezip
 from tests.conftest import ROOT, leftovers, sha256
 
 GUARD_S = 120  # a hang guard only: each case below finishes in a few seconds
@@ -52,33 +52,6 @@ def _python(snippet: str, timeout=GUARD_S) -> str:
     return p.stdout
 
 
-def _one_error(r, line: str) -> None:
-    assert r.exit_code == 2, r.output
-    assert r.output == f"error: {line}\n", r.output
-
-
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory):
-    """A small real Keras model: its .keras, .weights.h5 and config.json."""
-    import keras
-    folder = tmp_path_factory.mktemp("clean")
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc"),
-                              keras.layers.Dense(2, name="head")], name="small")
-    model.save(folder / "m.keras")
-    model.save_weights(folder / "m.weights.h5")
-    with zipfile.ZipFile(folder / "m.keras") as z:
-        (folder / "config.json").write_bytes(z.read("config.json"))
-    return folder
-
-
-def _rezip(src, dst, h5_path) -> str:
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for name in zin.namelist():
-            data = open(h5_path, "rb").read() if name == "model.weights.h5" else zin.read(name)
-            zout.writestr(name, data)
-    return str(dst)
-
-
 # ------------------------------------------------------------------ HDF5 walking
 
 
@@ -99,7 +72,7 @@ def _dag(clean, path, levels=26) -> str:
 
 def test_hard_link_dag_is_refused_fast(clean, tmp_path):
     h5 = _dag(clean, tmp_path / "dag.weights.h5")
-    archive = _rezip(clean / "m.keras", tmp_path / "dag.keras", h5)
+    archive = rezip(clean / "m.keras", tmp_path / "dag.keras", h5)
     assert os.path.getsize(h5) < 100_000
     line = (f"{h5}: /store/g9/a is a second hard link to /store/g10; Keras never links one "
             "object twice, refusing a crafted weights file")
@@ -120,7 +93,7 @@ def test_hard_link_dag_is_refused_fast(clean, tmp_path):
     with pytest.raises(FormatError) as e:
         surgery.open_weights(h5)
     assert str(e.value) == line
-    _one_error(CliRunner().invoke(main, ["inspect", h5]), line)
+    one_error(CliRunner().invoke(main, ["inspect", h5]), line)
 
 
 def test_hard_link_cycle_and_deep_chain(clean, tmp_path):
@@ -347,7 +320,7 @@ def test_deep_toml_is_a_rules_error(clean, tmp_path, text):
         load_rules(str(path))
     assert str(e.value) == line
     model = str(clean / "m.keras")
-    _one_error(CliRunner().invoke(main, ["transplant", model, model, "--dry-run", "--rules",
+    one_error(CliRunner().invoke(main, ["transplant", model, model, "--dry-run", "--rules",
                                          str(path)]), line)
 
 

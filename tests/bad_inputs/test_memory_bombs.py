@@ -28,31 +28,8 @@ from click.testing import CliRunner
 import surgery
 from cli import main
 from surgery.errors import FormatError
+from tests.bad_inputs.files import one_error, rezip
 from tests.conftest import ROOT, leftovers, sha256
-
-
-def _one_error(r, line: str) -> None:
-    assert r.exit_code == 2, r.output
-    assert r.output == f"error: {line}\n", r.output
-
-
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory):
-    import keras
-    folder = tmp_path_factory.mktemp("clean")
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc"),
-                              keras.layers.Dense(2, name="head")], name="small")
-    model.save(folder / "m.keras")
-    model.save_weights(folder / "m.weights.h5")
-    return folder
-
-
-def _rezip(src, dst, h5_path) -> str:
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for name in zin.namelist():
-            data = open(h5_path, "rb").read() if name == "model.weights.h5" else zin.read(name)
-            zout.writestr(name, data)
-    return str(dst)
 
 
 @pytest.fixture
@@ -86,16 +63,16 @@ def _vlen_kernel(f, target):
 def test_variable_length_strings_are_refused_before_reading(clean, tmp_path, no_reads):
     h5 = _replace_dataset(clean, tmp_path / "vlen.weights.h5", "layers/dense/vars/0",
                           _vlen_kernel)
-    archive = _rezip(clean / "m.keras", tmp_path / "vlen.keras", h5)
+    archive = rezip(clean / "m.keras", tmp_path / "vlen.keras", h5)
     before = sha256(archive)
     line = (f"{archive}: model.weights.h5: /layers/dense/vars/0 holds variable-length or "
             "string data, not numbers; refusing it as a weight")
     with pytest.raises(FormatError) as e:
         surgery.open_weights(archive)
     assert str(e.value) == line
-    _one_error(CliRunner().invoke(main, ["inspect", archive, "--stats"]), line)
+    one_error(CliRunner().invoke(main, ["inspect", archive, "--stats"]), line)
     out = tmp_path / "out.keras"
-    _one_error(CliRunner().invoke(main, ["transplant", str(clean / "m.keras"), archive, "-o",
+    one_error(CliRunner().invoke(main, ["transplant", str(clean / "m.keras"), archive, "-o",
                                          str(out)]), line)
     assert not out.exists() and leftovers(str(tmp_path)) == [] and sha256(archive) == before
 
@@ -107,12 +84,12 @@ def test_extra_unchecked_dataset_in_a_transplant_target(clean, tmp_path, no_read
     with h5py.File(h5, "r+") as f:
         f.create_dataset("junk", shape=(20000, 20000), dtype="float32", chunks=(100, 100),
                          compression="gzip")
-    target = _rezip(clean / "m.keras", tmp_path / "target.keras", h5)
+    target = rezip(clean / "m.keras", tmp_path / "target.keras", h5)
     before = sha256(target)
     out = tmp_path / "out.keras"
     line = (f"{target}: model.weights.h5: /junk declares shape (20000, 20000) (1600000000 "
             "bytes) but the file stores 0; refusing it before allocation")
-    _one_error(CliRunner().invoke(main, ["transplant", str(clean / "m.keras"), target, "-o",
+    one_error(CliRunner().invoke(main, ["transplant", str(clean / "m.keras"), target, "-o",
                                          str(out)]), line)
     assert not out.exists() and leftovers(str(tmp_path)) == [] and sha256(target) == before
 
@@ -142,7 +119,7 @@ def test_non_real_hdf5_weights_are_refused(clean, tmp_path, dtype, line):
     def make(f, target):
         f.create_dataset(target, data=np.zeros((4, 3), dtype=dtype))
     h5 = _replace_dataset(clean, tmp_path / "c.weights.h5", "layers/dense/vars/0", make)
-    archive = _rezip(clean / "m.keras", tmp_path / "c.keras", h5)
+    archive = rezip(clean / "m.keras", tmp_path / "c.keras", h5)
     with pytest.raises(FormatError) as e:
         surgery.open_weights(archive)
     assert str(e.value) == f"{archive}: model.weights.h5: /layers/dense/vars/0 {line}"
@@ -209,7 +186,7 @@ def test_complex_npz_is_listed_but_refused_as_a_weight(tmp_path):
         with pytest.raises(FormatError) as e:
             w.read("k")
     assert str(e.value) == line
-    _one_error(CliRunner().invoke(main, ["inspect", str(path), "--stats"]), line)
+    one_error(CliRunner().invoke(main, ["inspect", str(path), "--stats"]), line)
 
 
 # ------------------------------------------------------------------ safetensors
@@ -230,7 +207,7 @@ def test_safetensors_shape_product_wrapping_to_zero(tmp_path, no_reads):
     before = sha256(path)
     line = (f"{path}: safetensors header invalid: tensor 'w' spans 0 bytes but float32 "
             "(4294967296, 4294967296) needs 73786976294838206464")
-    _one_error(CliRunner().invoke(main, ["inspect", path, "--stats"]), line)
+    one_error(CliRunner().invoke(main, ["inspect", path, "--stats"]), line)
     assert sha256(path) == before
 
 

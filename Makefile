@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(PY) -m tests.bench
 
 sample-models: $(STAMP)
-	$(PY) -m sample_models.build
+	$(PY) -m surgery.sample_models.build
 
 clean:
 	rm -rf $(VENV) demo-out bench-out .pytest_cache .hypothesis

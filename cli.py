@@ -1007,7 +1007,7 @@ def recipe_list(as_json: bool) -> int:
     Example:
       surgery recipe list
     """
-    from recipes import REGISTRY
+    from surgery.recipes import REGISTRY
 
     if as_json:
         _print_json({n: {"summary": r.summary, "options": {k: repr(v) for k, v in
@@ -1050,7 +1050,7 @@ def recipe_run(name: str, model_path: str | None, output: str | None, seed: int 
           --set 'indices=[2, 1, 0]' -o bgr.keras
       surgery recipe run cnn-inflate --set frames=8 -o video.keras
     """
-    from recipes import get_recipe
+    from surgery.recipes import get_recipe
 
     recipe = get_recipe(name)
     accepted = recipe.options()
@@ -1126,7 +1126,7 @@ def demo_cmd(out_dir: str, seeds: int, tasks_, overwrite: bool, as_json: bool) -
     Example:
       surgery demo --out demo-out --seeds 3
     """
-    from recipes.demo import format_table, run_demo
+    from surgery.recipes.demo import format_table, run_demo
 
     echo = (lambda line: None) if as_json else click.echo
     summary = run_demo(out_dir, seeds=tuple(range(seeds)), tasks_to_run=tasks_ or

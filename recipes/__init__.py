@@ -4,7 +4,7 @@ NAME` runs one with the shipped sample models by default.
 
 Example:
 ```python
-from recipes import REGISTRY
+from surgery.recipes import REGISTRY
 result = REGISTRY["cnn-channels"].run(channels=1)
 print(result)
 ```
@@ -30,7 +30,7 @@ class Recipe:
     def load(self) -> Callable:
         import importlib
 
-        return getattr(importlib.import_module(f"recipes.{self.module}"), self.function)
+        return getattr(importlib.import_module(f"surgery.recipes.{self.module}"), self.function)
 
     def options(self) -> dict[str, object]:
         """Keyword options the recipe accepts, with their defaults."""

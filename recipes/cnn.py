@@ -2,7 +2,7 @@
 
 Example:
 ```python
-from recipes import cnn
+from surgery.recipes import cnn
 result = cnn.new_task(seed=0)          # the sample CNN on 4 shapes it never saw
 print(result)
 ```
@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 import surgery
-from sample_models import tasks
+from surgery.sample_models import tasks
 
 from .base import SAMPLE_CNN, Echo, RecipeResult, finish, quiet
 

@@ -20,7 +20,7 @@ accuracy, epochs run, time and parameters trained.
 
 Example:
 ```python
-from recipes.demo import run_demo
+from surgery.recipes.demo import run_demo
 summary = run_demo("demo-out", seeds=(0, 1, 2))
 ```
 """
@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 
 import surgery
-from sample_models import tasks
+from surgery.sample_models import tasks
 
 from . import cnn, lstm
 from .base import HERE, Echo, quiet

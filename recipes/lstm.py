@@ -2,7 +2,7 @@
 
 Example:
 ```python
-from recipes import lstm
+from surgery.recipes import lstm
 result = lstm.encoder_reuse(seed=0)    # the sample LSTM's encoder on motif families
 print(result)
 ```
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 import surgery
-from sample_models import tasks
+from surgery.sample_models import tasks
 
 from .base import SAMPLE_LSTM, Echo, RecipeResult, finish, quiet
 from .cnn import _until_converged

@@ -4,7 +4,7 @@ Each step is one library call, in the order a user would make them.
 
 Example:
 ```python
-from recipes.tour import run_tour
+from surgery.recipes.tour import run_tour
 summary_path = run_tour("demo-out", overwrite=True)
 ```
 """
@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 import surgery
-from sample_models import tasks
+from surgery.sample_models import tasks
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(HERE, "sample_models")

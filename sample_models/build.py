@@ -1,6 +1,6 @@
 """Builds the shipped sample models from generated data (fixed seeds, no downloads).
 
-Run with ``make sample-models`` (or ``python -m sample_models.build [--out DIR]``). Each model is
+Run with ``make sample-models`` (or ``python -m surgery.sample_models.build [--out DIR]``). Each model is
 trained briefly, saved without optimizer state, and its held-out accuracy and build time are
 written to ``manifest.json`` beside it. See sample_models/README.md for what each one is.
 """
@@ -14,7 +14,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from sample_models import tasks  # noqa: E402
+from surgery.sample_models import tasks  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -138,7 +138,7 @@ _FT_COMMON = """
 import os, time, json, statistics
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import numpy as np, keras
-from sample_models import tasks
+from surgery.sample_models import tasks
 x, y = tasks.make_shapes(3000, tasks.TRANSFER_SHAPES, seed=5)
 model = keras.saving.load_model({model!r}, compile=False)
 """

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import surgery
 from cli import main
-from sample_models import tasks
+from surgery.sample_models import tasks
 
 pytestmark = pytest.mark.slow  # tf_keras and Keras 3 both run: ~10-35 s per case
 

@@ -394,7 +394,7 @@ def test_issue_example_held_out_accuracy(keras):
     """The issue's run end to end: a backbone trained on the 8x8 ten-shape task, a fresh
     logits head, --train head --lr 0.01 for 6 epochs: finetune's held-out accuracy is plain
     Keras's (it was 0.10 before the fix)."""
-    from sample_models.tasks import make_digits_like
+    from surgery.sample_models.tasks import make_digits_like
 
     x, y = make_digits_like(1200, seed=0, size=8)
     xt, yt = make_digits_like(400, seed=1, size=8)

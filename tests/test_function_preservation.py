@@ -20,7 +20,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 import surgery
-from sample_models.tasks import make_motifs, make_shapes
+from surgery.sample_models.tasks import make_motifs, make_shapes
 from surgery import edit
 
 ATOL = 1e-5

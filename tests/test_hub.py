@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import surgery
 from cli import main
-from sample_models import tasks
+from surgery.sample_models import tasks
 from surgery.errors import InputError
 from tests.conftest import sha256
 

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from recipes import cnn
-from recipes.demo import format_table, run_demo
+from surgery.recipes import cnn
+from surgery.recipes.demo import format_table, run_demo
 
 
 def _arms(summary):
@@ -42,8 +42,8 @@ def test_recompute_bn_statistics_matches_keras_batch_statistics():
     import keras
     import numpy as np
 
-    from recipes.base import SAMPLE_CNN
-    from sample_models import tasks
+    from surgery.recipes.base import SAMPLE_CNN
+    from surgery.sample_models import tasks
     from surgery.model.rebuild import model_config, rebuild
 
     (x, _), _ = tasks.shape_transfer_task(20, seed=0)
@@ -72,7 +72,7 @@ def test_demo_scratch_arm_learns_its_training_set(tmp_path):
     import keras
     import numpy as np
 
-    from sample_models import tasks
+    from surgery.sample_models import tasks
 
     summary = run_demo(str(tmp_path), seeds=(0,), tasks_to_run=("cnn",))
     (x, y), (x_test, _) = tasks.shape_transfer_task(20, seed=0)
@@ -109,7 +109,7 @@ def test_demo_cli_prints_table(tmp_path):
 
 # ------------------------------------------------------------------ each recipe's promise
 
-from recipes import REGISTRY, cnn, lstm  # noqa: E402
+from surgery.recipes import REGISTRY, cnn, lstm  # noqa: E402
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 import surgery
 from cli import main
-from sample_models.tasks import make_blobs, make_shapes
+from surgery.sample_models.tasks import make_blobs, make_shapes
 from surgery import edit
 from surgery import reshape as R
 from surgery.transfer.adapters import get_adapter, run_adapter

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import surgery
-from sample_models import tasks
+from surgery.sample_models import tasks
 from tests.conftest import SAMPLES
 
 
@@ -69,7 +69,7 @@ def test_hub_module_loads_with_hub_keraslayer(samples):
 
 
 def test_tour(tmp_path):
-    from recipes.tour import run_tour
+    from surgery.recipes.tour import run_tour
     path = run_tour(str(tmp_path / "demo"))
     summary = json.load(open(path))
     assert summary["models"]["cnn.keras"]["round_trip_identical"] is True
@@ -78,7 +78,7 @@ def test_tour(tmp_path):
 
 @pytest.mark.slow
 def test_rebuild_sample_models_reproduces_accuracy(tmp_path):
-    from sample_models.build import build_all
+    from surgery.sample_models.build import build_all
     manifest = build_all(str(tmp_path))
     shipped = json.load(open(os.path.join(SAMPLES, "manifest.json")))
     for name, entry in manifest.items():

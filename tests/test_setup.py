@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import surgery
 from cli import main
-from sample_models import tasks
+from surgery.sample_models import tasks
 from surgery.errors import OptionError, SurgeryError
 from tests.conftest import SAMPLES
 

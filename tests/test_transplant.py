@@ -225,7 +225,7 @@ def test_slice_keep_listed_units(keras):
 
 
 def test_rgb_to_gray_example_preserves_function(keras, samples, tmp_path):
-    from sample_models.build import cnn_model
+    from surgery.sample_models.build import cnn_model
     gray = cnn_model(channels=1)
     report = surgery.transplant(samples["cnn"], gray, os.path.join(RULES, "rgb_to_gray.toml"))
     assert report.ok and [e.path for e in report.adapted] == ["block1_conv/kernel"]
@@ -380,7 +380,7 @@ def test_cli_verify_failure_writes_nothing(samples, tmp_path):
     # function is kept, verify passes and OUT is written with the source's weights.
     assert r.exit_code == 0 and out.exists(), r.output
     assert surgery.diff(samples["lstm"], str(out)).identical
-    from sample_models.build import lstm_model
+    from surgery.sample_models.build import lstm_model
     fresh = tmp_path / "fresh.keras"
     lstm_model().save(fresh)
     failed = tmp_path / "failed.keras"
@@ -390,7 +390,7 @@ def test_cli_verify_failure_writes_nothing(samples, tmp_path):
 
 
 def test_cli_strict_failure_exit_1_nothing_written(samples, tmp_path):
-    from sample_models.build import cnn_model
+    from surgery.sample_models.build import cnn_model
     gray = tmp_path / "gray.keras"
     cnn_model(channels=1).save(gray)
     out = tmp_path / "o.keras"
@@ -457,7 +457,7 @@ def _npz(arrays):
 
 
 def test_adapter_options_that_dont_fit(samples, keras):
-    from sample_models.build import cnn_model
+    from surgery.sample_models.build import cnn_model
     gray = cnn_model(channels=2)
     rules = {"adapter": [{"target": "block1_conv/kernel", "name": "adapt_in_channels",
                           "mode": "repeat"}]}

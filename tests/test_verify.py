@@ -374,7 +374,7 @@ def test_cli_inputs_on_edit_and_transplant(saved, tmp_path):
 
 
 def test_cli_inputs_on_convert(samples, tmp_path):
-    from sample_models import tasks
+    from surgery.sample_models import tasks
 
     blobs = tmp_path / "blobs.npz"
     np.savez(blobs, x=tasks.make_blobs(16, seed=7)[0].astype("float32"))

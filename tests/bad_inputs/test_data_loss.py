@@ -205,7 +205,7 @@ def test_recipe_run_never_writes_over_its_input_or_an_existing_file(proj):
     _refused(["recipe", "run", "cnn-channels", "-o", proj / "notes.txt"], proj,
              f"{proj / 'notes.txt'}: already exists; pass --overwrite (overwrite=True) to "
              "replace it")
-    from recipes import REGISTRY
+    from surgery.recipes import REGISTRY
     shutil.copy(ROOT + "/sample_models/lstm.keras", proj / "other.keras")
     before = sha256(str(proj / "other.keras"))
     with pytest.raises(OutputError, match="other.keras: already exists"):

@@ -82,7 +82,7 @@ def test_lstm_torch_never_replaces_the_users_state_dict(tmp_path):
 
 def test_lstm_torch_never_writes_into_the_model_it_reads(samples, tmp_path):
     # the model read is the folder's own file: refused even with overwrite
-    from recipes import lstm
+    from surgery.recipes import lstm
 
     folder = tmp_path / "f"
     folder.mkdir()
@@ -138,7 +138,7 @@ def test_demo_needs_a_seed(tmp_path, seeds):
 
 
 def test_demo_python_api_needs_a_seed():
-    from recipes.demo import run_demo
+    from surgery.recipes.demo import run_demo
 
     with pytest.raises(OptionError) as e:
         run_demo(None, seeds=())
@@ -146,7 +146,7 @@ def test_demo_python_api_needs_a_seed():
 
 
 def test_demo_never_writes_into_the_sample_models(tmp_path, monkeypatch):
-    from recipes import demo as demo_module
+    from surgery.recipes import demo as demo_module
 
     samples = tmp_path / "sample_models"  # a stand-in for the real folder the demo reads
     samples.mkdir()
@@ -162,7 +162,7 @@ def test_demo_never_writes_into_the_sample_models(tmp_path, monkeypatch):
 
 def test_demo_summary_writer(tmp_path):
     # reference: the dict itself, read back with the json module
-    from recipes.demo import write_summary
+    from surgery.recipes.demo import write_summary
 
     summary = {"tasks": {}, "runs": [], "seconds": 1.5, "setup": {"seeds": [0]}}
     path = tmp_path / "summary.json"
@@ -286,7 +286,7 @@ def test_cnn_channels_on_a_sequence_model(samples, tmp_path):
 
 def test_demo_refuses_a_new_folder_inside_the_sample_models(tmp_path, monkeypatch):
     # a folder that does not exist yet is created only once its files are allowed
-    from recipes import demo as demo_module
+    from surgery.recipes import demo as demo_module
 
     samples = tmp_path / "sample_models"
     samples.mkdir()

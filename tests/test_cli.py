@@ -56,12 +56,18 @@ def test_usage_error_is_one_line():
     assert r.output == "error: Missing argument 'PATH'; see 'surgery inspect --help'\n"
 
 
-def test_debug_shows_traceback(tmp_path):
-    r = run("--debug", "inspect", str(tmp_path / "nope"))
-    # CliRunner keeps a SystemExit in r.exception too: --debug must let the real error out
-    assert r.exit_code != 0 and type(r.exception).__name__ == "InputError", repr(r.exception)
-    r = run("inspect", str(tmp_path / "nope"))
-    assert isinstance(r.exception, SystemExit) and r.output.startswith("error: ")
+def test_debug_shows_traceback_and_keeps_the_exit_code(tmp_path):
+    missing = str(tmp_path / "nope")
+    line = f"error: {missing}: no such file or directory\n"
+    for args in (["--debug", "inspect", missing], ["inspect", missing, "--debug"]):
+        r = run(*args)  # the flag before or after the command
+        assert r.exit_code == 2, (args, r.output)
+        assert r.output.startswith("Traceback (most recent call last):"), r.output
+        assert "surgery.errors.InputError: " in r.output and r.output.endswith(line)
+    r = run("inspect", missing)
+    assert r.exit_code == 2 and r.output == line
+    r = run("inspect", "--", "--debug")  # after --, a value (a file called --debug)
+    assert r.exit_code == 2 and r.output == "error: --debug: no such file or directory\n"
 
 
 _BLOCK_TF = """

@@ -14,17 +14,25 @@ from tests.conftest import ROOT
 
 # Lowest first: a module may import from its own group and the groups before it.
 ORDER = ["errors", "text", "entries", "reshape", "selection", "layertypes", "io", "transfer",
-         "model", "edit", "train", "plans"]
+         "model", "edit", "train", "plans", "sample_models", "recipes", "cli"]
+
+
+# folders of the repository installed inside the surgery package (pyproject's package-dir)
+_MAPPED = {"surgery": "surgery", "recipes": "surgery.recipes",
+           "sample_models": "surgery.sample_models"}
 
 
 def _modules():
-    base = os.path.join(ROOT, "surgery")
-    for folder, _, names in os.walk(base):
-        for name in names:
-            if name.endswith(".py"):
-                path = os.path.join(folder, name)
-                rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
-                yield path, rel[:-9] if rel.endswith(".__init__") else rel, name == "__init__.py"
+    for top, package in _MAPPED.items():
+        base = os.path.join(ROOT, top)
+        for folder, _, names in os.walk(base):
+            for name in names:
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    rel = os.path.relpath(path, base)[:-3].replace(os.sep, ".")
+                    module = package if rel == "__init__" else f"{package}.{rel}"
+                    module = module[:-9] if module.endswith(".__init__") else module
+                    yield path, module, name == "__init__.py"
 
 
 def _group(module: str) -> str | None:

@@ -1,0 +1,226 @@
+"""Commands that read and move weights between files: inspect, diff, transplant, convert,
+export."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+import surgery
+
+from .app import main
+from .options import (atol_option, dry_run_option, emit, emit_report, json_option,
+                      overwrite_option, print_json, unsafe_option)
+
+
+@main.command("inspect")
+@click.argument("path")
+@click.option("--architecture", metavar="MODEL.keras|config.json",
+              help="Names the variables of a bare .weights.h5 file.")
+@click.option("--stats", is_flag=True, help="Per-variable mean, std, min, max, zeros, "
+              "non-finite count.")
+@json_option()
+def inspect_cmd(path: str, architecture: str | None, stats: bool, as_json: bool) -> int:
+    """Layers, variables, shapes, dtypes, trainable flags, initializers, regularizers,
+    constraints (and LSTM/GRU gate layouts), parameter counts; --stats adds statistics.
+
+    PATH is a .keras, .weights.h5, Keras 2 .h5 or .npz file (read without TensorFlow), a
+    SavedModel/TF Hub directory or a TF checkpoint prefix.
+
+    \b
+    Examples:
+      surgery inspect sample_models/cnn.keras
+      surgery inspect weights.weights.h5 --architecture model.keras --json
+      surgery inspect sample_models/lstm.keras --stats
+    """
+    inv = surgery.inspect(path, architecture=architecture, stats=stats)
+    emit(inv, as_json)
+    return 0
+
+
+@main.command("diff")
+@click.argument("a")
+@click.argument("b")
+@click.option("--architecture-a", metavar="MODEL", help="Architecture for a bare .weights.h5 A.")
+@click.option("--architecture-b", metavar="MODEL", help="Architecture for a bare .weights.h5 B.")
+@json_option()
+def diff_cmd(a: str, b: str, architecture_a: str | None, architecture_b: str | None,
+             as_json: bool) -> int:
+    """Compare two models or weights files variable by variable.
+
+    Each variable is: same, changed (max abs difference), shape differs, only in A, only in B.
+    Exit code 0 when identical, 1 when they differ, 2 on bad input.
+
+    \b
+    Example:
+      surgery diff sample_models/cnn.keras finetuned.keras
+    """
+    d = surgery.diff(a, b, architecture_a=architecture_a, architecture_b=architecture_b)
+    emit(d, as_json)
+    return 0 if d.identical else 1
+
+
+_RULES_HELP = """
+\b
+Rules (TOML, --rules R.toml; see the README for every adapter):
+  match = "structural"          # exact | structural (default) | shape
+  skip = ["head/*"]             # targets left initialized, sources ignored
+  [[rename]]                    # regex renames of source keys, in order
+  from = "^backbone/"
+  to = "trunk/"
+  [[adapter]]                   # a named conversion for one target variable
+  target = "block1_conv/kernel"
+  name = "adapt_in_channels"    # RGB -> gray: sum the input channels
+  mode = "sum"
+  [[adapter]]                   # or for a layer, from named source tensors
+  target = "encoder"
+  name = "lstm_from_torch"
+  sources = { w_ih = "lstm.weight_ih_l0", w_hh = "lstm.weight_hh_l0",
+              b_ih = "lstm.bias_ih_l0", b_hh = "lstm.bias_hh_l0" }
+"""
+
+
+@main.command("transplant", epilog=_RULES_HELP)
+@click.argument("source")
+@click.argument("target")
+@click.option("-o", "--output", metavar="OUT.keras", help="Where to write the filled model "
+              "(required unless --dry-run).")
+@click.option("--rules", metavar="RULES.toml", help="Renames, skips, adapters, matching mode.")
+@click.option("--strict", is_flag=True, help="Fail (exit 1, nothing written) on missing, "
+              "mismatched or non-finite weights, or a rule that matches nothing.")
+@dry_run_option("Print the full report; write nothing.")
+@click.option("--verify", "do_verify", is_flag=True, help="Run SOURCE and the result on a probe "
+              "batch; exit 1 (nothing written) if outputs differ.")
+@click.option("--inputs", metavar="X.npz", help="Your own inputs for --verify, compared "
+              "besides the random probe families (implies --verify).")
+@atol_option("Tolerance for --verify.")
+@overwrite_option()
+@click.option("--source-architecture", metavar="MODEL.keras|config.json",
+              help="Names the variables of a bare .weights.h5 SOURCE.")
+@unsafe_option()
+@json_option("Print the report as JSON only.")
+def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, inputs, atol,
+                   overwrite, source_architecture, unsafe, as_json) -> int:
+    """Fill TARGET's architecture with SOURCE's weights and write OUT.
+
+    SOURCE: .keras, .weights.h5, Keras 2 .h5, .npz, .safetensors, a SavedModel/Hub directory
+    or a TF checkpoint. TARGET: a .keras (or Keras 2 .h5) model whose architecture OUT takes.
+    Matching: your rules, then exact paths, then layers of the same class and shapes in model
+    order. Shapes never change silently: a mismatch is reported and left initialized unless a
+    rule names an adapter. Exit 0 done, 1 a --strict or --verify check failed, 2 bad input.
+
+    \b
+    Examples:
+      surgery transplant pretrained.keras new_model.keras -o filled.keras
+      surgery transplant sample_models/cnn.keras gray.keras -o out.keras --rules gray.toml
+      surgery transplant resnet.safetensors model.keras -o out.keras --rules torch.toml --strict
+      surgery transplant a.keras b.keras --dry-run --json
+    """
+    from surgery.errors import CheckFailed
+
+    if not dry_run and not output:
+        raise click.UsageError("give -o/--output (or --dry-run)")
+    source_path = source
+    do_verify = do_verify or inputs is not None
+    readers = [source, target, rules, source_architecture, inputs,
+               surgery.load_rules(rules).files() if rules else ()]  # + files the rules read
+    if source_architecture:
+        source = surgery.open_weights(source, architecture=source_architecture)
+    try:
+        if do_verify or not target.lower().endswith(".keras"):
+            model = surgery.load_model(target, safe_mode=not unsafe)
+            report = surgery.transplant(source, model, rules, strict=strict, dry_run=dry_run)
+            verification = None
+            if do_verify and not dry_run:
+                verification = surgery.verify(
+                    surgery.load_model(source_path, safe_mode=not unsafe), model, inputs,
+                    atol=atol)
+                if not verification.ok:
+                    emit_report(report, as_json, verification)
+                    raise CheckFailed(f"{target}: outputs differ from {source_path} by "
+                                      f"{verification.reason}; nothing was written")
+            if not dry_run:
+                surgery.save_model(model, output, overwrite=overwrite, inputs=readers)
+        else:
+            verification = None
+            report = surgery.transplant_file(source, target, output, rules, strict=strict,
+                                             dry_run=dry_run, overwrite=overwrite,
+                                             safe_mode=not unsafe, inputs=readers)
+    except CheckFailed as e:
+        if getattr(e, "report", None) is not None:
+            emit_report(e.report, as_json, None)
+        raise
+    emit_report(report, as_json, verification)
+    return 0
+
+
+@main.command("convert")
+@click.argument("model")
+@click.option("-o", "--output", required=True, metavar="OUT.keras", help="The Keras 3 model.")
+@atol_option("Tolerance for the output check.")
+@click.option("--inputs", metavar="X.npz", help="Your own inputs for the check, besides the "
+              "random probe families.")
+@overwrite_option()
+@unsafe_option()
+@json_option()
+def convert_cmd(model, output, atol, inputs, overwrite, unsafe, as_json) -> int:
+    """Convert a Keras 2 (tf_keras) .h5 model to a Keras 3 .keras, verified.
+
+    The model is rebuilt as Keras 3 with its weights carried; both versions run on a probe
+    batch and OUT is written only if their outputs agree (exit 1 otherwise).
+
+    \b
+    Example:
+      surgery convert sample_models/keras2_mlp.h5 -o keras3_mlp.keras
+    """
+    from surgery.errors import CheckFailed, InputError
+    from surgery.io.sources import detect_format
+
+    if os.path.exists(model) and detect_format(model) != "hdf5":
+        raise InputError(f"{model}: is already a Keras 3 model ({detect_format(model)}); "
+                         "convert takes a Keras 2 (tf_keras) .h5 model")
+    old = surgery.load_model(model, safe_mode=not unsafe, legacy=True)
+    new = surgery.load_model(model, safe_mode=not unsafe)
+    weights = surgery.diff(old, new)
+    v = surgery.verify(old, new, inputs, atol=atol)
+    if not v.ok or not weights.identical:
+        raise CheckFailed(f"{model}: the Keras 3 rebuild differs (outputs by {v.reason}; "
+                          f"weights {'same' if weights.identical else 'differ'}); nothing was "
+                          "written")
+    surgery.save_model(new, output, overwrite=overwrite,
+                       inputs=[model] + ([inputs] if inputs else []))
+    data = {"input": model, "output": output, "variables": len(weights.variables),
+            "weights_identical": weights.identical, "verify": v.to_dict()}
+    if as_json:
+        print_json(data)
+    else:
+        click.echo(f"{model} (Keras 2) -> {output} (Keras 3): {len(weights.variables)} "
+                   f"variables bitwise the same\n{v}\nwrote {output}")
+    return 0
+
+
+@main.command("export")
+@click.argument("model")
+@click.option("-o", "--output", required=True, metavar="DIR", help="The SavedModel directory.")
+@click.option("--format", "fmt", type=click.Choice(["hub", "savedmodel"]), default="hub",
+              show_default=True, help="hub: TF2 Hub module (hub.KerasLayer loads it); "
+              "savedmodel: Keras's model.export (signature 'serve').")
+@overwrite_option("Replace an existing DIR.")
+@unsafe_option()
+def export_cmd(model, output, fmt, overwrite, unsafe) -> int:
+    """Export MODEL as a TF Hub module or SavedModel, verified against the model.
+
+    \b
+    Examples:
+      surgery export sample_models/cnn.keras -o cnn_hub --format hub
+      surgery export sample_models/cnn.keras -o cnn_savedmodel --format savedmodel
+    """
+    from surgery.io.atomic import check_output_dir
+
+    check_output_dir(output, inputs=[model], overwrite=overwrite)  # before the slow part
+    m = surgery.load_model(model, safe_mode=not unsafe)
+    surgery.export_model(m, output, fmt=fmt, overwrite=overwrite, inputs=[model])
+    click.echo(f"wrote {output} ({fmt}); its outputs match the model's")
+    return 0
+

@@ -56,12 +56,13 @@ def finish(name: str, model: Any, steps: list[str], test=None, output: str | Non
     import numpy as np
 
     import surgery
+    from surgery.model.verify import accuracy
 
     metrics = {"trained_params": int(sum(int(np.prod(v.shape))
                                          for v in model.trainable_weights)),
                "total_params": model.count_params(), **metrics}
     if test is not None:
-        metrics["accuracy"] = surgery.accuracy(model, *test)
+        metrics["accuracy"] = accuracy(model, *test)
         steps.append("accuracy(model, x_test, y_test)")
     if output:
         surgery.save_model(model, output, overwrite=overwrite, inputs=inputs)

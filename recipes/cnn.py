@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 import surgery
+from surgery.model.verify import accuracy
 from surgery.sample_models import tasks
 
 from .base import SAMPLE_CNN, Echo, RecipeResult, finish, quiet
@@ -77,7 +78,7 @@ def new_task(model: Any = SAMPLE_CNN, data=None, test=None, *, classes: int | No
     steps = []
     m = surgery.load_model(model)
     steps.append(f"load_model({model!r})")
-    m = surgery.replace_head(m, classes, seed=seed)
+    m = surgery.replace_head(m, classes, seed=seed).model
     steps.append(f"replace_head(model, {classes})")
     echo(f"  head: {classes} classes; training the head, backbone frozen")
     stop, until = _until_converged(early_stop, min_delta)
@@ -112,7 +113,7 @@ def scratch_baseline(architecture: Any, data, test=None, *, epochs: int, lr: flo
     metrics = {"trained_params": r.epochs[-1]["trainable_params"],
                "total_params": r.model.count_params(), "epochs": [len(r.epochs)]}
     if test is not None:
-        metrics["accuracy"] = surgery.accuracy(r.model, *test)
+        metrics["accuracy"] = accuracy(r.model, *test)
     return RecipeResult(name, r.model, ["rebuild (fresh weights)",
                                         f"finetune(train=['*'], epochs={epochs}{until}, "
                                         f"lr={lr})"], metrics)
@@ -286,12 +287,12 @@ def grow(model: Any = SAMPLE_CNN, data=None, test=None, *, widen_layer: str = "f
     x = test[0][:32]
     diff = float(np.abs(np.asarray(deep(x)) - np.asarray(src(x))).max())
     steps.append("compare outputs with the original: the same function")
-    before = surgery.accuracy(deep, *test)
+    before = accuracy(deep, *test)
     r = surgery.finetune(deep, data, epochs=epochs, lr=lr, batch_size=32, seed=seed, verbose=0)
     steps.append(f"finetune(epochs={epochs}, lr={lr})")
     metrics = {"max_output_diff_after_growth": diff, "params_before": src.count_params(),
                "params_after": r.model.count_params(), "accuracy_grown": before,
-               "accuracy_after_training": surgery.accuracy(r.model, *test)}
+               "accuracy_after_training": accuracy(r.model, *test)}
     if output:
         surgery.save_model(r.model, output, overwrite=overwrite, inputs=[model])
     return RecipeResult("cnn-grow", r.model, steps, metrics, output)

@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 import surgery
+from surgery.model.verify import accuracy
 from surgery.sample_models import tasks
 
 from . import cnn, lstm
@@ -61,8 +62,8 @@ TASKS = {
 
 def _measure(model, data, test, epochs: list[int], max_epochs: int, seconds: float,
              trained_params: int, bn: list[str]) -> dict:
-    return {"test_accuracy": surgery.accuracy(model, *test),
-            "train_accuracy": surgery.accuracy(model, *data),
+    return {"test_accuracy": accuracy(model, *test),
+            "train_accuracy": accuracy(model, *data),
             "epochs": epochs, "hit_cap": any(e >= max_epochs for e in epochs),
             "seconds": seconds, "trained_params": trained_params, "bn_recomputed": bn}
 

@@ -53,7 +53,7 @@ def encoder_reuse(model: Any = SAMPLE_LSTM, data=None, test=None, *,
     steps = []
     m = surgery.load_model(model)
     steps.append(f"load_model({model!r})")
-    m = surgery.replace_head(m, classes, seed=seed)
+    m = surgery.replace_head(m, classes, seed=seed).model
     steps.append(f"replace_head(model, {classes})")
     echo("  training the new head, encoder frozen")
     stop, until = _until_converged(early_stop, min_delta)

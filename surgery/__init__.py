@@ -2,7 +2,10 @@
 
 Public names are imported lazily, so ``import surgery`` is cheap and never imports TensorFlow
 by itself: reading files (`open_weights`, `inspect`, `diff`) needs only numpy and h5py.
-Functions never share a name with a module of the package.
+Functions never share a name with a module of the package. The top level holds the verbs, what
+they return and what they raise; helpers stay in their modules (`surgery.model.heads.find_head`,
+`surgery.selection.select`, `surgery.io.describe.describe_setup`, `surgery.model.verify.accuracy`,
+`surgery.entries.VariableInfo`).
 
 Example:
 ```python
@@ -20,50 +23,57 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
+    # verbs
     "load_model": "model.saving",
     "save_model": "model.saving",
     "open_weights": "io.sources",
-    "WeightSource": "io.sources",
     "inspect": "io.inventory",
-    "Inventory": "io.inventory",
     "diff": "io.diff",
-    "WeightDiff": "io.diff",
-    "select": "selection",
     "transplant": "transfer.transplant",
     "transplant_file": "transfer.transplant",
-    "TransplantReport": "transfer.report",
     "load_rules": "transfer.rules",
-    "Rules": "transfer.rules",
+    "export_state_dict": "transfer.export",
     "verify": "model.verify",
     "freeze": "model.freezing",
     "unfreeze": "model.freezing",
-    "FreezeReport": "model.freezing",
     "reinitialize": "model.reinit",
-    "ReinitReport": "model.reinit",
     "replace_head": "model.heads",
-    "recompute_bn_statistics": "model.batchnorm",
     "add_head": "model.heads",
-    "find_head": "model.heads",
+    "recompute_bn_statistics": "model.batchnorm",
     "enable_lora": "model.lora",
     "merge_lora": "model.lora",
-    "learning_rates": "train.learning_rates",
-    "finetune": "train.finetune",
-    "export_state_dict": "transfer.export",
     "set_regularizer": "model.parameters",
     "set_initializer": "model.parameters",
     "set_constraint": "model.parameters",
-    "describe_setup": "io.describe",
-    "variable_stats": "io.describe",
-    "Plan": "plans.plan",
     "hub_layer": "model.hub",
-    "HubLayer": "model.hub",
     "export_model": "model.hub",
-    "FinetuneResult": "train.finetune",
-    "LearningRates": "train.learning_rates",
+    "learning_rates": "train.learning_rates",
+    "finetune": "train.finetune",
+    "evaluate": "train.evaluate",
+    "predict": "train.evaluate",
+    "class_names": "io.classnames",
+    "Plan": "plans.plan",
+    # what they return
+    "WeightSource": "io.sources",
+    "Inventory": "io.inventory",
+    "WeightDiff": "io.diff",
+    "TransplantReport": "transfer.report",
+    "Rules": "transfer.rules",
     "Verification": "model.verify",
-    "accuracy": "model.verify",
-    "VariableInfo": "entries",
-    "LayerInfo": "entries",
+    "FreezeReport": "model.freezing",
+    "ReinitReport": "model.reinit",
+    "LoraReport": "model.lora",
+    "EditResult": "results",
+    "HeadReport": "model.heads",
+    "AddHeadReport": "model.heads",
+    "SetupReport": "model.parameters",
+    "HubLayer": "model.hub",
+    "LearningRates": "train.learning_rates",
+    "FinetuneResult": "train.finetune",
+    "Evaluation": "train.evaluate",
+    "Predictions": "train.evaluate",
+    # what they raise (every class of surgery/errors.py but RegexRefused, which never leaves
+    # surgery.selection)
     "SurgeryError": "errors",
     "InputError": "errors",
     "FormatError": "errors",

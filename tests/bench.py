@@ -167,7 +167,7 @@ def bench_finetune(summary: dict) -> None:
     model = os.path.abspath(os.path.join(OUT, "cnn4.keras"))
     if not os.path.exists(model):
         code = ("import surgery; m = surgery.load_model('sample_models/cnn.keras'); "
-                f"surgery.save_model(surgery.replace_head(m, 4, seed=0), {model!r})")
+                f"surgery.save_model(surgery.replace_head(m, 4, seed=0).model, {model!r})")
         subprocess.run([sys.executable, "-c", code], check=True)
     runs = {}
     for name, code in (("hand-written Keras script", _FT_SCRIPT),

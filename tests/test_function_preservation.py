@@ -179,7 +179,7 @@ def _apply(k, op: str, arch: str, model, data) -> tuple[object, np.ndarray]:
         return surgery.merge_lora(model), ref
     if op == "replace_head":
         keep = list(data.keep)
-        new = surgery.replace_head(model, len(keep) + data.extra - 1, keep_classes=keep)
+        new, _ = surgery.replace_head(model, len(keep) + data.extra - 1, keep_classes=keep)
         return new, ref[:, keep]
     raise AssertionError(op)
 

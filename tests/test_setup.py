@@ -48,9 +48,29 @@ def test_stats_match_numpy():
     assert json.loads(r.output)["variables"][0]["stats"]["mean"] == pytest.approx(k.mean())
 
 
+def _config_changes(old, new, what: str) -> list[str]:
+    """The variables whose `<prefix>_<what>` config entry differs between two models, read
+    from Keras's own layer configs (the reference for a SetupReport's `changed`)."""
+    found = []
+    for a, b in zip(old.layers, new.layers):
+        ca, cb = a.get_config(), b.get_config()
+        for key in cb:
+            if key.endswith(f"_{what}") and ca.get(key) != cb[key]:
+                found.append(f"{b.name}/{key[:-len(what) - 1]}")
+    return found
+
+
 def test_set_regularizer_keeps_weights_and_adds_the_loss():
     model = surgery.load_model(sample("cnn_28.keras"))
-    new = surgery.set_regularizer(model, "head/kernel", l2=0.01)
+    result = surgery.set_regularizer(model, "head/kernel", l2=0.01)
+    new, report = result
+    assert isinstance(result, surgery.EditResult) and result.model is new
+    assert isinstance(report, surgery.SetupReport)
+    assert list(report.changed) == _config_changes(model, new, "regularizer") == ["head/kernel"]
+    assert str(report) == "set L1L2(l1=0, l2=0.01) on 1 variables: head/kernel; weights unchanged"
+    assert report.to_dict() == {"setting": "regularizer", "value": "L1L2(l1=0, l2=0.01)",
+                                "changed": ["head/kernel"]}
+    assert not [a for a in vars(new) if a.startswith("_surgery")]
     assert surgery.diff(model, new).identical
     kernel = new.get_layer("head").kernel.numpy().astype(np.float64)
     new(np.zeros((1, 28, 28, 1), "float32"))
@@ -66,11 +86,17 @@ def test_set_regularizer_keeps_weights_and_adds_the_loss():
 
 def test_set_initializer_and_constraint_and_errors():
     model = surgery.load_model(sample("dense_784.keras"))
-    new = surgery.set_initializer(model, "head/kernel", initializer="zeros")
+    new, report = surgery.set_initializer(model, "head/kernel", initializer="zeros")
+    assert (report.setting, report.value) == ("initializer", "zeros")
+    assert list(report.changed) == _config_changes(model, new, "initializer") == ["head/kernel"]
     assert surgery.diff(model, new).identical
     surgery.reinitialize(new, "head/kernel")
     assert not new.get_layer("head").kernel.numpy().any()
-    con = surgery.set_constraint(model, "hidden/kernel", constraint="non_neg")
+    con, report = surgery.set_constraint(model, "*/kernel", constraint="non_neg")
+    assert list(report.changed) == _config_changes(model, con, "constraint") == [
+        "hidden/kernel", "head/kernel"]
+    assert str(report) == ("set non_neg on 2 variables: hidden/kernel, head/kernel; weights "
+                           "unchanged")
     assert surgery.inspect(con).setup["hidden/kernel"]["constraint"].startswith("NonNeg")
     with pytest.raises(OptionError) as e:
         surgery.set_initializer(model, "head/kernel", initializer="nope")
@@ -85,7 +111,7 @@ def test_l2sp_stays_closer_and_loads_with_plain_keras(tmp_path):
     (data, _) = tasks.shape_transfer_task(10, seed=0)
 
     def run(l2sp):
-        m = surgery.replace_head(surgery.load_model(sample("cnn.keras")), 4, seed=0)
+        m, _ = surgery.replace_head(surgery.load_model(sample("cnn.keras")), 4, seed=0)
         start = {k: surgery.open_weights(m).read(k) for k in surgery.open_weights(m)}
         r = surgery.finetune(m, data, epochs=2, lr=3e-3, seed=0, verbose=0, l2sp=l2sp)
         with surgery.open_weights(r.model) as w:

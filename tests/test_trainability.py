@@ -150,8 +150,20 @@ def test_replace_head_keeps_weights_and_kept_logits(framework, keras, tf_keras):
     logits = L.Dense(10, name="head")(h)
     model = k.Model(inp, L.Softmax(name="probs")(logits), name="ten")
     before = values(model)
-    new = surgery.replace_head(model, 4, keep_classes=[0, 3, 7])
+    new, report = surgery.replace_head(model, 4, keep_classes=[0, 3, 7])
     assert new.output_shape == (None, 4)
+    # the report against the two models' own layers
+    old_head, new_head = model.get_layer("head"), new.get_layer("head")
+    assert isinstance(report, surgery.HeadReport)
+    assert (report.layer, report.old_classes, report.new_classes, report.kept) == (
+        "head", old_head.units, new_head.units, (0, 3, 7)) == ("head", 10, 4, (0, 3, 7))
+    assert report.activation == new_head.get_config()["activation"] == "linear"
+    assert str(report) == ("head 'head': 10 -> 4 classes (linear); classes [0, 3, 7] carried to "
+                           "0..2; every other weight carried bitwise")
+    assert json.loads(json.dumps(report.to_dict())) == {
+        "layer": "head", "old_classes": 10, "new_classes": 4, "kept": [0, 3, 7],
+        "activation": "linear"}
+    assert not [a for a in vars(new) if a.startswith("_surgery")]
     for p, v in values(new).items():
         if not p.startswith("head/"):
             np.testing.assert_array_equal(v, before[p])
@@ -173,10 +185,13 @@ def test_replace_head_in_nested_model_and_sample(keras, samples):
                               keras.layers.Dense(5, name="cls")], name="net")
     inp = keras.Input((4,))
     model = keras.Model(inp, inner(inp))
-    new = surgery.replace_head(model, 2)
-    assert new.output_shape == (None, 2) and new._surgery_head_report.layer == "net/cls"
+    result = surgery.replace_head(model, 2)
+    assert isinstance(result, surgery.EditResult)
+    assert result.model.output_shape == (None, 2) and result.report.layer == "net/cls"
+    assert result.model.layers[-1].get_layer("cls").units == 2
+    assert (result.report.old_classes, result.report.kept) == (5, ())
     cnn = surgery.load_model(samples["cnn"])
-    assert surgery.replace_head(cnn, 3).output_shape == (None, 3)
+    assert surgery.replace_head(cnn, 3).model.output_shape == (None, 3)
 
 
 def test_head_errors(keras):
@@ -198,11 +213,32 @@ def test_head_errors(keras):
 def test_add_head(keras):
     backbone = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c")],
                                 name="bb")
-    model = surgery.add_head(backbone, 5)
+    model, report = surgery.add_head(backbone, 5)
     assert model.output_shape == (None, 5)
     np.testing.assert_array_equal(model.get_layer("c").kernel.numpy(),
                                   backbone.get_layer("c").kernel.numpy())
     assert model.get_layer("c") is not backbone.get_layer("c")
+    assert isinstance(report, surgery.AddHeadReport)
+    assert (report.layer, report.classes, report.activation, report.pooling,
+            report.pooling_layer) == ("head", 5, "softmax", "avg", "head_pool")
+    assert str(report) == ("added 'head_pool' (avg) + head 'head': 5 classes (softmax); every "
+                           "backbone weight carried bitwise")
+    # reference: the same head built by hand in plain Keras on the original backbone
+    head = model.get_layer(report.layer)
+    dense = keras.layers.Dense(5, activation="softmax")
+    ref = keras.Sequential([backbone, keras.layers.GlobalAveragePooling2D(), dense])
+    dense.set_weights(head.get_weights())
+    x = rng.normal(size=(4, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(ref(x)), atol=1e-6, rtol=0)
+    assert type(model.get_layer(report.pooling_layer)).__name__ == "GlobalAveragePooling2D"
+    flat, report = surgery.add_head(backbone, 3, pooling="flatten", activation="linear")
+    assert (report.pooling, report.pooling_layer) == ("flatten", "head_flatten")
+    assert flat.get_layer("head").kernel.shape == (6 * 6 * 4, 3)
+    vectors = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="f")], name="vec")
+    _, report = surgery.add_head(vectors, 2)  # already vectors: nothing pooled
+    assert (report.pooling, report.pooling_layer) == (None, "")
+    assert report.to_dict() == {"layer": "head", "classes": 2, "activation": "softmax",
+                                "pooling": None, "pooling_layer": None}
 
 
 # ------------------------------------------------------------------ LoRA

@@ -10,6 +10,29 @@ from .app import main
 from .options import int_list, model_options
 from .runner import edit_model
 
+# Names Keras 3.15's `initializers.get` / `constraints.get` accept (exactly as written); an
+# unknown one is refused before the model is loaded (tests/test_cli_before_tf.py checks these
+# lists against Keras itself). Registered custom names (`package>Name`) go to Keras.
+INITIALIZER_NAMES = frozenset(
+    "Constant GlorotNormal GlorotUniform HeNormal HeUniform Identity IdentityInitializer "
+    "LecunNormal LecunUniform Ones Orthogonal OrthogonalInitializer RandomNormal "
+    "RandomUniform STFT STFTInitializer TruncatedNormal VarianceScaling Zeros constant "
+    "glorot_normal glorot_uniform he_normal he_uniform identity lecun_normal lecun_uniform "
+    "normal one ones orthogonal random_normal random_uniform stft truncated_normal uniform "
+    "variance_scaling zero zeros".split())
+CONSTRAINT_NAMES = frozenset(
+    "MaxNorm MinMaxNorm NonNeg UnitNorm max_norm min_max_norm non_neg unit_norm".split())
+
+
+def check_name(kind: str, name: str | None, known: str) -> None:
+    """Refuses an initializer or constraint name Keras would not know, in the library's words
+    (`known` lists the usual ones), before TensorFlow is imported."""
+    names = INITIALIZER_NAMES if kind == "initializer" else CONSTRAINT_NAMES
+    if name is not None and ">" not in name and name not in names:
+        from surgery.errors import OptionError
+
+        raise OptionError(f"unknown {kind} {name!r}; known: {known}")
+
 
 def _freeze_command(name: str, trainable: bool):
     verb = "Unfreeze" if trainable else "Freeze"
@@ -77,6 +100,13 @@ def reinit_cmd(model, output, dry_run, overwrite, unsafe, as_json, selects, init
       surgery reinit sample_models/cnn.keras -o fresh_head.keras --select head --seed 0
       surgery reinit sample_models/cnn.keras -o out.keras --select 'block3_*' --initializer he_normal
     """
+    from surgery.errors import OptionError
+    from surgery.model.reinit import _KNOWN
+
+    check_name("initializer", initializer, _KNOWN)  # before the slow part (TensorFlow)
+    if seed is not None and not 0 <= seed < 2 ** 31:
+        raise OptionError(f"seed must be between 0 and {2 ** 31 - 1}, got {seed}")
+
     def operation(m):
         return m, surgery.reinitialize(m, *selects, initializer=initializer, seed=seed,
                                        dry_run=dry_run)
@@ -111,11 +141,15 @@ def head_cmd(model, output, dry_run, overwrite, unsafe, as_json, classes, keep_c
     if classes < 1:  # before the slow part (TensorFlow's import)
         raise OptionError(f"num_classes must be a positive integer, got {classes}")
     keep = int_list(keep_classes)
+    if keep and len(keep) > classes:
+        raise OptionError(f"{len(keep)} kept classes don't fit a head of {classes}; raise "
+                          "num_classes or keep fewer")
+    if keep and len(set(keep)) != len(keep):
+        raise OptionError(f"keep_classes lists a class twice: {keep}")
 
     def operation(m):
-        new = surgery.replace_head(m, classes, keep_classes=keep, activation=activation,
-                                   head=head_layer, seed=seed)
-        return new, new._surgery_head_report
+        return surgery.replace_head(m, classes, keep_classes=keep, activation=activation,
+                                    head=head_layer, seed=seed)
     return edit_model(model, output, unsafe=unsafe, dry_run=dry_run, overwrite=overwrite,
                        as_json=as_json, operation=operation)
 
@@ -142,28 +176,39 @@ def set_cmd(model, output, dry_run, overwrite, unsafe, as_json, selects, l2, l1,
     chosen = [x for x in (l2 or l1, initializer, constraint) if x]
     if len(chosen) != 1:
         raise click.UsageError("give one of --l2/--l1, --initializer, --constraint")
+    _check_setup(l1, l2, initializer, constraint)  # before the slow part (TensorFlow)
 
-    class _Report:
-        def __init__(self, new):
-            self.paths = list(getattr(new, "_surgery_setup_changed", ()))
+    class _Report:  # the SetupReport, printed; its JSON keeps the one key `set` has printed
+        def __init__(self, report):
+            self.report = report
 
         def to_dict(self):
-            return {"changed": self.paths}
+            return {"changed": list(self.report.changed)}
 
         def __str__(self):
-            what = (f"L1L2(l1={l1 or 0}, l2={l2 or 0})" if (l1 or l2) else
-                    initializer or constraint)
-            return f"set {what} on {len(self.paths)} variables: {', '.join(self.paths)}; " \
-                   "weights unchanged"
+            return str(self.report)
 
     def operation(m):
         if l1 or l2:
-            new = surgery.set_regularizer(m, *selects, l1=l1 or 0.0, l2=l2 or 0.0)
+            new, report = surgery.set_regularizer(m, *selects, l1=l1 or 0.0, l2=l2 or 0.0)
         elif initializer:
-            new = surgery.set_initializer(m, *selects, initializer=initializer)
+            new, report = surgery.set_initializer(m, *selects, initializer=initializer)
         else:
-            new = surgery.set_constraint(m, *selects, constraint=constraint)
-        return new, _Report(new)
+            new, report = surgery.set_constraint(m, *selects, constraint=constraint)
+        return new, _Report(report)
     return edit_model(model, output, unsafe=unsafe, dry_run=dry_run, overwrite=overwrite,
                        as_json=as_json, operation=operation)
 
+
+def _check_setup(l1, l2, initializer, constraint) -> None:
+    """`set`'s values, checked as the library checks them, before TensorFlow is imported."""
+    import math
+
+    from surgery.errors import OptionError
+    from surgery.model.parameters import _KNOWN
+
+    for name, value in (("l1", l1), ("l2", l2)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise OptionError(f"{name} must be a finite number >= 0, got {value!r}")
+    check_name("initializer", initializer, _KNOWN["initializer"])
+    check_name("constraint", constraint, _KNOWN["constraint"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 import surgery
@@ -23,7 +25,8 @@ from .options import json_option, lr_mults, overwrite_option, print_json, unsafe
               "(repeatable); everything else trains.")
 @click.option("--bn", type=click.Choice(["inference", "train"]), default="inference",
               show_default=True, help="Frozen BatchNorm: fixed statistics, or keep training.")
-@click.option("--epochs", default=5, show_default=True)
+@click.option("--epochs", default=1, show_default=True, help="Epochs to train (1 by default, "
+              "like Keras's fit and surgery.finetune).")
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True, help="Base learning rate.")
 @click.option("--lr-mult", "lr_mult", multiple=True, metavar="S=X",
@@ -100,6 +103,18 @@ def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, l
     check_beside_checkpoint(ckpt, [output, metrics_out, plot, save_adapters], inputs=readers)
     if save_adapters and not lora_rank:  # before anything is loaded or trained
         check_adapters({})
+    mults = lr_mults(lr_mult)
+    _check_numbers(epochs=epochs, batch_size=batch_size, seed=seed, early_stop=early_stop,
+                   lora_rank=lora_rank, lr=lr, layer_decay=layer_decay, l2sp=l2sp,
+                   l2sp_head=l2sp_head, val_split=val_split, lr_mult=mults)
+    if lora_select and not lora_rank:
+        from surgery.errors import OptionError
+
+        raise OptionError("--lora-select needs --lora-rank R (the adapters' rank)")
+    if val is not None and val_split is not None:
+        from surgery.errors import OptionError
+
+        raise OptionError("--val and --val-split both give validation data; pass one")
     if plot:
         from surgery.train.outputs import require_matplotlib
         require_matplotlib()
@@ -118,13 +133,14 @@ def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, l
                      keep_checkpoint=True)  # removed only once OUT is safely written
     m = surgery.load_model(model, safe_mode=not unsafe)
     result = run(m, data, train=trains, freeze=freezes, bn=bn, epochs=epochs,
-                 batch_size=batch_size, lr=lr, lr_mult=lr_mults(lr_mult),
+                 batch_size=batch_size, lr=lr, lr_mult=mults,
                  layer_decay=layer_decay, optimizer=optimizer, loss=loss, label=label, val=val,
                  val_split=val_split, early_stop=early_stop, seed=seed, strategy=strategy,
                  lora_rank=lora_rank, lora_select=lora_select,
                  checkpoint=ckpt, resume=resume, overwrite=overwrite,
                  verbose=0 if (quiet or as_json) else 1, **extra)
-    surgery.save_model(result.model, output, overwrite=overwrite, inputs=readers)
+    surgery.save_model(result.model, output, overwrite=overwrite, inputs=readers,
+                       class_names=getattr(result, "class_names", None) or None)
     if metrics_out:
         write_metrics(result, metrics_out, overwrite=overwrite, inputs=readers)
     if plot:
@@ -140,3 +156,28 @@ def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, l
         click.echo(f"wrote {output}")
     return 0
 
+
+_MAX_COUNT = 2**31 - 1  # surgery.train.finetune.MAX_COUNT: TensorFlow's int32 counters
+
+
+def _check_numbers(**o) -> None:
+    """finetune's range checks (`surgery.train.finetune._check_options`, same words), run
+    before TensorFlow is imported: that module imports Keras when it loads."""
+    from surgery.errors import OptionError
+
+    for name, low, high in (("epochs", 1, _MAX_COUNT), ("batch_size", 1, _MAX_COUNT),
+                            ("seed", 0, None), ("early_stop", 1, None), ("lora_rank", 1, None)):
+        value, flag = o[name], "--" + name.replace("_", "-")
+        if value is not None and value < low:
+            raise OptionError(f"{flag} must be a whole number of at least {low}, got {value!r}")
+        if value is not None and high is not None and value > high:
+            raise OptionError(f"{flag} must be at most {high:,}, got {value:,}")
+    reals = [("--lr", o["lr"], "above 0", lambda v: v > 0),
+             ("--layer-decay", o["layer_decay"], "in (0, 1]", lambda v: 0 < v <= 1),
+             ("--l2sp", o["l2sp"], "of at least 0", lambda v: v >= 0),
+             ("--l2sp-head", o["l2sp_head"], "of at least 0", lambda v: v >= 0),
+             ("--val-split", o["val_split"], "in (0, 1)", lambda v: 0 < v < 1)]
+    reals += [(f"--lr-mult {s}", m, "above 0", lambda v: v > 0) for s, m in o["lr_mult"].items()]
+    for flag, value, where, ok in reals:
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise OptionError(f"{flag} must be a finite number {where}, got {value!r}")

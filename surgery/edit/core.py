@@ -16,6 +16,8 @@ import numpy as np
 
 from ..errors import EditError, SelectorError, SurgeryError
 from ..model.rebuild import keras_module, model_config
+from ..outcomes import Outcome
+from ..results import EditResult  # re-exported: edit code builds it from here
 from ..selection import closest_paths
 
 __all__ = ["EditReport", "EditResult", "apply_edits", "layer_names", "find_layer",
@@ -24,50 +26,47 @@ __all__ = ["EditReport", "EditResult", "apply_edits", "layer_names", "find_layer
 
 @dataclass(frozen=True)
 class EditReport:
-    """What an edit changed.
+    """What an edit changed, in the report words of `surgery.outcomes`.
 
     Attributes:
         operation: e.g. ``widen fc 64 -> 96``.
         changes: one line per structural change.
-        carried: variables carried bitwise.
-        converted: variables written by the edit itself (widened, identity, ...).
+        copied: variables copied bitwise from the input model (``carried``, the older name,
+            still reads them).
+        converted: variables written by the edit itself (sliced, widened, identity, ...).
         initialized: variables left as the new model initialized them, with the reason.
         params_before, params_after: parameter counts.
     """
 
     operation: str
     changes: tuple[str, ...] = ()
-    carried: tuple[str, ...] = ()
+    copied: tuple[str, ...] = ()
     converted: tuple[str, ...] = ()
     initialized: tuple[tuple[str, str], ...] = ()
     params_before: int = 0
     params_after: int = 0
 
+    @property
+    def carried(self) -> tuple[str, ...]:
+        """The older name of `copied`."""
+        return self.copied
+
     def to_dict(self) -> dict:
         return {"operation": self.operation, "changes": list(self.changes),
-                "carried": list(self.carried), "converted": list(self.converted),
-                "initialized": [{"path": p, "why": w} for p, w in self.initialized],
+                Outcome.COPIED.value: list(self.copied),
+                Outcome.CONVERTED.value: list(self.converted),
+                Outcome.INITIALIZED.value: [{"path": p, "why": w} for p, w in self.initialized],
                 "params_before": self.params_before, "params_after": self.params_after}
 
     def __str__(self) -> str:
         lines = [self.operation] + [f"  {c}" for c in self.changes]
-        lines.append(f"  {len(self.carried)} variables carried bitwise, {len(self.converted)} "
-                     f"converted, {len(self.initialized)} newly initialized")
+        lines.append(f"  {len(self.copied)} variables {Outcome.COPIED} bitwise, "
+                     f"{len(self.converted)} {Outcome.CONVERTED}, {len(self.initialized)} "
+                     f"{Outcome.INITIALIZED}")
         for path, why in self.initialized:
-            lines.append(f"    new: {path} ({why})")
+            lines.append(f"    {Outcome.INITIALIZED}: {path} ({why})")
         lines.append(f"  params {self.params_before:,} -> {self.params_after:,}")
         return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class EditResult:
-    """A new model and the report of what changed; the input model is untouched."""
-
-    model: Any
-    report: EditReport
-
-    def __iter__(self):  # model, report = edit(...)
-        return iter((self.model, self.report))
 
 
 def params(model) -> int:
@@ -250,13 +249,13 @@ def _carry(old, new, operation, changes, fill, skip) -> EditResult:
     converted = fill(old, new) if fill else []
     initialized = []
     for e in report.entries:
-        if e.status == "copied" or e.path in converted:
+        if e.status == Outcome.COPIED or e.path in converted:
             continue
-        why = {"skipped": "replaced layer", "missing": "new layer",
-               "mismatched": f"shape {e.source_shape} -> {e.target_shape}"}[e.status]
+        why = {Outcome.SKIPPED: "replaced layer", Outcome.MISSING: "new layer",
+               Outcome.MISMATCHED: f"shape {e.source_shape} -> {e.target_shape}"}[e.status]
         initialized.append((e.path, why))
-    carried = tuple(e.path for e in report.copied if e.path not in converted)
-    return EditResult(new, EditReport(operation, tuple(changes), carried, tuple(converted),
+    copied = tuple(e.path for e in report.copied if e.path not in converted)
+    return EditResult(new, EditReport(operation, tuple(changes), copied, tuple(converted),
                                       tuple(initialized), params(old), params(new)))
 
 
@@ -286,7 +285,7 @@ def edit_nested(model: Any, path: str, inner_edit: Callable[[Any, str], EditResu
     initialized = tuple((f"{prefix}{p}", w) for p, w in r.initialized) + tuple(
         (p, w) for p, w in outer.report.initialized if not p.startswith(prefix))
     report = EditReport(operation, tuple(f"{prefix}{c}" for c in r.changes),
-                        tuple(f"{prefix}{p}" for p in r.carried) + outer.report.carried,
+                        tuple(f"{prefix}{p}" for p in r.copied) + outer.report.copied,
                         tuple(f"{prefix}{p}" for p in r.converted), initialized,
                         params(model), params(outer.model))
     return EditResult(outer.model, report)

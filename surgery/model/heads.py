@@ -1,7 +1,8 @@
 """Classification heads: replace one (`replace_head`) or put one on a backbone (`add_head`).
 
-Both return a new model and leave the input untouched; every weight outside the head is carried
-bitwise. `replace_head` finds the head (the last Dense in model order, nested models included,
+Both return `EditResult(model, report)`: a new model (the input untouched; every weight outside
+the head carried bitwise) and a `HeadReport` / `AddHeadReport` of what changed.
+`replace_head` finds the head (the last Dense in model order, nested models included,
 or the layer you name), gives it `num_classes` units, and with `keep_classes` carries the rows
 of the classes that survive, so their logits (pre-activation) are exactly the old ones.
 """
@@ -18,13 +19,21 @@ from ..io.livemodels import require_live_model
 from .rebuild import carry_weights, find_layer_config, iter_layer_configs, keras_module, \
     model_config, rebuild
 from ..io.sources import open_weights
+from ..results import EditResult
 
-__all__ = ["HeadReport", "find_head", "replace_head", "add_head"]
+__all__ = ["HeadReport", "AddHeadReport", "find_head", "replace_head", "add_head"]
 
 
 @dataclass(frozen=True)
 class HeadReport:
-    """What `replace_head` did (also on the new model as ``model._surgery_head_report``)."""
+    """What `replace_head` did.
+
+    Attributes:
+        layer: canonical path of the head layer.
+        old_classes, new_classes: its units before and after.
+        kept: the old classes carried, in their new order (new classes 0, 1, ...).
+        activation: the new head's activation.
+    """
 
     layer: str
     old_classes: int
@@ -42,6 +51,34 @@ class HeadReport:
             else "; all classes new"
         return (f"head {self.layer!r}: {self.old_classes} -> {self.new_classes} classes "
                 f"({self.activation}){kept}; every other weight carried bitwise")
+
+
+@dataclass(frozen=True)
+class AddHeadReport:
+    """What `add_head` added on top of the backbone.
+
+    Attributes:
+        layer: the new Dense head's path.
+        classes: its units.
+        activation: its activation.
+        pooling: ``avg``, ``max``, ``flatten``, or None where the backbone already gave vectors.
+        pooling_layer: path of the pooling/flatten layer added before the head ("" for none).
+    """
+
+    layer: str
+    classes: int
+    activation: str
+    pooling: str | None
+    pooling_layer: str = ""
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "classes": self.classes, "activation": self.activation,
+                "pooling": self.pooling, "pooling_layer": self.pooling_layer or None}
+
+    def __str__(self) -> str:
+        before = f"{self.pooling_layer!r} ({self.pooling}) + " if self.pooling_layer else ""
+        return (f"added {before}head {self.layer!r}: {self.classes} classes "
+                f"({self.activation}); every backbone weight carried bitwise")
 
 
 def find_head(model: Any, layer: str | None = None) -> str:
@@ -70,7 +107,7 @@ def find_head(model: Any, layer: str | None = None) -> str:
 
 def replace_head(model: Any, num_classes: int, *, keep_classes: Sequence[int] | None = None,
                  activation: str | None = None, head: str | None = None,
-                 seed: int | None = None) -> Any:
+                 seed: int | None = None) -> EditResult[HeadReport]:
     """A new model whose classification head has `num_classes` outputs.
 
     Args:
@@ -83,7 +120,7 @@ def replace_head(model: Any, num_classes: int, *, keep_classes: Sequence[int] | 
         seed: seed for the new head's initial weights.
 
     Returns:
-        The new model; `model` is untouched. Its ``_surgery_head_report`` is a `HeadReport`.
+        `EditResult(model, report)`: the new model (`model` is untouched) and a `HeadReport`.
 
     Raises:
         OptionError: `num_classes` < 1, `keep_classes` out of range or longer than
@@ -92,7 +129,8 @@ def replace_head(model: Any, num_classes: int, *, keep_classes: Sequence[int] | 
 
     Example:
     ```python
-    new = surgery.replace_head(model, 4, keep_classes=[0, 3, 7])
+    new, report = surgery.replace_head(model, 4, keep_classes=[0, 3, 7])
+    print(report)  # head 'head': 10 -> 4 classes (...); classes [0, 3, 7] carried to 0..2; ...
     ```
     """
     require_live_model(model, "replace_head")
@@ -130,13 +168,13 @@ def replace_head(model: Any, num_classes: int, *, keep_classes: Sequence[int] | 
                 value = new_w.read(key)
                 value[..., :len(keep)] = old_w.read(key)[..., keep]
                 new_w.variable(key).assign(value)
-    new._surgery_head_report = HeadReport(path, old_classes, int(num_classes), tuple(keep),
-                                          str(lc["config"].get("activation")))
-    return new
+    return EditResult(new, HeadReport(path, old_classes, int(num_classes),
+                                      tuple(int(i) for i in keep),
+                                      str(lc["config"].get("activation"))))
 
 
 def add_head(backbone: Any, num_classes: int, *, pooling: str | None = "avg",
-             activation: str = "softmax", name: str = "head") -> Any:
+             activation: str = "softmax", name: str = "head") -> EditResult[AddHeadReport]:
     """A new model: a copy of `backbone` (weights carried) + pooling + a Dense head.
 
     Args:
@@ -147,9 +185,18 @@ def add_head(backbone: Any, num_classes: int, *, pooling: str | None = "avg",
         activation: the head's activation.
         name: the head layer's name.
 
+    Returns:
+        `EditResult(model, report)`: the new model (`backbone` is untouched) and an
+        `AddHeadReport`.
+
+    Raises:
+        OptionError: `num_classes` < 1, an unknown `pooling`, or no pooling for a backbone
+            whose output is not a vector.
+        UnsupportedModelError: a backbone with more than one output.
+
     Example:
     ```python
-    model = surgery.add_head(backbone, 5, pooling="avg")
+    model, report = surgery.add_head(backbone, 5, pooling="avg")
     ```
     """
     require_live_model(backbone, "add_head")
@@ -165,13 +212,18 @@ def add_head(backbone: Any, num_classes: int, *, pooling: str | None = "avg",
                                     f"output, it has {len(copy_.outputs)}")
     x = copy_.outputs[0]
     rank = len(x.shape)
+    pool = ""
     if pooling == "flatten":
-        x = k.layers.Flatten(name=f"{name}_flatten")(x)
+        pool = f"{name}_flatten"
+        x = k.layers.Flatten(name=pool)(x)
     elif pooling is not None and rank in (3, 4, 5):
         kind = {"avg": "GlobalAveragePooling", "max": "GlobalMaxPooling"}[pooling]
-        x = getattr(k.layers, f"{kind}{rank - 2}D")(name=f"{name}_pool")(x)
+        pool = f"{name}_pool"
+        x = getattr(k.layers, f"{kind}{rank - 2}D")(name=pool)(x)
     elif rank != 2:
         raise OptionError(f"{backbone.name}: its output has shape {tuple(x.shape)}; give "
                           "pooling='avg', 'max' or 'flatten' to make vectors for the head")
     out = k.layers.Dense(int(num_classes), activation=activation, name=name)(x)
-    return k.Model(copy_.inputs, out, name=f"{backbone.name}_{name}")
+    new = k.Model(copy_.inputs, out, name=f"{backbone.name}_{name}")
+    return EditResult(new, AddHeadReport(name, int(num_classes), str(activation),
+                                         pooling if pool else None, pool))

@@ -575,7 +575,8 @@ def accuracy(model: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256)
 
     Example:
     ```python
-    acc = surgery.accuracy(model, x_test, y_test)
+    from surgery.model.verify import accuracy
+    acc = accuracy(model, x_test, y_test)
     ```
     """
     pred = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))

@@ -46,7 +46,7 @@ def test_inspect_lstm_and_hub(samples):
 @pytest.mark.parametrize("name", ["cnn", "lstm", "keras2_mlp", "hub_module"])
 def test_diff_of_a_sample_with_itself_is_identical(samples, name):
     d = surgery.diff(samples[name], samples[name])
-    assert d.identical and d.counts()["same"] == len(d.variables) > 0
+    assert d.identical and d.counts()["unchanged"] == len(d.variables) > 0
 
 
 def test_diff_statuses(tmp_path):
@@ -64,16 +64,16 @@ def test_diff_statuses(tmp_path):
     m2.get_layer("b").set_weights([kb + 0.5, bb])
     d = surgery.diff(m1, m2)
     status = {v.path: v.status for v in d.variables}
-    assert status == {"a/kernel": "same", "a/bias": "same", "b/kernel": "changed",
-                      "b/bias": "same", "c/kernel": "only_b", "c/bias": "only_b"}
+    assert status == {"a/kernel": "unchanged", "a/bias": "unchanged", "b/kernel": "changed",
+                      "b/bias": "unchanged", "c/kernel": "only_in_b", "c/bias": "only_in_b"}
     changed = d.of("changed")[0]
     assert changed.max_abs_diff == pytest.approx(0.5)
     assert not d.identical
     m3 = build(5)
     d2 = surgery.diff(m1, m3)
-    assert {v.path: v.status for v in d2.variables}["a/kernel"] == "shape"
-    assert "shape differs  (4, 3) vs (4, 5)" in str(d2)
-    assert json.loads(json.dumps(d2.to_dict()))["counts"]["shape"] == 3
+    assert {v.path: v.status for v in d2.variables}["a/kernel"] == "reshaped"
+    assert "reshaped  (4, 3) vs (4, 5)" in str(d2)
+    assert json.loads(json.dumps(d2.to_dict()))["counts"]["reshaped"] == 3
 
 
 def test_diff_nan_in_same_place_is_same():

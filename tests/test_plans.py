@@ -49,7 +49,10 @@ def test_dry_run_writes_nothing_and_matches_apply(plans):
     assert dry.variables == applied.variables
     actions = {v["path"]: v["action"] for v in dry.variables}
     assert actions["head/kernel"] == "reshaped (64, 8) -> (64, 4)"
-    assert actions["block1_conv/kernel"] == "kept, frozen"
+    assert actions["block1_conv/kernel"] == "unchanged, frozen"
+    notes = {v["path"]: v.get("steps") for v in dry.variables}
+    assert notes["block1_conv/kernel"] == ["step 2: frozen"] and notes["head/bias"][0].startswith(
+        "step 1: ")
 
 
 def test_apply_is_reproducible(plans):

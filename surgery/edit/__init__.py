@@ -1,8 +1,8 @@
 """`surgery.edit`: structural surgery on Keras 3 Functional and Sequential models.
 
 Every function returns an `EditResult(model, report)`: a new model and what changed
-(parameter counts before and after, variables carried bitwise, converted, newly
-initialized). The input model is never touched.
+(parameter counts before and after, variables copied bitwise, converted, initialized). The
+input model is never touched.
 
 Example:
 ```python

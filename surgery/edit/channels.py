@@ -234,38 +234,63 @@ def _step(flow: _Flow, name: str, couple: bool) -> bool:
     if len(flow.pred.get(name, [])) != 1:
         raise flow.refuse(name, trail, f"takes {len(flow.pred[name])} inputs; only its "
                           "main input's channels can be followed")
-    rank = _rank(layer.input)
-    fmt_fix = f"build it with data_format='{_layout(axis, rank)}' to follow them"
     if kind.reads:
-        if kind.axis == "last" or (cls == "TimeDistributed" and not hasattr(
-                layer.layer, "data_format")):
-            fix = "it reads the last axis; put a Flatten, a global pooling or a Permute before it"
-        else:
-            fix = fmt_fix
-        self_groups = int(getattr(layer, "groups", 1) or 1)
-        if self_groups != 1:
-            raise flow.refuse(name, trail, f"is grouped (groups={self_groups}); its input "
-                              "channels can't be deleted one by one")
-        flow.axis_check(name, trail, _reader_axis(layer, rank), axis, rank, fix)
-        flow.readers[name] = (chans, "Flatten" in [type(flow.layers[p]).__name__
-                                                    for p in path if p in flow.layers])
+        _read(flow, name, axis, chans, path, trail)
         return False
+    out_axis, out_chans = _pass(flow, name, axis, chans, trail)
+    flow.out[name] = (out_axis, out_chans, trail)
+    return False
+
+
+def _format_fix(axis: int, rank: int) -> str:
+    return f"build it with data_format='{_layout(axis, rank)}' to follow them"
+
+
+def _read(flow: _Flow, name: str, axis: int, chans: list[int], path: list[str],
+          trail: list[str]) -> None:
+    """A layer that reads channels (Dense, Conv, recurrent...): its input weights will be
+    sliced; refused when it reads another axis or is grouped."""
+    layer = flow.layers[name]
+    cls = type(layer).__name__
+    rank = _rank(layer.input)
+    if _entry(cls).axis == "last" or (cls == "TimeDistributed" and not hasattr(
+            layer.layer, "data_format")):
+        fix = "it reads the last axis; put a Flatten, a global pooling or a Permute before it"
+    else:
+        fix = _format_fix(axis, rank)
+    self_groups = int(getattr(layer, "groups", 1) or 1)
+    if self_groups != 1:
+        raise flow.refuse(name, trail, f"is grouped (groups={self_groups}); its input "
+                          "channels can't be deleted one by one")
+    flow.axis_check(name, trail, _reader_axis(layer, rank), axis, rank, fix)
+    flow.readers[name] = (chans, "Flatten" in [type(flow.layers[p]).__name__
+                                                for p in path if p in flow.layers])
+
+
+def _pass(flow: _Flow, name: str, axis: int, chans: list[int], trail: list[str]
+          ) -> tuple[int, list[int]]:
+    """A layer the channels pass through: (axis, channels) of its output, recording the
+    layers whose own weights are sliced too (BatchNorm, PReLU, DepthwiseConv)."""
+    layer = flow.layers[name]
+    cls = type(layer).__name__
+    kind = _entry(cls)
+    rank = _rank(layer.input)
     if kind.passes == "elementwise":
         act = getattr(getattr(layer, "activation", None), "__name__", "")
         if act in _MIXING:
             raise flow.refuse(name, trail, f"applies {act}, which mixes channels")
-        out = (axis, chans)
-    elif kind.passes in ("spatial", "global"):
-        fix = fmt_fix if hasattr(layer, "data_format") else (
+        return axis, chans
+    if kind.passes in ("spatial", "global"):
+        fix = _format_fix(axis, rank) if hasattr(layer, "data_format") else (
             "it has no data_format; put Permute((2, 1)) before it or use channels_last layers")
         flow.axis_check(name, trail, _format_axis(layer, rank), axis, rank, fix)
-        out = (1 if kind.passes == "global" and not layer.keepdims else axis, chans)
-    elif kind.passes == "per_channel":  # PReLU: its alpha holds a value per channel
+        return (1 if kind.passes == "global" and not layer.keepdims else axis), chans
+    if kind.passes == "per_channel":  # PReLU: its alpha holds a value per channel
         flow.axis_check(name, trail, rank - 1, axis, rank,
                         "it reads the last axis; put a Permute before it")
         flow.slices[name] = ("per_channel", chans)
-        out = (axis, chans)
-    elif kind.passes == "normalize":
+        return axis, chans
+    if kind.passes == "normalize":
         bn_axis = layer.axis  # a list of one axis in tf_keras
         bn_axis = bn_axis[0] if isinstance(bn_axis, (list, tuple)) and len(bn_axis) == 1 \
             else bn_axis
@@ -275,20 +300,18 @@ def _step(flow: _Flow, name: str, couple: bool) -> bool:
         flow.axis_check(name, trail, bn_axis % rank, axis, rank,
                         f"build it with axis={axis} to follow them")
         flow.slices[name] = ("bn", chans)
-        out = (axis, chans)
-    elif kind.passes == "depthwise":
-        flow.axis_check(name, trail, _format_axis(layer, rank), axis, rank, fmt_fix)
+        return axis, chans
+    if kind.passes == "depthwise":
+        flow.axis_check(name, trail, _format_axis(layer, rank), axis, rank,
+                        _format_fix(axis, rank))
         m = int(layer.depth_multiplier)
         flow.slices[name] = ("depthwise", chans)
-        out = (axis, [c * m + j for c in chans for j in range(m)])
-    elif cls == "Flatten":
-        out = (1, _flatten_rows(layer, axis, chans))
-    elif cls == "Permute":
-        out = (list(layer.dims).index(axis) + 1, chans)
-    else:
-        raise flow.refuse(name, trail, "is not supported (it mixes or reshapes channels)")
-    flow.out[name] = (out[0], out[1], trail)
-    return False
+        return axis, [c * m + j for c in chans for j in range(m)]
+    if cls == "Flatten":
+        return 1, _flatten_rows(layer, axis, chans)
+    if cls == "Permute":
+        return list(layer.dims).index(axis) + 1, chans
+    raise flow.refuse(name, trail, "is not supported (it mixes or reshapes channels)")
 
 
 def _walk(flow: _Flow, couple: bool) -> None:
@@ -367,63 +390,127 @@ def _keep(n: int, drop) -> list[int]:
     return [i for i in range(n) if i not in gone]
 
 
+class _Writer:
+    """Writes the pruned values into the new model one variable at a time, recording each."""
+
+    def __init__(self, src, dst):
+        self.src, self.dst = src, dst
+        self.done: list[str] = []
+
+    def put(self, key: str, value) -> None:
+        self.dst.variable(key).assign(value)
+        self.done.append(key)
+
+    def cut(self, key: str, axis: int, drop) -> None:
+        """The source variable without the `drop` entries of `axis`."""
+        a = self.src.read(key)
+        self.put(key, np.take(a, _keep(a.shape[axis], drop), axis=axis))
+
+
+def _fill_producers(flow: _Flow, w: _Writer) -> None:
+    """Replaced layers: their output units go from every variable that has them."""
+    for name, drop in flow.producers.items():
+        transpose = "Transpose" in type(flow.layers[name]).__name__
+        for key in [k for k in w.src if k.startswith(name + "/")]:
+            var = key.rsplit("/", 1)[1]
+            if var in ("kernel", "pointwise_kernel", "embeddings", "bias"):
+                w.cut(key, -2 if transpose and var == "kernel" else -1, drop)
+            else:  # a separable conv's depthwise kernel keeps its shape
+                w.put(key, w.src.read(key))
+
+
+def _fill_slices(flow: _Flow, w: _Writer) -> None:
+    """Layers the channels pass through with per-channel weights (BatchNorm, PReLU,
+    DepthwiseConv): those weights lose the same channels."""
+    for name, (how, drop) in flow.slices.items():
+        m = int(getattr(flow.layers[name], "depth_multiplier", 1))
+        for var in ("gamma", "beta", "moving_mean", "moving_variance", "kernel", "bias",
+                    "alpha"):
+            key = f"{name}/{var}"
+            if key not in w.src:
+                continue
+            if how == "depthwise" and var == "kernel":  # (..., in, multiplier)
+                w.cut(key, -2, drop)
+            elif how == "depthwise":  # bias: channel c holds c*m .. c*m+m-1
+                w.cut(key, 0, [c * m + j for c in drop for j in range(m)])
+            elif how == "per_channel":  # alpha: the input's shape, channels last
+                if w.src.shape(key)[-1] > 1:  # 1: shared over the channel axis
+                    w.cut(key, -1, drop)
+            else:
+                w.cut(key, 0, drop)
+
+
+def _fill_readers(flow: _Flow, w: _Writer) -> None:
+    """Layers that read the channels: their input weights lose the matching rows."""
+    for name, (drop, _) in flow.readers.items():
+        reader_cls = type(flow.layers[name]).__name__
+        for key in [k for k in w.src if k.startswith(name + "/")]:
+            var = key.rsplit("/", 1)[1]
+            # a coupled producer that also reads the channels: cut both axes
+            a = (w.dst if key in w.done else w.src).read(key)
+            if var == "kernel" and _entry(reader_cls).axis == "last":
+                a = np.take(a, _keep(a.shape[0], drop), axis=0)
+            elif var == "kernel" and "Transpose" in reader_cls:
+                a = np.take(a, _keep(a.shape[-1], drop), axis=-1)
+            elif var in ("kernel", "depthwise_kernel"):
+                a = np.take(a, _keep(a.shape[-2], drop), axis=-2)
+            elif var == "pointwise_kernel":
+                m = w.src.shape(f"{name}/depthwise_kernel")[-1]
+                gone = [c * m + j for c in drop for j in range(m)]
+                a = np.take(a, _keep(a.shape[-2], gone), axis=-2)
+            else:
+                continue
+            w.put(key, a)
+
+
 def _fill(flow: _Flow):
+    """The `fill` for `apply_edits`: writes every variable the deletion changes and returns
+    their paths (the edit's converted variables)."""
     def fill(src_model, dst_model) -> list[str]:
-        done = []
         with open_weights(src_model) as src, open_weights(dst_model) as dst:
-            def put(key, value):
-                dst.variable(key).assign(value)
-                done.append(key)
-
-            def cut(key, axis, drop):
-                a = src.read(key)
-                put(key, np.take(a, _keep(a.shape[axis], drop), axis=axis))
-
-            for name, drop in flow.producers.items():  # replaced layers: every variable
-                transpose = "Transpose" in type(flow.layers[name]).__name__
-                for key in [k for k in src if k.startswith(name + "/")]:
-                    var = key.rsplit("/", 1)[1]
-                    if var in ("kernel", "pointwise_kernel", "embeddings", "bias"):
-                        cut(key, -2 if transpose and var == "kernel" else -1, drop)
-                    else:  # a separable conv's depthwise kernel keeps its shape
-                        put(key, src.read(key))
-            for name, (how, drop) in flow.slices.items():
-                m = int(getattr(flow.layers[name], "depth_multiplier", 1))
-                for var in ("gamma", "beta", "moving_mean", "moving_variance", "kernel",
-                            "bias", "alpha"):
-                    key = f"{name}/{var}"
-                    if key not in src:
-                        continue
-                    if how == "depthwise" and var == "kernel":  # (..., in, multiplier)
-                        cut(key, -2, drop)
-                    elif how == "depthwise":  # bias: channel c holds c*m .. c*m+m-1
-                        cut(key, 0, [c * m + j for c in drop for j in range(m)])
-                    elif how == "per_channel":  # alpha: the input's shape, channels last
-                        if src.shape(key)[-1] > 1:  # 1: shared over the channel axis
-                            cut(key, -1, drop)
-                    else:
-                        cut(key, 0, drop)
-            for name, (drop, _) in flow.readers.items():
-                reader_cls = type(flow.layers[name]).__name__
-                for key in [k for k in src if k.startswith(name + "/")]:
-                    var = key.rsplit("/", 1)[1]
-                    # a coupled producer that also reads the channels: cut both axes
-                    a = (dst if key in done else src).read(key)
-                    if var == "kernel" and _entry(reader_cls).axis == "last":
-                        a = np.take(a, _keep(a.shape[0], drop), axis=0)
-                    elif var == "kernel" and "Transpose" in reader_cls:
-                        a = np.take(a, _keep(a.shape[-1], drop), axis=-1)
-                    elif var in ("kernel", "depthwise_kernel"):
-                        a = np.take(a, _keep(a.shape[-2], drop), axis=-2)
-                    elif var == "pointwise_kernel":
-                        m = src.shape(f"{name}/depthwise_kernel")[-1]
-                        gone = [c * m + j for c in drop for j in range(m)]
-                        a = np.take(a, _keep(a.shape[-2], gone), axis=-2)
-                    else:
-                        continue
-                    put(key, a)
-        return list(dict.fromkeys(done))
+            w = _Writer(src, dst)
+            _fill_producers(flow, w)
+            _fill_slices(flow, w)
+            _fill_readers(flow, w)
+        return list(dict.fromkeys(w.done))
     return fill
+
+
+def _checked_channels(producer, layer: str, channels: Sequence[int]) -> list[int]:
+    """The sorted, distinct channels to delete from `producer`; refuses a layer that can't
+    start a deletion, indices out of range, none, or all of them."""
+    cls = type(producer).__name__
+    if not _entry(cls).width:
+        raise EditError(f"layer {layer!r} is a {cls}; delete_channels starts at "
+                        f"{', '.join(sorted(classes(width=True)))}", layer=layer)
+    width = int(getattr(producer, _entry(cls).width))
+    chans = sorted({int(c) for c in channels})
+    bad = [c for c in chans if not 0 <= c < width]
+    if bad:
+        raise OptionError(f"channel {bad[0]} is out of range for {layer!r} with {width} "
+                          f"channels (0..{width - 1})", layer=layer)
+    if not chans or len(chans) >= width:
+        raise OptionError(f"delete_channels would leave {layer!r} with "
+                          f"{width - len(chans)} of {width} channels; delete 1..{width - 1}",
+                          layer=layer)
+    return chans
+
+
+def _narrowed(flow: _Flow, layer: str) -> tuple[dict[str, Any], list[str]]:
+    """(name -> narrower copy of each producer, one line per change for the report)."""
+    replace, changes = {}, []
+    for name, drop in flow.producers.items():
+        old = flow.layers[name]
+        key = _entry(type(old).__name__).width
+        config = old.get_config()
+        config[key] = int(getattr(old, key)) - len(drop)
+        replace[name] = type(old).from_config(config)
+        changes.append(f"{name}: {int(getattr(old, key))} -> {config[key]} channels"
+                       + (" (coupled)" if name != layer else ""))
+    changes += [f"{n}: sliced ({how})" for n, (how, _) in flow.slices.items()]
+    changes += [f"{n}: {'Flatten rows' if flat else 'input channels'} sliced"
+                for n, (_, flat) in flow.readers.items()]
+    return replace, changes
 
 
 def delete_channels(model: Any, layer: str, channels: Sequence[int], *, couple: bool = True,
@@ -457,35 +544,10 @@ def delete_channels(model: Any, layer: str, channels: Sequence[int], *, couple: 
         return edit_nested(model, layer, lambda inner, rest: delete_channels(
             inner, rest, channels, couple=couple, _nested=True),
             f"delete {len(set(channels))} channels of {layer}")
-    producer = find_layer(model, layer)
-    cls = type(producer).__name__
-    if not _entry(cls).width:
-        raise EditError(f"layer {layer!r} is a {cls}; delete_channels starts at "
-                        f"{', '.join(sorted(classes(width=True)))}", layer=layer)
-    width = int(getattr(producer, _entry(cls).width))
-    chans = sorted({int(c) for c in channels})
-    bad = [c for c in chans if not 0 <= c < width]
-    if bad:
-        raise OptionError(f"channel {bad[0]} is out of range for {layer!r} with {width} "
-                          f"channels (0..{width - 1})", layer=layer)
-    if not chans or len(chans) >= width:
-        raise OptionError(f"delete_channels would leave {layer!r} with "
-                          f"{width - len(chans)} of {width} channels; delete 1..{width - 1}",
-                          layer=layer)
-    flow = _Flow(model, _nested)
+    chans = _checked_channels(find_layer(model, layer), layer, channels)
+    flow = _Flow(model, _nested)  # plan: which channels of which layers go, then apply
     flow.producers[layer] = chans
     _walk(flow, couple)
-    replace, changes = {}, []
-    for name, drop in flow.producers.items():
-        old = flow.layers[name]
-        key = _entry(type(old).__name__).width
-        config = old.get_config()
-        config[key] = int(getattr(old, key)) - len(drop)
-        replace[name] = type(old).from_config(config)
-        changes.append(f"{name}: {int(getattr(old, key))} -> {config[key]} channels"
-                       + (" (coupled)" if name != layer else ""))
-    changes += [f"{n}: sliced ({how})" for n, (how, _) in flow.slices.items()]
-    changes += [f"{n}: {'Flatten rows' if flat else 'input channels'} sliced"
-                for n, (_, flat) in flow.readers.items()]
+    replace, changes = _narrowed(flow, layer)
     return apply_edits(model, operation=f"delete {len(chans)} channels of {layer}",
                        replace=replace, changes=tuple(changes), fill=_fill(flow))

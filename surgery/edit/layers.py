@@ -100,10 +100,10 @@ def replace_layer(model: Any, layer: str, new_layer: Any) -> EditResult:
                 converted.append(key)
     report = result.report
     initialized = tuple((p, w) for p, w in report.initialized if p not in converted)
-    carried = report.carried + tuple(converted)
+    copied = report.copied + tuple(converted)
     from dataclasses import replace as dc_replace
 
-    return EditResult(result.model, dc_replace(report, carried=carried,
+    return EditResult(result.model, dc_replace(report, copied=copied,
                                                initialized=initialized))
 
 

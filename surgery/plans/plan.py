@@ -44,6 +44,7 @@ import numpy as np
 from ..io.atomic import atomic_path, check_outputs
 from ..errors import CheckFailed, InputError, PlanError, ShapeError, SurgeryError
 from ..io.inventory import inspect as inspect_fn
+from ..outcomes import Outcome
 from .schema import check_plan
 from ..transfer.rules import read_toml
 from ..selection import select
@@ -67,7 +68,8 @@ def _sha256(path: str) -> str:
 
 @dataclass
 class PlanReport:
-    """What a plan did (or, on a dry run, will do)."""
+    """What a plan did (or, on a dry run, will do): each variable's action and each step's
+    note on it, in the report words of `surgery.outcomes`."""
 
     plan: str
     dry_run: bool
@@ -257,67 +259,107 @@ class Plan:
     def _run_step(self, model, step: dict, source: str | None, dry_run: bool):
         """Runs one step: (model, summary, {variable path: what this step did to it})."""
         import surgery
-        from .. import edit
 
         op = step["op"]
         if op == "head":
-            new = surgery.replace_head(model, step["classes"],
-                                       keep_classes=step.get("keep_classes"),
-                                       activation=step.get("activation"),
-                                       head=step.get("layer"), seed=step.get("seed"))
-            head = new._surgery_head_report.layer
-            return new, str(new._surgery_head_report), {f"{head}/kernel": "new head",
-                                                         f"{head}/bias": "new head"}
+            new, report = surgery.replace_head(model, step["classes"],
+                                               keep_classes=step.get("keep_classes"),
+                                               activation=step.get("activation"),
+                                               head=step.get("layer"), seed=step.get("seed"))
+            head = report.layer
+            return new, str(report), {f"{head}/kernel": "new head", f"{head}/bias": "new head"}
         if op in ("freeze", "unfreeze"):
-            fn = surgery.freeze if op == "freeze" else surgery.unfreeze
-            kw = {"bn": step.get("bn", "inference")} if op == "freeze" else {}
-            r = fn(model, *step.get("select", []), except_=step.get("except", []),
-                   allow_partial=False, **kw)
-            with surgery.open_weights(model) as w:
-                notes = {v.path: op for v in w.variables() if v.layer in {p for p, *_ in
-                                                                          r.layers}}
-            return model, f"{len(r.layers)} layers; trainable params {r.after[0]:,}", notes
+            return self._freeze_step(model, step)
         if op == "reinit":
-            r = surgery.reinitialize(model, *step["select"], initializer=step.get("initializer"),
-                                     seed=step.get("seed"))
-            return model, f"{len(r.variables)} variables reinitialized", {
-                p: f"reinit ({init})" for p, init in r.variables}
+            return self._reinit_step(model, step)
         if op == "transplant":
-            rules = step.get("rules")
-            if isinstance(rules, str):
-                rules = self.resolve(rules)
-            r = surgery.transplant(source, model, rules, strict=step.get("strict", False))
-            c = r.counts()
-            notes = {e.path: (f"copy from {e.source}" if e.status == "copied" else
-                              f"adapt {e.source} via {e.adapter}" if e.status == "adapted" else
-                              e.status) for e in r.entries}
-            return model, (f"{c['copied']} copied, {c['adapted']} adapted, {c['missing']} "
-                           f"missing, {c['mismatched']} mismatched"), notes
+            return self._transplant_step(model, step, source)
         if op == "lora":
-            r = surgery.enable_lora(model, *step.get("select", []), rank=step["rank"],
-                                    alpha=step.get("alpha"))
-            return model, str(r), {f"{p}/lora_kernel_{x}": "new (LoRA)" for p in r.layers
-                                   for x in "ab"}
+            return self._lora_step(model, step)
         if op == "edit":
-            action = step["action"]
-            if action == "delete-channels":
-                chans = step.get("channels") or edit.lowest_channels(
-                    model, step["layer"], ratio=step.get("ratio"))
-                result = edit.delete_channels(model, step["layer"], chans)
-            elif action == "widen":
-                result = edit.widen(model, step["layer"], step["units"], seed=step.get("seed"))
-            elif action == "deepen":
-                result = edit.deepen(model, step["after"], residual=step.get("residual", False))
-            elif action == "delete-layer":
-                result = edit.delete_layer(model, step["layer"])
-            elif action == "insert":
-                result = edit.insert_layer(model, step["after"], step["layer_json"])
-            else:
-                result = edit.change_input(model, tuple(step["shape"]))
-            notes = {p: f"converted ({result.report.operation})" for p in
-                     result.report.converted}
-            notes.update({p: f"new ({why})" for p, why in result.report.initialized})
-            return result.model, result.report.operation, notes
+            return self._edit_step(model, step)
+        return self._finetune_step(model, step, dry_run)
+
+    # Each step runner returns (model, summary, {variable path: note}); a note starts with the
+    # report word (surgery.outcomes) for what the step did to that variable.
+    def _freeze_step(self, model, step: dict):
+        """A freeze/unfreeze step: every variable of the layers it reached is noted."""
+        import surgery
+
+        op = step["op"]
+        fn = surgery.freeze if op == "freeze" else surgery.unfreeze
+        kw = {"bn": step.get("bn", "inference")} if op == "freeze" else {}
+        r = fn(model, *step.get("select", []), except_=step.get("except", []),
+               allow_partial=False, **kw)
+        word = Outcome.FROZEN if op == "freeze" else Outcome.TRAINABLE
+        reached = {p for p, *_ in r.layers}
+        with surgery.open_weights(model) as w:
+            notes = {v.path: word.value for v in w.variables() if v.layer in reached}
+        return model, f"{len(r.layers)} layers; trainable params {r.after[0]:,}", notes
+
+    def _reinit_step(self, model, step: dict):
+        """A reinit step: each variable drawn afresh, with its initializer."""
+        import surgery
+
+        r = surgery.reinitialize(model, *step["select"], initializer=step.get("initializer"),
+                                 seed=step.get("seed"))
+        return model, f"{len(r.variables)} variables {Outcome.REINITIALIZED}", {
+            p: f"{Outcome.REINITIALIZED} ({init})" for p, init in r.variables}
+
+    def _transplant_step(self, model, step: dict, source: str | None):
+        """A transplant step from the plan's [source]: each target's transplant word."""
+        import surgery
+
+        rules = step.get("rules")
+        if isinstance(rules, str):
+            rules = self.resolve(rules)
+        r = surgery.transplant(source, model, rules, strict=step.get("strict", False))
+        c = r.counts()
+        notes = {e.path: (f"{e.status} from {e.source}" if e.status == Outcome.COPIED else
+                          f"{e.status} from {e.source} via {e.adapter}"
+                          if e.status == Outcome.CONVERTED else e.status.value)
+                 for e in r.entries}
+        words = (Outcome.COPIED, Outcome.CONVERTED, Outcome.MISSING, Outcome.MISMATCHED)
+        return model, ", ".join(f"{c[w.value]} {w}" for w in words), notes
+
+    def _lora_step(self, model, step: dict):
+        """A lora step: the adapters are new variables of the layers reached."""
+        import surgery
+
+        r = surgery.enable_lora(model, *step.get("select", []), rank=step["rank"],
+                                alpha=step.get("alpha"))
+        return model, str(r), {f"{p}/lora_kernel_{x}": f"{Outcome.NEW} (LoRA)"
+                               for p in r.layers for x in "ab"}
+
+    def _edit_step(self, model, step: dict):
+        """An edit step: its converted and initialized variables, from the edit's report."""
+        from .. import edit
+
+        action = step["action"]
+        if action == "delete-channels":
+            chans = step.get("channels") or edit.lowest_channels(
+                model, step["layer"], ratio=step.get("ratio"))
+            result = edit.delete_channels(model, step["layer"], chans)
+        elif action == "widen":
+            result = edit.widen(model, step["layer"], step["units"], seed=step.get("seed"))
+        elif action == "deepen":
+            result = edit.deepen(model, step["after"], residual=step.get("residual", False))
+        elif action == "delete-layer":
+            result = edit.delete_layer(model, step["layer"])
+        elif action == "insert":
+            result = edit.insert_layer(model, step["after"], step["layer_json"])
+        else:
+            result = edit.change_input(model, tuple(step["shape"]))
+        notes = {p: f"{Outcome.CONVERTED} ({result.report.operation})" for p in
+                 result.report.converted}
+        notes.update({p: f"{Outcome.INITIALIZED} ({why})" for p, why in
+                      result.report.initialized})
+        return result.model, result.report.operation, notes
+
+    def _finetune_step(self, model, step: dict, dry_run: bool):
+        """A finetune step (not run in a dry run)."""
+        import surgery
+
         if dry_run:
             return model, f"would train {step.get('epochs', 1)} epochs on {step['data']} " \
                           "(not run in a dry run)", {}
@@ -438,6 +480,9 @@ class Plan:
 
 
 def _variable_actions(old, new) -> list[dict]:
+    """One row per variable of either model, its action in the report words: ``new``,
+    ``removed``, ``reshaped (a) -> (b)``, ``changed`` or ``unchanged``, then ``frozen`` or
+    ``trainable`` where the flag changed."""
     import surgery
 
     with surgery.open_weights(old) as a, surgery.open_weights(new) as b:
@@ -445,20 +490,20 @@ def _variable_actions(old, new) -> list[dict]:
         for key in b:
             info = b.info(key)
             if key not in a:
-                rows.append({"path": key, "action": "new"})
+                rows.append({"path": key, "action": Outcome.NEW.value})
                 continue
             was = a.info(key)
             parts = []
             if a.shape(key) != b.shape(key):
-                parts.append(f"reshaped {a.shape(key)} -> {b.shape(key)}")
+                parts.append(f"{Outcome.RESHAPED} {a.shape(key)} -> {b.shape(key)}")
             elif not np.array_equal(a.read(key), b.read(key)):
-                parts.append("changed")
+                parts.append(Outcome.CHANGED.value)
             else:
-                parts.append("kept")
+                parts.append(Outcome.UNCHANGED.value)
             if was.trainable != info.trainable:
-                parts.append("frozen" if not info.trainable else "unfrozen")
+                parts.append((Outcome.TRAINABLE if info.trainable else Outcome.FROZEN).value)
             rows.append({"path": key, "action": ", ".join(parts)})
         for key in a:
             if key not in b:
-                rows.append({"path": key, "action": "deleted"})
+                rows.append({"path": key, "action": Outcome.REMOVED.value})
     return rows

@@ -46,6 +46,8 @@ class FinetuneResult:
         best_epoch: 1-based epoch whose weights `model` holds.
         stopped_early: early stopping ended the run.
         loss: the loss used; settings: what was asked.
+        class_names: each output unit's class: the data's (CSV names, image folders), else
+            the ones the model's file stores; () when neither has any.
     """
 
     model: Any
@@ -57,6 +59,7 @@ class FinetuneResult:
     settings: dict = field(default_factory=dict)
     adapters: dict = field(default_factory=dict)
     checkpoint: Any = field(default=None, repr=False, compare=False)
+    class_names: tuple[str, ...] = ()
 
     def remove_checkpoint(self) -> None:
         """Removes a checkpoint kept with ``keep_checkpoint=True`` (only the files it wrote)."""
@@ -72,10 +75,14 @@ class FinetuneResult:
     def to_dict(self) -> dict:
         return {"epochs": self.epochs, "best_epoch": self.best_epoch,
                 "stopped_early": self.stopped_early, "loss": self.loss, "data": self.data,
-                "settings": self.settings}
+                "settings": self.settings, "class_names": list(self.class_names)}
 
     def __str__(self) -> str:
         lines = [f"fine-tuned on {self.data}", f"loss: {self.loss}"]
+        if self.class_names:
+            from ..io.inventory import classes_line
+
+            lines.append(classes_line(self.class_names))
         for e in self.epochs:
             parts = [f"{k} {v:.4f}" for k, v in e.items()
                      if isinstance(v, float) and k not in ("seconds",)]
@@ -472,8 +479,6 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
     ```
     """
     from ..io import tfimport
-    from ..model.lora import enable_lora, merge_lora
-    from .learning_rates import learning_rates
     from ..model.rebuild import model_config
     from .outputs import TrainingCheckpoint
 
@@ -485,7 +490,75 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
     if framework_of(model) == "tf_keras":
         raise UnsupportedModelError("finetune trains Keras 3 models; convert a Keras 2 model first "
                                     "(surgery convert MODEL.h5 -o MODEL.keras)")
+    o = _Options(train=train, freeze=freeze, bn=bn, epochs=epochs, batch_size=batch_size, lr=lr,
+                 lr_mult=lr_mult, layer_decay=layer_decay, optimizer=optimizer, loss=loss,
+                 early_stop=early_stop, seed=seed, strategy=strategy, lora_rank=lora_rank,
+                 lora_select=lora_select, shuffle=shuffle, mixed_precision=mixed_precision,
+                 l2sp=l2sp, l2sp_head=l2sp_head)
     inputs = _input_paths(model, data, val)
+    data = _training_data(model, data, label=label, val=val, val_split=val_split, seed=seed)
+    names = _class_names(model, data)
+    _refuse_overlap(model, train, freeze)
+    settings = o.settings(keras)
+    state = TrainingCheckpoint(checkpoint, model=model, settings=settings, resume=resume,
+                               overwrite=overwrite, inputs=inputs,
+                               data_arrays=(data.x, data.y, data.x_val, data.y_val))
+    dist = _strategy(strategy)
+    keras.utils.set_random_seed(seed)
+    original_config = model_config(model)
+    model, loss_desc = _compiled(model, data, o, keras, dist)
+    tracker = _fit(model, data, o, state, verbose=verbose, callbacks=callbacks)
+    result_model, adapters = _finish(model, o, state, original_config)
+    result = FinetuneResult(result_model, state.epochs, state.best_epoch, tracker.stopped,
+                            loss_desc, data.describe(), settings, adapters,
+                            class_names=names)
+    if keep_checkpoint:
+        result.checkpoint = state
+    else:
+        state.finish()
+    return result
+
+
+@dataclass(frozen=True)
+class _Options:
+    """`finetune`'s training options, gathered once for the steps below."""
+
+    train: Sequence = ()
+    freeze: Sequence = ()
+    bn: str = "inference"
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_mult: dict | None = None
+    layer_decay: float | None = None
+    optimizer: str = "adam"
+    loss: str = "auto"
+    early_stop: int | None = None
+    seed: int = 0
+    strategy: str = "auto"
+    lora_rank: int | None = None
+    lora_select: Sequence = ()
+    shuffle: bool = True
+    mixed_precision: bool = False
+    l2sp: float | None = None
+    l2sp_head: float | None = None
+
+    def settings(self, keras) -> dict:
+        """What was asked, JSON-ready: the result's and the checkpoint's record of the run."""
+        return {"train": _names(self.train), "freeze": _names(self.freeze), "bn": self.bn,
+                "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                "optimizer": self.optimizer, "loss": self.loss, "seed": self.seed,
+                "shuffle": bool(self.shuffle), "strategy": self.strategy,
+                "lr_mult": {str(k): v for k, v in (self.lr_mult or {}).items()},
+                "layer_decay": self.layer_decay, "lora_rank": self.lora_rank,
+                "lora_select": _names(self.lora_select), "early_stop": self.early_stop,
+                "mixed_precision": _policy_name(keras) if self.mixed_precision else None,
+                "l2sp": self.l2sp, "l2sp_head": self.l2sp_head}
+
+
+def _training_data(model, data, *, label, val, val_split, seed) -> Data:
+    """`data` as a checked `Data`: a `Data` or an ``(x, y)`` pair checked against the model,
+    anything else read by `load_data`."""
     if isinstance(data, Data):
         check_against_model(data, model)
     elif isinstance(data, tuple) and len(data) == 2:
@@ -493,86 +566,109 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
         check_against_model(data, model)
     else:
         data = load_data(data, model, label=label, val=val, val_split=val_split, seed=seed)
+    return data
+
+
+def _class_names(model, data: Data) -> tuple[str, ...]:
+    """The data's class names, which must be those the model's file stores (if any), or
+    the stored ones for data without names."""
+    from ..io.classnames import agreed_class_names
+    from ..model.saving import source_path
+
+    return agreed_class_names(source_path(model), data.classes, data_source=data.source,
+                              width=int(model.outputs[0].shape[-1]))
+
+
+def _refuse_overlap(model, train: Sequence, freeze: Sequence) -> None:
+    """Refuses `train` and `freeze` selectors that reach the same variable."""
+    if not (train and freeze):
+        return
     variables = open_weights(model).variables()
-    if train and freeze:
-        a = {v.path for v in select(variables, train, what=model.name)}
-        b = {v.path for v in select(variables, freeze, what=model.name)}
-        both = [v.path for v in variables if v.path in a & b]
-        if both:
-            raise SelectorError(f"--train and --freeze overlap on {', '.join(both[:3])}"
-                                f"{' ...' if len(both) > 3 else ''}; a variable can't do both")
-    settings = {"train": _names(train), "freeze": _names(freeze), "bn": bn, "epochs": epochs,
-                "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "loss": loss,
-                "seed": seed, "shuffle": bool(shuffle), "strategy": strategy,
-                "lr_mult": {str(k): v for k, v in (lr_mult or {}).items()},
-                "layer_decay": layer_decay, "lora_rank": lora_rank,
-                "lora_select": _names(lora_select), "early_stop": early_stop,
-                "mixed_precision": _policy_name(keras) if mixed_precision else None,
-                "l2sp": l2sp, "l2sp_head": l2sp_head}
-    state = TrainingCheckpoint(checkpoint, model=model, settings=settings, resume=resume,
-                               overwrite=overwrite, inputs=inputs,
-                               data_arrays=(data.x, data.y, data.x_val, data.y_val))
-    dist = _strategy(strategy)
-    scope = dist.scope() if dist is not None else _NullScope()
-    keras.utils.set_random_seed(seed)
-    original_config = model_config(model)
-    with scope:
-        if dist is not None or mixed_precision:
-            model = _mixed_copy(model, keras) if mixed_precision else _clean_copy(model)
-        set_trainable(model, train, freeze, bn, lora=bool(lora_rank))
-        if lora_rank:
-            enable_lora(model, *_lora_targets(model, lora_select, train), rank=int(lora_rank))
+    a = {v.path for v in select(variables, train, what=model.name)}
+    b = {v.path for v in select(variables, freeze, what=model.name)}
+    both = [v.path for v in variables if v.path in a & b]
+    if both:
+        raise SelectorError(f"--train and --freeze overlap on {', '.join(both[:3])}"
+                            f"{' ...' if len(both) > 3 else ''}; a variable can't do both")
+
+
+def _compiled(model, data: Data, o: _Options, keras, dist):
+    """(model, loss description): the model to train (a copy under a strategy or mixed
+    precision) with what trains set, LoRA enabled, and compiled with the optimizer and loss,
+    all inside the strategy's scope."""
+    from ..model.lora import enable_lora
+
+    with dist.scope() if dist is not None else _NullScope():
+        if dist is not None or o.mixed_precision:
+            model = _mixed_copy(model, keras) if o.mixed_precision else _clean_copy(model)
+        set_trainable(model, o.train, o.freeze, o.bn, lora=bool(o.lora_rank))
+        if o.lora_rank:
+            enable_lora(model, *_lora_targets(model, o.lora_select, o.train),
+                        rank=int(o.lora_rank))
         if not model.trainable_weights:
             raise SelectorError(f"{model.name}: nothing left to train; check --train/--freeze")
-        if lr_mult or layer_decay:
-            opt = learning_rates(model, lr_mult or {}, lr, decay=layer_decay,
-                                 optimizer=optimizer).optimizer
-        else:
-            from .learning_rates import _make
-
-            opt = _make(optimizer, lr, keras)
-        loss_obj, metrics, loss_desc = make_loss(model, data.y, loss)
-        if l2sp is not None or l2sp_head is not None:
-            loss_obj = _l2sp_loss(model, loss_obj, keras, l2sp or 0.0, l2sp_head or 0.0)
-            loss_desc += f" + L2-SP(alpha={l2sp or 0.0:g}, beta={l2sp_head or 0.0:g})"
-        if mixed_precision and _policy_name(keras) == "mixed_float16":
+        opt = _optimizer(model, o, keras)
+        loss_obj, metrics, loss_desc = make_loss(model, data.y, o.loss)
+        if o.l2sp is not None or o.l2sp_head is not None:
+            loss_obj = _l2sp_loss(model, loss_obj, keras, o.l2sp or 0.0, o.l2sp_head or 0.0)
+            loss_desc += f" + L2-SP(alpha={o.l2sp or 0.0:g}, beta={o.l2sp_head or 0.0:g})"
+        if o.mixed_precision and _policy_name(keras) == "mixed_float16":
             opt = keras.optimizers.LossScaleOptimizer(opt)
         model.compile(optimizer=opt, loss=loss_obj, metrics=metrics)
+    return model, loss_desc
+
+
+def _optimizer(model, o: _Options, keras):
+    """The optimizer: per-layer learning rates when asked, else one learning rate."""
+    from .learning_rates import _make, learning_rates
+
+    if o.lr_mult or o.layer_decay:
+        return learning_rates(model, o.lr_mult or {}, o.lr, decay=o.layer_decay,
+                              optimizer=o.optimizer).optimizer
+    return _make(o.optimizer, o.lr, keras)
+
+
+def _fit(model, data: Data, o: _Options, state, *, verbose: int, callbacks: Sequence):
+    """Runs `fit` from the checkpoint's first unfinished epoch; returns the `_Tracker`.
+    Ctrl-C raises `Interrupted`, the last finished epoch's checkpoint kept."""
     first = state.restore(model)
-    steps = math.ceil(len(data.x) / batch_size)
-    if shuffle:
-        train_ds = train_pipeline(data.x, data.y, batch_size=batch_size, seed=seed,
-                                  first_epoch=first, epochs=epochs)
+    steps = math.ceil(len(data.x) / o.batch_size)
+    if o.shuffle:
+        train_ds = train_pipeline(data.x, data.y, batch_size=o.batch_size, seed=o.seed,
+                                  first_epoch=first, epochs=o.epochs)
     else:
-        train_ds = _ordered_pipeline(data.x, data.y, batch_size=batch_size,
-                                     epochs=epochs - first)
-    val_ds = eval_pipeline(data.x_val, data.y_val, batch_size=batch_size) \
+        train_ds = _ordered_pipeline(data.x, data.y, batch_size=o.batch_size,
+                                     epochs=o.epochs - first)
+    val_ds = eval_pipeline(data.x_val, data.y_val, batch_size=o.batch_size) \
         if data.x_val is not None else None
-    tracker = _Tracker(state, early_stop, val_ds is not None)
+    tracker = _Tracker(state, o.early_stop, val_ds is not None)
     try:
-        if first < epochs:
-            model.fit(train_ds, epochs=epochs, initial_epoch=first, steps_per_epoch=steps,
+        if first < o.epochs:
+            model.fit(train_ds, epochs=o.epochs, initial_epoch=first, steps_per_epoch=steps,
                       validation_data=val_ds, callbacks=[tracker, *callbacks], verbose=verbose,
                       shuffle=False)
     except KeyboardInterrupt:
         where = f"; checkpoint in {state.folder}, rerun with --resume" if state.folder else ""
         raise Interrupted(f"interrupted after epoch {len(state.epochs)}{where}; nothing was "
                           "written") from None
+    return tracker
+
+
+def _finish(model, o: _Options, state, original_config: dict) -> tuple[Any, dict]:
+    """(result model, LoRA adapters): the best epoch's weights in a clean model, LoRA merged
+    (its adapters kept apart), or an uncompiled copy with the original dtype policies."""
+    from ..model.lora import merge_lora
+    from ..model.rebuild import model_config
+
     state.load_best(model)
     adapters = {}
-    if lora_rank:
+    if o.lora_rank:
         with open_weights(model) as w:
             adapters = {k: w.read(k) for k in w if "/lora_kernel_" in k}
         result_model = merge_lora(model)
     else:
         result_model = _clean_copy(model, _with_dtypes(model_config(model), original_config))
-    result = FinetuneResult(result_model, state.epochs, state.best_epoch, tracker.stopped,
-                            loss_desc, data.describe(), settings, adapters)
-    if keep_checkpoint:
-        result.checkpoint = state
-    else:
-        state.finish()
-    return result
+    return result_model, adapters
 
 
 class _NullScope:

@@ -74,6 +74,49 @@ def make_strategy() -> Any:
     return tensorflow().distribute.MultiWorkerMirroredStrategy()
 
 
+def _train_step(strategy, model, opt, loss_fn, tf):
+    """One distributed optimizer step: each replica's gradients of the per-example loss
+    averaged over the global batch, applied, and the loss summed over the replicas."""
+    variables = model.trainable_variables
+
+    @tf.function
+    def step(x, y):
+        def replica(x, y):
+            with tf.GradientTape() as tape:
+                per_example = loss_fn(y, model(x, training=True))
+                value = tf.nn.compute_average_loss(per_example,
+                                                   global_batch_size=tf.shape(x)[0] *
+                                                   strategy.num_replicas_in_sync)
+            grads = tape.gradient(value, variables)
+            opt.apply_gradients(zip(grads, variables))
+            return value
+        per_replica = strategy.run(replica, args=(x, y))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return step
+
+
+def _run_epochs(step, dist, model, *, epochs: int, steps: int, verbose: int) -> list[dict]:
+    """Runs `epochs` epochs of `steps` steps over the distributed iterator `dist`; one record
+    per epoch (mean loss, seconds, trainable and frozen parameter counts)."""
+    from .finetune import _params
+
+    records = []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        total = 0.0
+        for _ in range(steps):
+            x, y = next(dist)
+            total += float(step(x, y))
+        t, f = _params(model)
+        records.append({"epoch": epoch + 1, "loss": total / steps,
+                        "seconds": round(time.perf_counter() - t0, 3), "trainable_params": t,
+                        "frozen_params": f})
+        if verbose:
+            log.info("epoch %d/%d: loss %.4f", epoch + 1, epochs, total / steps)
+    return records
+
+
 def finetune_multiworker(model: Any, data: Any, *, train=(), freeze=(), bn="inference",
                          epochs=1, batch_size=32, lr=1e-3, optimizer="adam", loss="auto",
                          label=None, val=None, val_split=None, seed=0, lr_mult=None,
@@ -116,8 +159,8 @@ def finetune_multiworker(model: Any, data: Any, *, train=(), freeze=(), bn="infe
                         val_split=val_split, lr_mult=None, bn=bn, lora_select=(), val=val))
     from ..io import tfimport
     from .data import Data, check_against_model, load_data, train_pipeline
-    from .finetune import (FinetuneResult, _clean_copy, _output_activation, _params,
-                             infer_loss, loss_object, set_trainable)
+    from .finetune import (FinetuneResult, _clean_copy, _output_activation, infer_loss,
+                           loss_object, set_trainable)
     from .learning_rates import _make
 
     tf = tfimport.tensorflow()
@@ -148,35 +191,8 @@ def finetune_multiworker(model: Any, data: Any, *, train=(), freeze=(), bn="infe
     options.experimental_distribute.auto_shard_policy = \
         tf.data.experimental.AutoShardPolicy.DATA
     dist = iter(strategy.experimental_distribute_dataset(ds.with_options(options)))
-    variables = model.trainable_variables
-
-    @tf.function
-    def step(x, y):
-        def replica(x, y):
-            with tf.GradientTape() as tape:
-                per_example = loss_fn(y, model(x, training=True))
-                value = tf.nn.compute_average_loss(per_example,
-                                                   global_batch_size=tf.shape(x)[0] *
-                                                   strategy.num_replicas_in_sync)
-            grads = tape.gradient(value, variables)
-            opt.apply_gradients(zip(grads, variables))
-            return value
-        per_replica = strategy.run(replica, args=(x, y))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-    records = []
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        total = 0.0
-        for _ in range(steps):
-            x, y = next(dist)
-            total += float(step(x, y))
-        t, f = _params(model)
-        records.append({"epoch": epoch + 1, "loss": total / steps,
-                        "seconds": round(time.perf_counter() - t0, 3), "trainable_params": t,
-                        "frozen_params": f})
-        if verbose:
-            log.info("epoch %d/%d: loss %.4f", epoch + 1, epochs, total / steps)
+    step = _train_step(strategy, model, opt, loss_fn, tf)
+    records = _run_epochs(step, dist, model, epochs=epochs, steps=steps, verbose=verbose)
     _average_statistics(strategy, model, tf)
     result_model = _clean_copy(model)
     settings = {"train": list(train), "freeze": list(freeze), "bn": bn, "epochs": epochs,

@@ -1,11 +1,11 @@
 """`TransplantReport`: what a transplant did (or would do) to every target variable.
 
-Statuses: ``copied`` (from which source path, and how it was matched), ``adapted`` (which
-adapter, both shapes), ``skipped`` (a skip rule left it initialized), ``missing`` (no source:
-left initialized), ``mismatched`` (a source matched but its shape differs and no adapter was
-given: left initialized). Unused source tensors, non-finite source values and rules that
-matched nothing are listed too. `str()` is a table that groups repeated layers
-(``block{1..3}_conv/kernel``); `to_dict()` is JSON-ready.
+Each target variable gets one report word (`surgery.outcomes`): ``copied`` (from which source
+path, and how it was matched), ``converted`` (by which adapter, both shapes), ``skipped`` (a
+skip rule left it initialized), ``missing`` (no source: left initialized), ``mismatched`` (a
+source matched but its shape differs and no adapter was given: left initialized). ``unused``
+source tensors, non-finite source values and rules that matched nothing are listed too. `str()`
+is a table that groups repeated layers (``block{1..3}_conv/kernel``); `to_dict()` is JSON-ready.
 """
 
 from __future__ import annotations
@@ -14,18 +14,22 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..outcomes import Counts, Outcome
 from ..text import NAME_WIDTH, escape_text, shown
 
 __all__ = ["Entry", "TransplantReport", "group_paths"]
 
-STATUSES = ("copied", "adapted", "skipped", "missing", "mismatched")
+STATUSES = (Outcome.COPIED, Outcome.CONVERTED, Outcome.SKIPPED, Outcome.MISSING,
+            Outcome.MISMATCHED)
+
 
 @dataclass(frozen=True)
 class Entry:
-    """One target variable's outcome."""
+    """One target variable's outcome: `status` is a report word (an older spelling such as
+    ``adapted`` is read as its word)."""
 
     path: str
-    status: str
+    status: Outcome
     source: str | None = None
     matched_by: str | None = None  # rule | exact | structural | shape
     adapter: str | None = None
@@ -34,11 +38,14 @@ class Entry:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "status": self.status, "source": self.source,
+        return {"path": self.path, "status": self.status.value, "source": self.source,
                 "matched_by": self.matched_by, "adapter": self.adapter,
                 "source_shape": list(self.source_shape) if self.source_shape else None,
                 "target_shape": list(self.target_shape) if self.target_shape else None,
                 "note": self.note}
+
+    def __post_init__(self):
+        object.__setattr__(self, "status", Outcome.of(self.status))
 
 
 @dataclass(frozen=True)
@@ -64,28 +71,35 @@ class TransplantReport:
     strict: bool = False
     dry_run: bool = False
 
-    def _of(self, status: str) -> list[Entry]:
-        return [e for e in self.entries if e.status == status]
+    def of(self, status: str) -> list[Entry]:
+        """The entries with one report word (older spellings accepted)."""
+        word = Outcome.of(status)
+        return [e for e in self.entries if e.status == word]
 
     @property
     def copied(self) -> list[Entry]:
-        return self._of("copied")
+        return self.of(Outcome.COPIED)
+
+    @property
+    def converted(self) -> list[Entry]:
+        return self.of(Outcome.CONVERTED)
 
     @property
     def adapted(self) -> list[Entry]:
-        return self._of("adapted")
+        """The older name of `converted` (the DESIGN §4.3 contract)."""
+        return self.converted
 
     @property
     def skipped(self) -> list[Entry]:
-        return self._of("skipped")
+        return self.of(Outcome.SKIPPED)
 
     @property
     def missing(self) -> list[Entry]:
-        return self._of("missing")
+        return self.of(Outcome.MISSING)
 
     @property
     def mismatched(self) -> list[Entry]:
-        return self._of("mismatched")
+        return self.of(Outcome.MISMATCHED)
 
     @property
     def problems(self) -> list[str]:
@@ -102,11 +116,12 @@ class TransplantReport:
         """False when strict mode would fail."""
         return not self.problems
 
-    def counts(self) -> dict[str, int]:
-        out = {s: 0 for s in STATUSES}
+    def counts(self) -> Counts:
+        """Entries per report word, and the ``unused`` source tensors."""
+        out = Counts((s.value, 0) for s in STATUSES)
         for e in self.entries:
-            out[e.status] += 1
-        out["unused"] = len(self.unused)
+            out[e.status.value] += 1
+        out[Outcome.UNUSED.value] = len(self.unused)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,16 +139,17 @@ class TransplantReport:
         for label, group in group_paths(self.entries):
             e = group[0]
             detail = {
-                "copied": f"<- {shown(_group_source(group))} ({e.matched_by})",
-                "adapted": f"<- {shown(_group_source(group))} via {e.adapter} "
-                           f"{e.source_shape} -> {e.target_shape}"
-                           + (f"; {e.note}" if e.note else ""),
-                "skipped": "left initialized (skip rule)",
-                "missing": "left initialized (no source)",
-                "mismatched": f"left initialized: {shown(str(e.source))} {e.source_shape} vs "
-                              f"target {e.target_shape}; add an adapter or skip it",
+                Outcome.COPIED: f"<- {shown(_group_source(group))} ({e.matched_by})",
+                Outcome.CONVERTED: f"<- {shown(_group_source(group))} via {e.adapter} "
+                                   f"{e.source_shape} -> {e.target_shape}"
+                                   + (f"; {e.note}" if e.note else ""),
+                Outcome.SKIPPED: "left initialized (skip rule)",
+                Outcome.MISSING: "left initialized (no source)",
+                Outcome.MISMATCHED: f"left initialized: {shown(str(e.source))} "
+                                    f"{e.source_shape} vs target {e.target_shape}; add an "
+                                    "adapter or skip it",
             }[e.status]
-            rows.append((shown(label), e.status, detail))
+            rows.append((shown(label), e.status.label, detail))
         width = max([len(r[0]) for r in rows] + [6])
         for label, status, detail in rows:
             lines.append(f"{label:<{width}}  {status:<10}  {detail}")
@@ -141,16 +157,15 @@ class TransplantReport:
             lines.append("")
             lines.append(f"unused source tensors ({len(self.unused)}): "
                          + ", ".join(shown(label) for label, _ in group_paths(
-                             [Entry(k, "unused", k) for k in self.unused])))
+                             [Entry(k, Outcome.UNUSED, k) for k in self.unused])))
         for key, n in self.nonfinite:
             lines.append(f"non-finite: {shown(key)} has {n} NaN/Inf values")
         for w in self.warnings:
             lines.append(f"warning: {w}")
         c = self.counts()
         lines.append("")
-        lines.append(f"{c['copied']} copied, {c['adapted']} adapted, {c['skipped']} skipped, "
-                     f"{c['missing']} missing, {c['mismatched']} mismatched, {c['unused']} "
-                     f"unused" + ("" if self.ok else "; strict would fail"))
+        lines.append(", ".join(f"{c[s.value]} {s.label}" for s in (*STATUSES, Outcome.UNUSED))
+                     + ("" if self.ok else "; strict would fail"))
         return "\n".join(escape_text(line) for line in lines)
 
 
@@ -211,5 +226,5 @@ def _span(values: list[int]) -> str:
 def _group_source(group) -> str:
     if len(group) == 1:
         return str(group[0].source)
-    labels = group_paths([Entry(e.source or "?", "src") for e in group])
+    labels = group_paths([Entry(e.source or "?", e.status) for e in group])
     return labels[0][0] if len(labels) == 1 else f"{group[0].source} ... {group[-1].source}"

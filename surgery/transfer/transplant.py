@@ -18,6 +18,7 @@ from .adapters import get_adapter, run_adapter
 from ..entries import VariableInfo
 from ..errors import CheckFailed, InputError
 from .matching import TransplantPlan, build_plan
+from ..outcomes import Outcome
 from .report import Entry, TransplantReport
 from .rules import Rules, RulesError, load_rules
 from ..io.sources import WeightSource, open_weights
@@ -71,18 +72,17 @@ def evaluate(plan: TransplantPlan, source: WeightSource, targets: list[VariableI
 
     for step in plan.steps:
         t = by_path[step.target]
-        if step.action in ("skip", "missing", "mismatch"):
+        if step.action in (Outcome.SKIPPED, Outcome.MISSING, Outcome.MISMATCHED):
             s = source.info(step.sources[0]) if step.sources else None
-            status = {"skip": "skipped", "missing": "missing", "mismatch": "mismatched"}
-            yield t, Entry(t.path, status[step.action], s.path if s else None,
+            yield t, Entry(t.path, step.action, s.path if s else None,
                            step.matched_by, None, s.shape if s else None, t.shape), None
             continue
-        if step.action == "copy":
+        if step.action == Outcome.COPIED:
             array = read(step.sources[0])
             s = source.info(step.sources[0])
             note = "" if s.dtype == t.dtype else f"cast {s.dtype} -> {t.dtype}"
-            yield t, Entry(t.path, "copied", s.path, step.matched_by, None, s.shape, t.shape,
-                           note), array.astype(_np_dtype(t.dtype), copy=False)
+            yield t, Entry(t.path, Outcome.COPIED, s.path, step.matched_by, None, s.shape,
+                           t.shape, note), array.astype(_np_dtype(t.dtype), copy=False)
             continue
         rule = step.adapter
         adapter = get_adapter(rule.name)
@@ -108,7 +108,7 @@ def evaluate(plan: TransplantPlan, source: WeightSource, targets: list[VariableI
         array = result.arrays[step.output]
         src_shape = source.info(step.sources[0]).shape if len(step.sources) == 1 else \
             tuple(source.info(k).shape for k in step.sources)
-        yield t, Entry(t.path, "adapted", ", ".join(step.sources), "rule", rule.name,
+        yield t, Entry(t.path, Outcome.CONVERTED, ", ".join(step.sources), "rule", rule.name,
                        src_shape, t.shape, result.note), array.astype(_np_dtype(t.dtype),
                                                                       copy=False)
 
@@ -233,6 +233,7 @@ def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
     from ..io.kerasfile import KerasFileSource
     from ..io.kerasfile_writer import write_keras_archive
     from ..io.safety import check_config
+    from ..io.shards import refuse_sharded_output
 
     readers = [_path_of(source), target, *inputs] + ([rules] if isinstance(rules, str) else [])
     tgt = open_weights(target)
@@ -247,6 +248,7 @@ def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
         rules = load_rules(rules)
         readers.extend(rules.files())  # vocabulary files the rules read are inputs too
         if not dry_run:
+            refuse_sharded_output(output)
             check_output(output, inputs=readers, overwrite=overwrite)
         rules, plan = _plan(src, tgt.variables(), rules)
         strict = strict or rules.strict
@@ -270,7 +272,7 @@ def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
             return report
 
         replaced = {t.key for t, step in zip(tgt.variables(), plan.steps)
-                    if step.action in ("copy", "adapt")}
+                    if step.action in (Outcome.COPIED, Outcome.CONVERTED)}
         return write_keras_archive(tgt, output, replaced, values(), check,
                                    inputs=readers, overwrite=overwrite)
     finally:

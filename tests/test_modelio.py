@@ -252,3 +252,24 @@ def test_stale_temp_file_of_killed_process_is_cleaned(samples, tmp_path):
     stale.write_bytes(b"partial")
     surgery.save_model(model, str(tmp_path / "o.keras"))
     assert not stale.exists() and leftovers(str(tmp_path)) == []
+
+
+def test_safetensors_writer_keeps_scalars_scalar(tmp_path):
+    """PyTorch's BatchNorm `num_batches_tracked` is a 0-d tensor: it must stay shape ()."""
+    import json
+    import struct
+
+    from surgery.io.safetensors import write_safetensors
+
+    path = str(tmp_path / "s.safetensors")
+    write_safetensors({"bn.num_batches_tracked": np.array(7, np.int64),
+                       "bn.weight": np.ones(3, np.float32)}, path)
+    with open(path, "rb") as f:  # the header as the safetensors spec lays it out
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    assert header["bn.num_batches_tracked"]["shape"] == []
+    assert header["bn.num_batches_tracked"]["data_offsets"][1] - \
+        header["bn.num_batches_tracked"]["data_offsets"][0] == 8
+    with surgery.open_weights(path) as src:
+        value = src.read("bn.num_batches_tracked")
+    assert value.shape == () and value == 7

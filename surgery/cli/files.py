@@ -17,7 +17,7 @@ from .options import (atol_option, dry_run_option, emit, emit_report, json_optio
 @main.command("inspect")
 @click.argument("path")
 @click.option("--architecture", metavar="MODEL.keras|config.json",
-              help="Names the variables of a bare .weights.h5 file.")
+              help="Names the variables of a bare .weights.h5 or .weights.json file.")
 @click.option("--stats", is_flag=True, help="Per-variable mean, std, min, max, zeros, "
               "non-finite count.")
 @json_option()
@@ -49,7 +49,7 @@ def diff_cmd(a: str, b: str, architecture_a: str | None, architecture_b: str | N
              as_json: bool) -> int:
     """Compare two models or weights files variable by variable.
 
-    Each variable is: same, changed (max abs difference), shape differs, only in A, only in B.
+    Each variable is: unchanged, changed (max abs difference), reshaped, only in a, only in b.
     Exit code 0 when identical, 1 when they differ, 2 on bad input.
 
     \b
@@ -97,15 +97,16 @@ Rules (TOML, --rules R.toml; see the README for every adapter):
 @atol_option("Tolerance for --verify.")
 @overwrite_option()
 @click.option("--source-architecture", metavar="MODEL.keras|config.json",
-              help="Names the variables of a bare .weights.h5 SOURCE.")
+              help="Names the variables of a bare .weights.h5 or .weights.json SOURCE.")
 @unsafe_option()
 @json_option("Print the report as JSON only.")
 def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, inputs, atol,
                    overwrite, source_architecture, unsafe, as_json) -> int:
     """Fill TARGET's architecture with SOURCE's weights and write OUT.
 
-    SOURCE: .keras, .weights.h5, Keras 2 .h5, .npz, .safetensors, a SavedModel/Hub directory
-    or a TF checkpoint. TARGET: a .keras (or Keras 2 .h5) model whose architecture OUT takes.
+    SOURCE: .keras, .weights.h5, Keras 2 .h5, .npz, .safetensors, sharded weights
+    (.weights.json, model.safetensors.index.json), a SavedModel/Hub directory or a TF
+    checkpoint. TARGET: a .keras (or Keras 2 .h5) model whose architecture OUT takes.
     Matching: your rules, then exact paths, then layers of the same class and shapes in model
     order. Shapes never change silently: a mismatch is reported and left initialized unless a
     rule names an adapter. Exit 0 done, 1 a --strict or --verify check failed, 2 bad input.
@@ -125,6 +126,11 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
     do_verify = do_verify or inputs is not None
     readers = [source, target, rules, source_architecture, inputs,
                surgery.load_rules(rules).files() if rules else ()]  # + files the rules read
+    check_inputs_file(inputs)
+    if not dry_run:  # before the slow part (TensorFlow's import)
+        from surgery.io.atomic import check_output
+
+        check_output(output, inputs=readers, overwrite=overwrite)
     if source_architecture:
         source = surgery.open_weights(source, architecture=source_architecture)
     try:
@@ -180,6 +186,10 @@ def convert_cmd(model, output, atol, inputs, overwrite, unsafe, as_json) -> int:
     if os.path.exists(model) and detect_format(model) != "hdf5":
         raise InputError(f"{model}: is already a Keras 3 model ({detect_format(model)}); "
                          "convert takes a Keras 2 (tf_keras) .h5 model")
+    from surgery.io.atomic import check_output
+
+    check_inputs_file(inputs)
+    check_output(output, inputs=[model, inputs], overwrite=overwrite)  # before TensorFlow
     old = surgery.load_model(model, safe_mode=not unsafe, legacy=True)
     new = surgery.load_model(model, safe_mode=not unsafe)
     weights = surgery.diff(old, new)
@@ -224,3 +234,11 @@ def export_cmd(model, output, fmt, overwrite, unsafe) -> int:
     click.echo(f"wrote {output} ({fmt}); its outputs match the model's")
     return 0
 
+
+def check_inputs_file(inputs: str | None) -> None:
+    """--inputs X.npz names an existing file (checked before TensorFlow is imported)."""
+    if inputs is not None and not os.path.lexists(inputs):
+        from surgery.errors import InputError
+
+        raise InputError(f"{inputs}: no such inputs file (an .npz with one array per model "
+                         "input)", path=inputs)

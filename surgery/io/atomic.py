@@ -58,6 +58,10 @@ def _input_paths(inputs: Iterable) -> list[str]:
     for inp in inputs or ():
         if isinstance(inp, (str, os.PathLike)):
             out.append(os.fspath(inp))
+            if out[-1].lower().endswith((".safetensors.index.json", ".weights.json")):
+                from .shards import index_files  # the shards an index names are read too
+
+                out.extend(index_files(out[-1]))
         elif isinstance(inp, (list, tuple, set, frozenset)):
             out.extend(_input_paths(inp))
     return out

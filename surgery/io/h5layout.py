@@ -32,6 +32,7 @@ import numpy as np
 from ..entries import LayerInfo, VariableInfo
 from ..errors import FormatError
 from ..layertypes import VariableSpec, rnn_cell, variable_specs
+from .keras2 import keras3_layer_name, keras3_variable_name
 
 __all__ = [
     "guard", "open_h5", "scan_h5", "VirtualGroup", "check_dataset", "dataset_dtype",
@@ -62,8 +63,8 @@ class VirtualGroup:
         except KeyError:
             return False
 
-    def __iter__(self):
-        return iter(self._children)
+    def __iter__(self):  # sorted by name, as h5py lists a group: the unsharded file's order
+        return iter(sorted(self._children))
 
     def get(self, key: str, default=None, getlink: bool = False):
         if getlink:
@@ -494,7 +495,7 @@ def _inner_paths(model_config: Mapping, prefix: str = "") -> dict[str, tuple[str
     out: dict[str, tuple[str, dict]] = {}
     for lc in model_layer_configs(model_config):
         name = layer_name(lc)
-        path = f"{prefix}{name}"
+        path = f"{prefix}{keras3_layer_name(name)}"
         out[name] = (path, lc)
         if is_model_config(lc):
             out.update(_inner_paths(lc, path + "/"))
@@ -546,11 +547,12 @@ def legacy_entries(h5: h5py.File, where: str) -> tuple[list[VariableInfo], list[
             continue
         cfg = lc.get("config") or {}
         trainable_layer = bool(cfg.get("trainable", True))
-        layers.append(LayerInfo(name, lc.get("class_name", "?"), trainable_layer, 0,
+        canonical = keras3_layer_name(name)  # Keras 3 names conv1/conv conv1_conv
+        layers.append(LayerInfo(canonical, lc.get("class_name", "?"), trainable_layer, 0,
                                 cfg or None))
         inner = _inner_paths(lc) if is_model_config(lc) else {}
         for path, info in inner.items():
-            layers.append(LayerInfo(f"{name}/{info[0]}", info[1].get("class_name", "?"),
+            layers.append(LayerInfo(f"{canonical}/{info[0]}", info[1].get("class_name", "?"),
                                     bool((info[1].get("config") or {}).get("trainable", True)),
                                     info[0].count("/") + 1, info[1].get("config")))
         for weight_name in _attr_strings(group, "weight_names"):
@@ -558,17 +560,23 @@ def legacy_entries(h5: h5py.File, where: str) -> tuple[list[VariableInfo], list[
                 raise FormatError(f"{where}: weight {weight_name!r} of layer {name!r} is listed "
                                   "but missing; the file is damaged")
             ds = group[weight_name]
-            parts = re.sub(r":\d+$", "", weight_name).split("/")
-            owner_lc, owner_prefix = lc, [name]
+            plain = re.sub(r":\d+$", "", weight_name)
+            if "/" in name and plain.startswith(name + "/"):  # conv1/conv/kernel:0
+                plain = plain[len(name) + 1:]
+                parts = [name] + plain.split("/")
+            else:
+                parts = plain.split("/")
+            owner_lc, owner_prefix = lc, [canonical]
             if inner and parts[0] in inner:
                 owner_path, owner_lc = inner[parts[0]]
-                owner_prefix = [name] + owner_path.split("/")
+                owner_prefix = [canonical] + owner_path.split("/")
                 parts = parts[1:]
             elif parts and parts[0] == name:
                 parts = parts[1:]
-            parts = _translate(parts, owner_lc) if parts else [weight_name]
-            path = "/".join(owner_prefix + parts)
             owner_cls = owner_lc.get("class_name", "")
+            parts = _translate(parts, owner_lc) if parts else [weight_name]
+            parts[-1] = keras3_variable_name(owner_cls, parts[-1])
+            path = "/".join(owner_prefix + parts)
             spec_trainable = parts[-1] not in ("moving_mean", "moving_variance", "count",
                                                "mean", "variance")
             check_dataset(ds, where)

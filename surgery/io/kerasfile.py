@@ -15,12 +15,12 @@ import numpy as np
 from .archive import MAX_JSON_BYTES, KerasArchive, parse_json, read_small_file
 from ..entries import VariableInfo
 from ..errors import FormatError, InputError, ShapeError
-from .h5layout import (VirtualGroup, guard, keras3_entries, legacy_entries, open_h5,
+from .h5layout import (guard, keras3_entries, legacy_entries, open_h5,
                        read_dataset)
 from .sources import WeightSource
 
-__all__ = ["KerasFileSource", "H5WeightsSource", "LegacyH5Source", "ShardedWeightsSource",
-           "open_hdf5", "open_sharded", "read_architecture"]
+__all__ = ["KerasFileSource", "H5WeightsSource", "LegacyH5Source",
+           "open_hdf5", "read_architecture"]
 
 
 class _H5Source(WeightSource):
@@ -109,52 +109,6 @@ class LegacyH5Source(_H5Source):
         super().__init__(path, h5, variables, layers, config)
 
 
-class ShardedWeightsSource(_H5Source):
-    """Keras 3 sharded weights: a ``.weights.json`` index and its ``*.weights.h5`` shards."""
-
-    format = "weights.json"
-
-    def __init__(self, path: str, architecture: Any = None):
-        index = parse_json(read_small_file(path, "weights index", MAX_JSON_BYTES), path)
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(weight_map, dict):
-            raise FormatError(f"{path}: a .weights.json without a weight_map, so not a Keras "
-                              "sharded weights index", path=path)
-        folder = os.path.dirname(os.path.abspath(path))
-        shards: dict[str, h5py.File] = {}
-        root = VirtualGroup()
-        try:
-            for group_path, files in weight_map.items():
-                for name in files if isinstance(files, list) else [files]:
-                    if not isinstance(name, str) or os.path.basename(name) != name:
-                        raise FormatError(f"{path}: shard name {name!r} is not a file beside "
-                                          "the index; refusing it", path=path)
-                    if name not in shards:
-                        shard_path = os.path.join(folder, name)
-                        if not os.path.isfile(shard_path):
-                            raise InputError(f"{path}: shard {name} is missing beside it",
-                                             path=path)
-                        shards[name] = open_h5(shard_path, shard_path)
-                    with guard(name):
-                        if group_path not in shards[name]:
-                            raise FormatError(f"{path}: shard {name} has no {group_path}",
-                                              path=path)
-            for name, shard in shards.items():
-                with guard(name):
-                    root.merge(shard, name)
-            config, reference = read_architecture(architecture) if architecture is not None \
-                else (None, None)
-            with guard(path):
-                variables, layers = keras3_entries(root, config, path)
-            if reference is not None:
-                _check_against(path, variables, reference, architecture)
-        except Exception:
-            for f in shards.values():
-                f.close()
-            raise
-        super().__init__(path, root, variables, layers, config, owned=list(shards.values()))
-
-
 def read_architecture(architecture: Any) -> tuple[dict, dict[str, tuple] | None]:
     """Reads a model config from a `.keras` file or a `config.json`.
 
@@ -184,11 +138,6 @@ def _check_against(path, variables, reference, architecture) -> None:
             raise ShapeError(f"{path}: {v.path} has shape {v.shape} but the architecture "
                              f"{os.fspath(architecture)} has {tuple(want)}; these weights belong "
                              "to another model")
-
-
-def open_sharded(path: str, *, architecture: Any = None) -> WeightSource:
-    """Opens a Keras 3 sharded ``.weights.json`` index and its shards."""
-    return ShardedWeightsSource(path, architecture)
 
 
 def open_hdf5(path: str, *, architecture: Any = None) -> WeightSource:

@@ -144,7 +144,7 @@ def write_safetensors(tensors: Mapping[str, np.ndarray], path: str, *,
     offset = 0
     arrays = []
     for name, array in tensors.items():
-        a = np.ascontiguousarray(array)
+        a = np.ascontiguousarray(array).reshape(np.shape(array))  # 0-d stays 0-d
         code = _CODES.get(str(a.dtype))
         if code is None:
             raise OutputError(f"{path}: tensor {name!r} has dtype {a.dtype}, which safetensors "

@@ -235,7 +235,8 @@ def special_file_kind(path: str) -> str | None:
 
 def detect_format(path: str) -> str:
     """Names the format of a path: ``keras``, ``hdf5``, ``npz``, ``safetensors``,
-    ``savedmodel``, ``checkpoint``; raises `InputError`/`FormatError` for anything else."""
+    ``safetensors.index.json``, ``weights.json``, ``savedmodel``, ``checkpoint``; raises
+    `InputError`/`FormatError` for anything else."""
     p = os.fspath(path)
     if os.path.isdir(p):
         if os.path.isfile(os.path.join(p, "saved_model.pb")):
@@ -256,6 +257,8 @@ def detect_format(path: str) -> str:
     lower = p.lower()
     if lower.endswith(".safetensors"):
         return "safetensors"
+    if lower.endswith(".safetensors.index.json"):
+        return "safetensors.index.json"
     if lower.endswith(".weights.json"):
         return "weights.json"
     if head.startswith(b"PK"):
@@ -275,9 +278,12 @@ def open_weights(source: Any, *, architecture: Any = None) -> WeightSource:
     Args:
         source: a live Keras 3/tf_keras model, an open `WeightSource` (returned as is), or a
             path: `.keras`, `.weights.h5`, legacy Keras 2 `.h5`, `.npz`, a SavedModel or TF Hub
-            directory, a TF checkpoint prefix, or `.safetensors`.
-        architecture: for a bare `.weights.h5`, a `.keras` file or `config.json` that names its
-            variables; without it, layers are named from the file and variables by position.
+            directory, a TF checkpoint prefix, `.safetensors`, or sharded weights: a Hugging
+            Face `model.safetensors.index.json` or a Keras 3 `.weights.json` (beside their
+            shards, checked against the index before anything is read).
+        architecture: for a bare `.weights.h5` or `.weights.json`, a `.keras` file or
+            `config.json` that names its variables; without it, layers are named from the
+            file and variables by position.
 
     Returns:
         A `WeightSource`; close it (or use `with`) when done.
@@ -309,6 +315,11 @@ def open_weights(source: Any, *, architecture: Any = None) -> WeightSource:
         from .safetensors import SafetensorsSource
 
         return SafetensorsSource(path)
+    if kind in ("safetensors.index.json", "weights.json"):
+        from .shards import KerasShardedSource, SafetensorsIndexSource
+
+        return SafetensorsIndexSource(path) if kind == "safetensors.index.json" else \
+            KerasShardedSource(path, architecture=architecture)
     if kind in ("savedmodel", "checkpoint"):
         from .checkpoints import open_checkpoint
 
@@ -317,6 +328,4 @@ def open_weights(source: Any, *, architecture: Any = None) -> WeightSource:
 
     if kind == "keras":
         return kerasfiles.KerasFileSource(path)
-    if kind == "weights.json":
-        return kerasfiles.open_sharded(path, architecture=architecture)
     return kerasfiles.open_hdf5(path, architecture=architecture)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
-from ..errors import FormatError, InputError, OutputError, SurgeryError
+from ..errors import FormatError, InputError, OptionError, OutputError, SurgeryError
 from ..io.declared import check_declared_widths
+from ..io.keras2 import translate_config
 from ..io.safety import check_config
 
 __all__ = ["load_model", "save_model", "source_path"]
@@ -71,12 +72,12 @@ def load_model(path: Any, *, safe_mode: bool = True, custom_objects: Mapping | N
         raise InputError(f"{path}: a SavedModel directory, which Keras 3 can't load as a model; "
                          "read its variables with surgery.open_weights(path), or call it as a "
                          "layer with surgery.hub_layer(path)", path=path)
-    if kind in ("npz", "checkpoint"):
+    if kind in ("npz", "checkpoint", "safetensors", "safetensors.index.json"):
         raise InputError(f"{path}: a weights file without an architecture; load the model it "
                          "belongs to and transplant these weights into it", path=path)
     with open_weights(path) as src:  # structure, config and every dataset header checked
-        if src.format == "weights.h5":
-            raise InputError(f"{path}: a .weights.h5 file holds no architecture; load the "
+        if src.format in ("weights.h5", "weights.json"):
+            raise InputError(f"{path}: a .{src.format} file holds no architecture; load the "
                              ".keras model and call model.load_weights() or surgery.transplant",
                              path=path)
         config = src.config
@@ -86,9 +87,12 @@ def load_model(path: Any, *, safe_mode: bool = True, custom_objects: Mapping | N
         if safe_mode:
             check_config(config, path, custom_objects=custom_objects)
         check_declared_widths(src, path)  # before Keras builds (and allocates) anything
+    keras2 = None
+    if kind == "hdf5" and not legacy:  # Keras 2 -> Keras 3: removed/renamed arguments
+        keras2, _ = translate_config(config, path)
     _check_classes(config, path, custom_objects, legacy)
     model = _keras_load(path, safe_mode=safe_mode, custom_objects=custom_objects,
-                        legacy=legacy)
+                        legacy=legacy, keras2_config=keras2)
     _ORIGINS[model] = os.path.realpath(path)
     return model
 
@@ -117,13 +121,16 @@ def _check_classes(config, path, custom_objects, legacy) -> None:
                           "or register it with keras.saving.register_keras_serializable", path=path)
 
 
-def _keras_load(path, *, safe_mode, custom_objects, legacy):
+def _keras_load(path, *, safe_mode, custom_objects, legacy, keras2_config=None):
     try:
         from ..io import tfimport
 
         if legacy:
             return tfimport.tf_keras().models.load_model(path, custom_objects=custom_objects,
                                                          compile=False)
+        if keras2_config is not None:
+            return _keras3_from_keras2(path, keras2_config, safe_mode=safe_mode,
+                                       custom_objects=custom_objects)
         return tfimport.keras().saving.load_model(path, custom_objects=custom_objects, compile=False,
                                        safe_mode=safe_mode)
     except SurgeryError:
@@ -137,8 +144,31 @@ def _keras_load(path, *, safe_mode, custom_objects, legacy):
         raise FormatError(f"{path}: Keras could not rebuild the model ({msg})", path=path) from None
 
 
+def _keras3_from_keras2(path: str, config: dict, *, safe_mode: bool, custom_objects):
+    """A Keras 2 `.h5` model rebuilt as Keras 3 from its translated config (`io.keras2`),
+    its weights loaded layer by layer in the file's order, as Keras's own `.h5` loader does."""
+    import h5py
+
+    from ..io.tfimport import keras
+
+    keras()  # TensorFlow and Keras imported once, quietly
+    from keras.src.legacy.saving import legacy_h5_format, saving_options, saving_utils
+    from keras.src.saving import object_registration, serialization_lib
+
+    objects = {**(custom_objects or {}), **object_registration.GLOBAL_CUSTOM_OBJECTS}
+    with saving_options.keras_option_scope(use_legacy_config=True), \
+            serialization_lib.SafeModeScope(safe_mode):
+        model = saving_utils.model_from_config(config, custom_objects=objects)
+        with h5py.File(path, "r") as f:
+            legacy_h5_format.load_weights_from_hdf5_group(f["model_weights"], model)
+    return model
+
+
 def _save_kind(path: str, model: Any) -> str:
     name = os.path.basename(path).lower()
+    from ..io.shards import refuse_sharded_output
+
+    refuse_sharded_output(path)
     if name.endswith(".weights.h5"):
         return "weights"
     if name.endswith(".keras"):
@@ -150,7 +180,7 @@ def _save_kind(path: str, model: Any) -> str:
 
 
 def save_model(model: Any, path: Any, *, overwrite: bool = False,
-               inputs: Iterable[Any] = ()) -> str:
+               inputs: Iterable[Any] = (), class_names: Sequence[str] | None = None) -> str:
     """Saves a model atomically.
 
     Args:
@@ -158,6 +188,9 @@ def save_model(model: Any, path: Any, *, overwrite: bool = False,
         path: `.keras`, `.h5` (Keras 2 format) or `.weights.h5` (weights only).
         overwrite: replace an existing file.
         inputs: more paths the output must not be (the model's own source is always checked).
+        class_names: the name of each output unit's class, stored in the `.keras` file's
+            ``metadata.json`` (read back by `surgery.class_names`, `inspect`, `predict`); as
+            many as the head has units (two for one sigmoid unit). `.keras` only.
 
     Returns:
         The path written.
@@ -165,6 +198,7 @@ def save_model(model: Any, path: Any, *, overwrite: bool = False,
     Raises:
         OutputError: the path is an input, exists without `overwrite`, its folder is missing
             or is a file, or Keras failed to write; nothing is left behind.
+        OptionError: `class_names` that don't fit the head, or for a file other than `.keras`.
 
     Example:
     ```python
@@ -180,6 +214,13 @@ def save_model(model: Any, path: Any, *, overwrite: bool = False,
         raise OutputError(f"save_model needs a file path, got {type(path).__name__}")
     path = os.fspath(path)
     kind = _save_kind(path, model)
+    if class_names is not None and kind != "keras":
+        raise OptionError(f"{path}: class names are stored only in .keras files; save to a "
+                          ".keras path or drop class_names", path=path)
+    if class_names is not None:  # before anything is written
+        from ..io.classnames import check_class_names
+
+        check_class_names(class_names, path, width=_head_width(model), error=OptionError)
     origin = source_path(model)
     with atomic_path(path, inputs=[origin, *inputs], overwrite=overwrite) as tmp:
         try:
@@ -191,9 +232,22 @@ def save_model(model: Any, path: Any, *, overwrite: bool = False,
                 keras().src.legacy.saving.legacy_h5_format.save_model_to_hdf5(model, tmp)
             else:
                 model.save(tmp)
+            if class_names is not None:
+                from ..io.classnames import embed_class_names
+
+                embed_class_names(tmp, class_names, target=path, width=_head_width(model))
         except SurgeryError:
             raise
         except Exception as e:
             raise OutputError(f"{path}: Keras could not write the model ({_first_line(e)}); "
                               "nothing was written", path=path) from None
     return path
+
+
+def _head_width(model: Any) -> int | None:
+    """The width of the model's (only) output, when it has one."""
+    try:
+        outputs = model.outputs
+        return int(outputs[0].shape[-1]) if len(outputs) == 1 else None
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None

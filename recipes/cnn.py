@@ -185,7 +185,7 @@ def input_channels(model: Any = SAMPLE_CNN, *, channels: int = 1, mode: str = "s
     diff = float(np.abs(np.asarray(new(feed_new)) - np.asarray(src(feed_old))).max())
     scale = "" if mode != "mean" else " (mean keeps weight scale, not outputs)"
     steps.append(f"compare outputs on matching inputs{scale}")
-    metrics = {"max_output_diff": diff, "adapted": [e.path for e in t.adapted]}
+    metrics = {"max_output_diff": diff, "converted": [e.path for e in t.converted]}
     if output:
         surgery.save_model(new, output, overwrite=overwrite, inputs=[model])
     return RecipeResult("cnn-channels", new, steps, metrics, output)

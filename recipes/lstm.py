@@ -115,7 +115,7 @@ def vocabulary(model: Any = SAMPLE_LSTM, *, old_vocab=None, new_vocab=None, fill
     diff = float(np.abs(np.asarray(new(lookup[x])) - np.asarray(src(x))).max())
     steps.append("compare outputs on sequences of carried tokens (ids mapped)")
     metrics = {"vocabulary": f"{len(old_vocab)} -> {len(new_vocab)}",
-               "note": report.adapted[0].note, "max_output_diff_carried_tokens": diff}
+               "note": report.converted[0].note, "max_output_diff_carried_tokens": diff}
     if output:
         surgery.save_model(new, output, overwrite=overwrite, inputs=[model])
     return RecipeResult("lstm-vocab", new, steps, metrics, output)
@@ -151,7 +151,7 @@ def bidirectional(model: Any = SAMPLE_LSTM, *, layer: str = "encoder", seed: int
     x = _sequences(32, seed)
     diff = float(np.abs(np.asarray(new(x)) - np.asarray(src(x))).max())
     steps.append("compare outputs with the original")
-    metrics = {"carried": len(report.copied), "max_output_diff": diff}
+    metrics = {"copied": len(report.copied), "max_output_diff": diff}
     if output:
         surgery.save_model(new, output, overwrite=overwrite, inputs=[model])
     return RecipeResult("lstm-bidirectional", new, steps, metrics, output)

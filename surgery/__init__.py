@@ -54,6 +54,7 @@ _PUBLIC = {
     "class_names": "io.classnames",
     "Plan": "plans.plan",
     # what they return
+    "Outcome": "outcomes",
     "WeightSource": "io.sources",
     "Inventory": "io.inventory",
     "WeightDiff": "io.diff",

@@ -159,7 +159,7 @@ def test_replace_head_keeps_weights_and_kept_logits(framework, keras, tf_keras):
         "head", old_head.units, new_head.units, (0, 3, 7)) == ("head", 10, 4, (0, 3, 7))
     assert report.activation == new_head.get_config()["activation"] == "linear"
     assert str(report) == ("head 'head': 10 -> 4 classes (linear); classes [0, 3, 7] carried to "
-                           "0..2; every other weight carried bitwise")
+                           "0..2; every other weight copied bitwise")
     assert json.loads(json.dumps(report.to_dict())) == {
         "layer": "head", "old_classes": 10, "new_classes": 4, "kept": [0, 3, 7],
         "activation": "linear"}
@@ -222,7 +222,7 @@ def test_add_head(keras):
     assert (report.layer, report.classes, report.activation, report.pooling,
             report.pooling_layer) == ("head", 5, "softmax", "avg", "head_pool")
     assert str(report) == ("added 'head_pool' (avg) + head 'head': 5 classes (softmax); every "
-                           "backbone weight carried bitwise")
+                           "backbone weight copied bitwise")
     # reference: the same head built by hand in plain Keras on the original backbone
     head = model.get_layer(report.layer)
     dense = keras.layers.Dense(5, activation="softmax")

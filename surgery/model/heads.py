@@ -50,7 +50,7 @@ class HeadReport:
         kept = f"; classes {list(self.kept)} carried to 0..{len(self.kept) - 1}" if self.kept \
             else "; all classes new"
         return (f"head {self.layer!r}: {self.old_classes} -> {self.new_classes} classes "
-                f"({self.activation}){kept}; every other weight carried bitwise")
+                f"({self.activation}){kept}; every other weight copied bitwise")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class AddHeadReport:
     def __str__(self) -> str:
         before = f"{self.pooling_layer!r} ({self.pooling}) + " if self.pooling_layer else ""
         return (f"added {before}head {self.layer!r}: {self.classes} classes "
-                f"({self.activation}); every backbone weight carried bitwise")
+                f"({self.activation}); every backbone weight copied bitwise")
 
 
 def find_head(model: Any, layer: str | None = None) -> str:

@@ -267,7 +267,8 @@ class Plan:
                                                activation=step.get("activation"),
                                                head=step.get("layer"), seed=step.get("seed"))
             head = report.layer
-            return new, str(report), {f"{head}/kernel": "new head", f"{head}/bias": "new head"}
+            return new, str(report), {f"{head}/kernel": "initialized (new head)",
+                                      f"{head}/bias": "initialized (new head)"}
         if op in ("freeze", "unfreeze"):
             return self._freeze_step(model, step)
         if op == "reinit":

@@ -179,3 +179,97 @@ def test_keras2_depthwise_and_slashed_names_read_as_keras3_paths(tmp_path):
         paths = [v.path for v in src.variables()]
     assert paths == ["block_dw/kernel", "block_dw/bias", "block_bn/gamma", "block_bn/beta",
                      "block_bn/moving_mean", "block_bn/moving_variance"]
+
+
+def _keras2_leaky(tmp_path):
+    import tf_keras as tk
+
+    i = tk.Input((6,))
+    h = tk.layers.Dense(8, name="fc")(i)
+    h = tk.layers.LeakyReLU(alpha=0.3, name="act")(h)
+    model = tk.Model(i, tk.layers.Dense(3, name="out")(h))
+    path = str(tmp_path / "leaky.h5")
+    model.save(path)
+    import keras
+
+    i = keras.Input((6,))
+    h = keras.layers.Dense(8, name="fc")(i)
+    h = keras.layers.LeakyReLU(negative_slope=0.3, name="act")(h)
+    target = str(tmp_path / "target.keras")
+    keras.Model(i, keras.layers.Dense(3, name="out")(h)).save(target)
+    return path, target
+
+
+def test_verify_runs_a_keras2_source_in_tf_keras(tmp_path, monkeypatch):
+    """--verify must compare with the framework that wrote SOURCE: with a translation that
+    loses LeakyReLU's slope, a Keras 3 rebuild of SOURCE would agree with the result; tf_keras
+    does not."""
+    from surgery.io import keras2
+
+    source, target = _keras2_leaky(tmp_path)
+    r = run("transplant", source, target, "-o", str(tmp_path / "ok.keras"), "--verify")
+    assert r.exit_code == 0 and "verify: same outputs" in r.output, r.output
+    # break the translation: alpha dropped, so a Keras 3 rebuild of SOURCE has the default
+    # slope 0.2 and would agree with a target of slope 0.2; tf_keras (slope 0.3) does not
+    monkeypatch.setitem(keras2.KERAS2_RULES, "LeakyReLU", keras2.Keras2Rule(drop={"alpha": 0.3}))
+    import keras
+
+    i = keras.Input((6,))
+    h = keras.layers.Dense(8, name="fc")(i)
+    h = keras.layers.LeakyReLU(negative_slope=0.2, name="act")(h)
+    wrong = str(tmp_path / "wrong.keras")
+    keras.Model(i, keras.layers.Dense(3, name="out")(h)).save(wrong)
+    r = run("transplant", source, wrong, "-o", str(tmp_path / "bad.keras"), "--verify")
+    assert r.exit_code == 1, r.output
+    assert not os.path.exists(tmp_path / "bad.keras")
+
+
+def test_verify_with_a_weights_only_source_says_what_it_needs(tmp_path):
+    x = str(tmp_path / "w.npz")
+    np.savez(x, **{"fc/kernel": np.zeros((6, 8), np.float32)})
+    _, target = _keras2_leaky(tmp_path)
+    r = run("transplant", x, target, "-o", str(tmp_path / "o.keras"), "--verify")
+    assert r.exit_code == 2
+    assert r.output == (f"error: {x}: --verify runs SOURCE as a model, and this npz file holds "
+                        "weights only; give a .keras or Keras 2 .h5 model as SOURCE, or drop "
+                        "--verify and check the result with your own data (surgery evaluate)\n")
+
+
+def test_tf_keras_keras_archive_reads_by_keras_group_order(tmp_path):
+    """tf_keras writes .keras archives whose groups carry no layer name: they are named by
+    class in layer order, as Keras itself reads them."""
+    import keras
+    import tf_keras as tk
+
+    import surgery
+
+    rng = np.random.default_rng(1)
+    i = tk.Input((8, 8, 3))
+    h = tk.layers.Conv2D(4, 3, name="stem")(i)
+    h = tk.layers.Conv2D(4, 3, name="second")(h)
+    h = tk.layers.BatchNormalization(name="bn")(h)
+    h = tk.layers.GlobalAveragePooling2D(name="pool")(h)
+    model = tk.Model(i, tk.layers.Dense(3, name="head")(h))
+    _randomize_statistics(model, rng)
+    path = str(tmp_path / "tfk.keras")
+    model.save(path)
+    with surgery.open_weights(path) as src:
+        got = {v.path: src.read(v.path) for v in src.variables()}
+    expected = {f"{layer.name}/{w.name.split('/')[-1].split(':')[0]}": w.numpy()
+                for layer in model.layers for w in layer.weights}
+    assert list(got) == list(expected)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+    i = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, name="stem")(i)
+    h = keras.layers.Conv2D(4, 3, name="second")(h)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="pool")(h)
+    target = str(tmp_path / "k3.keras")
+    keras.Model(i, keras.layers.Dense(3, name="head")(h)).save(target)
+    out = str(tmp_path / "out.keras")
+    r = run("transplant", path, target, "-o", out, "--strict")
+    assert r.exit_code == 0, r.output
+    x = rng.normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(keras.saving.load_model(out).predict(x, verbose=0),
+                               model.predict(x, verbose=0), atol=1e-6)

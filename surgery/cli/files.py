@@ -124,6 +124,7 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
         raise click.UsageError("give -o/--output (or --dry-run)")
     source_path = source
     do_verify = do_verify or inputs is not None
+    legacy_source = _verifiable_source(source) if do_verify and not dry_run else False
     readers = [source, target, rules, source_architecture, inputs,
                surgery.load_rules(rules).files() if rules else ()]  # + files the rules read
     check_inputs_file(inputs)
@@ -139,9 +140,9 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
             report = surgery.transplant(source, model, rules, strict=strict, dry_run=dry_run)
             verification = None
             if do_verify and not dry_run:
-                verification = surgery.verify(
-                    surgery.load_model(source_path, safe_mode=not unsafe), model, inputs,
-                    atol=atol)
+                reference = surgery.load_model(source_path, safe_mode=not unsafe,
+                                               legacy=legacy_source)
+                verification = surgery.verify(reference, model, inputs, atol=atol)
                 if not verification.ok:
                     emit_report(report, as_json, verification)
                     raise CheckFailed(f"{target}: outputs differ from {source_path} by "
@@ -242,3 +243,19 @@ def check_inputs_file(inputs: str | None) -> None:
 
         raise InputError(f"{inputs}: no such inputs file (an .npz with one array per model "
                          "input)", path=inputs)
+
+
+def _verifiable_source(path: str) -> bool:
+    """Checks (before anything slow) that --verify can run SOURCE as a model; True for a Keras
+    2 `.h5`, which runs in tf_keras, the framework that wrote it (rebuilding it in Keras 3
+    would check surgery's own translation against itself)."""
+    from surgery.errors import InputError
+    from surgery.io.sources import detect_format
+
+    kind = detect_format(path)
+    if kind not in ("keras", "hdf5") or path.lower().endswith(".weights.h5"):
+        raise InputError(f"{path}: --verify runs SOURCE as a model, and this {kind} file holds "
+                         "weights only; give a .keras or Keras 2 .h5 model as SOURCE, or drop "
+                         "--verify and check the result with your own data (surgery evaluate)",
+                         path=path)
+    return kind == "hdf5"

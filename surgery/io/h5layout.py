@@ -406,6 +406,8 @@ class _Walker:
             for _, child in _children(container, self.where):
                 if _is_group(child):
                     by_name.setdefault(_vars_name(child), child)
+            if set(by_name) <= {""}:  # tf_keras (and early Keras 3) name no vars group
+                by_name = _by_class_order(container, model_layer_configs(model_config))
         for layer_config in model_layer_configs(model_config):
             name = layer_name(layer_config)
             child = by_name.get(name)
@@ -415,6 +417,28 @@ class _Walker:
                                       "the architecture; the weights belong to another model")
                 continue
             self.layer(child, layer_config, prefix + [name], owners, trainable, depth)
+
+
+def snake_case(class_name: str) -> str:
+    """The group name Keras (3 and tf_keras) gives a layer of this class in a `.keras` file."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", re.sub(r"\W+", "", class_name))
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _by_class_order(container: h5py.Group, layer_configs: list) -> dict[str, h5py.Group]:
+    """Layer name -> group for files whose groups carry no layer name: Keras names a model's
+    layers, in order, by their class in snake case, repeats numbered (``conv2d``,
+    ``conv2d_1``, ...)."""
+    used: dict[str, int] = {}
+    out: dict[str, h5py.Group] = {}
+    for layer_config in layer_configs:
+        base = snake_case(str(layer_config.get("class_name", "")))
+        key = base if base not in used else f"{base}_{used[base] + 1}"
+        used[base] = used.get(base, -1) + 1
+        child = container.get(key)
+        if _is_group(child):
+            out[layer_name(layer_config)] = child
+    return out
 
 
 _FIRST = {"cell": 0, "layer": 1, "forward_layer": 2, "backward_layer": 3}

@@ -132,6 +132,8 @@ def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, l
         extra.update(mixed_precision=mixed_precision, l2sp=l2sp, l2sp_head=l2sp_head,
                      keep_checkpoint=True)  # removed only once OUT is safely written
     m = surgery.load_model(model, safe_mode=not unsafe)
+    if resume and strategy != "multiworker" and not as_json:
+        extra["callbacks"] = [_resume_note(epochs)]  # said once every check has passed
     result = run(m, data, train=trains, freeze=freezes, bn=bn, epochs=epochs,
                  batch_size=batch_size, lr=lr, lr_mult=mults,
                  layer_decay=layer_decay, optimizer=optimizer, loss=loss, label=label, val=val,
@@ -181,3 +183,18 @@ def _check_numbers(**o) -> None:
     for flag, value, where, ok in reals:
         if value is not None and not (math.isfinite(value) and ok(value)):
             raise OptionError(f"{flag} must be a finite number {where}, got {value!r}")
+
+
+def _resume_note(epochs: int):
+    """A Keras callback that says where a resumed run starts, at its first epoch."""
+    from surgery.io.tfimport import keras
+
+    class ResumeNote(keras().callbacks.Callback):
+        said = False
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if not self.said:
+                self.said = True
+                click.echo(f"resuming after epoch {epoch} of {epochs}")
+
+    return ResumeNote()

@@ -59,6 +59,7 @@ class FinetuneResult:
     settings: dict = field(default_factory=dict)
     adapters: dict = field(default_factory=dict)
     checkpoint: Any = field(default=None, repr=False, compare=False)
+    resumed_after: int | None = None  # epochs the checkpoint held when the run resumed
     class_names: tuple[str, ...] = ()
 
     def remove_checkpoint(self) -> None:
@@ -75,10 +76,14 @@ class FinetuneResult:
     def to_dict(self) -> dict:
         return {"epochs": self.epochs, "best_epoch": self.best_epoch,
                 "stopped_early": self.stopped_early, "loss": self.loss, "data": self.data,
-                "settings": self.settings, "class_names": list(self.class_names)}
+                "settings": self.settings, "class_names": list(self.class_names),
+                "resumed_after": self.resumed_after}
 
     def __str__(self) -> str:
         lines = [f"fine-tuned on {self.data}", f"loss: {self.loss}"]
+        if self.resumed_after is not None:
+            lines.append(f"resumed after epoch {self.resumed_after} of "
+                         f"{self.settings.get('epochs', '?')}")
         if self.class_names:
             from ..io.inventory import classes_line
 
@@ -511,7 +516,7 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
     result_model, adapters = _finish(model, o, state, original_config)
     result = FinetuneResult(result_model, state.epochs, state.best_epoch, tracker.stopped,
                             loss_desc, data.describe(), settings, adapters,
-                            class_names=names)
+                            class_names=names, resumed_after=state.first if resume else None)
     if keep_checkpoint:
         result.checkpoint = state
     else:

@@ -285,6 +285,8 @@ def test_more_epochs_resume_equals_an_uninterrupted_run(proj, made):
     4-epoch run ends with the same weights."""
     code, out = cli(proj, "--checkpoint", proj / "ck", "--resume", "--epochs", "4")
     assert code == 0, out
+    assert out.startswith("resuming after epoch 2 of 4\n"), out  # before training
+    assert "\nresumed after epoch 2 of 4\n" in out  # and in the result
     full = surgery.finetune(surgery.load_model(str(made / "m.keras")), str(made / "d.npz"),
                             epochs=4, batch_size=16, verbose=0)
     with surgery.open_weights(str(proj / "out.keras")) as a:

@@ -25,13 +25,25 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(HERE, "sample_models")
 
 
+# The tour's files: its own summary name, so that a tour and the demo (summary.json, models
+# named <task>_<arm>_seed<N>.keras) can share a folder without either replacing the other.
+SUMMARY = "tour-summary.json"
+OUTPUTS = ("cnn.keras", "lstm.keras", "keras2_mlp.keras", SUMMARY)
+
+
 def _sample(name: str) -> str:
     return os.path.join(SAMPLES, name)
 
 
+def tour_outputs(out_dir: str) -> list[str]:
+    """Every file the tour writes into `out_dir`."""
+    return [os.path.join(out_dir, n) for n in OUTPUTS]
+
+
 def run_tour(out_dir: str, *, overwrite: bool = False,
              echo: Callable[[str], None] = lambda s: None) -> str:
-    """Runs the tour, writing models and ``summary.json`` into `out_dir`; returns its path.
+    """Runs the tour, writing models and ``tour-summary.json`` into `out_dir`; returns its
+    path.
 
     Every file it writes is checked before anything is written (never over an existing file
     unless `overwrite`, never a link or special file, never into the sample models' folder) and
@@ -40,7 +52,6 @@ def run_tour(out_dir: str, *, overwrite: bool = False,
     from surgery.io.atomic import atomic_path, check_outputs
 
     inputs = [SAMPLES]
-    names = ("cnn.keras", "lstm.keras", "keras2_mlp.keras", "summary.json")
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         from surgery.errors import OutputError
         raise OutputError(f"{out_dir}: is not a folder; give a folder for the tour's files",
@@ -48,8 +59,7 @@ def run_tour(out_dir: str, *, overwrite: bool = False,
     created = not os.path.lexists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     try:
-        check_outputs([os.path.join(out_dir, n) for n in names], inputs=inputs,
-                      overwrite=overwrite)
+        check_outputs(tour_outputs(out_dir), inputs=inputs, overwrite=overwrite)
     except Exception:
         if created:
             os.rmdir(out_dir)  # refused: leave no trace
@@ -93,7 +103,7 @@ def run_tour(out_dir: str, *, overwrite: bool = False,
             echo(f"   {key:<10} {str(hub.shape(key)):<9} mean {float(hub[key].mean()):+.4f}")
 
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    path = os.path.join(out_dir, "summary.json")
+    path = os.path.join(out_dir, SUMMARY)
     with atomic_path(path, inputs=inputs, overwrite=overwrite) as tmp:
         with open(tmp, "w") as f:
             json.dump(summary, f, indent=2)

@@ -14,9 +14,11 @@ One module per group of commands, registered on the `main` group from `app`:
 - `files`: inspect, diff, transplant, convert, export
 - `models`: freeze, unfreeze, reinit, head, set
 - `training`: finetune
+- `evaluation`: evaluate, predict
 - `editing`: the edit group
 - `plans`: apply
 - `recipes`: the recipe group and demo
+- `samples`: sample-data (the sample tasks' data as files)
 
 The repository's top-level ``cli.py`` is the same entry point (``python cli.py ...``).
 """
@@ -31,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notes are not for users
 
 from .app import main  # noqa: E402
-from . import editing, files, models, plans, recipes, training  # noqa: E402,F401  (register)
+from . import (editing, evaluation, files, models, plans, recipes, samples,  # noqa: E402,F401
+               training)
 
 __all__ = ["main"]

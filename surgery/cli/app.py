@@ -43,6 +43,7 @@ class SurgeryGroup(click.Group):
              **extra):
         debug = _debug_requested(args)
         args = _debug_first(args)
+        _python_loggers_quiet(not debug)
         with _terminate_as_interrupt(), _native_stderr_quiet(not debug):
             self._main(args, complete_var, debug, **extra)
 
@@ -104,6 +105,17 @@ def _terminate_as_interrupt():
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _python_loggers_quiet(enabled: bool) -> None:
+    """TensorFlow's and absl's Python loggers (retracing notes, Keras's absl warnings) keep
+    their warnings to themselves unless --debug; errors still show. Python-level, for every
+    command alike (the native lines are `_native_stderr_quiet`'s)."""
+    if enabled:
+        import logging
+
+        for name in ("tensorflow", "absl"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager

@@ -35,7 +35,19 @@ def apply_cmd(plan, dry_run, overwrite, inputs, as_json) -> int:
             raise InputError(f"{inputs}: no such inputs file (an .npz with one array per "
                              "model input)")
         p.data.setdefault("verify", {})["inputs"] = os.path.abspath(inputs)
+    if not dry_run:  # the plan's outputs, before the slow part (TensorFlow's import)
+        _check_plan_outputs(p, overwrite)
     report = p.dry_run() if dry_run else p.apply(overwrite=overwrite or None)
     emit(report, as_json)
     return 0
 
+
+def _check_plan_outputs(p, overwrite: bool) -> None:
+    """What `Plan.apply` checks first, checked here before TensorFlow is imported: the
+    [output] model and report may be written (`--overwrite` or the plan's own overwrite)."""
+    from surgery.io.atomic import check_outputs
+
+    out = p.data.get("output", {})
+    outputs = [p.resolve(out[k]) for k in ("model", "report") if isinstance(out.get(k), str)]
+    check_outputs(outputs, inputs=p.input_paths(),
+                  overwrite=overwrite or bool(out.get("overwrite", False)))

@@ -51,18 +51,23 @@ def write_metrics(result: Any, path: str, *, overwrite: bool = False,
 
 def write_plot(result: Any, path: str, *, overwrite: bool = False,
                inputs: Sequence = ()) -> str:
-    """Training curves: one panel for the losses, one for each other metric."""
+    """Training curves: one panel for the losses, one for each other metric; a dashed
+    vertical line in each marks the best epoch, whose weights the trained model holds."""
     plt = require_matplotlib()
     history = result.history
     keys = [k for k in history if not k.startswith("val_") and k not in (
         "seconds", "trainable_params", "frozen_params")]
     epochs = [e["epoch"] for e in result.epochs]
+    best = getattr(result, "best_epoch", None)
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(5 * max(1, len(keys)), 3.5))
     axes = np.atleast_1d(axes)
     for ax, key in zip(axes, keys):
         ax.plot(epochs, history[key], marker="o", label=key)
         if f"val_{key}" in history:
             ax.plot(epochs, history[f"val_{key}"], marker="o", label=f"val_{key}")
+        if best is not None:
+            ax.axvline(best, color="0.4", linestyle="--", linewidth=1,
+                       label=f"best epoch {best} (saved)")
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.legend()

@@ -58,11 +58,11 @@ def test_tour_recipe_refuses_a_linked_summary(tmp_path):
     folder.mkdir()
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
-    os.symlink("../victim.txt", folder / "summary.json")
+    os.symlink("../victim.txt", folder / "tour-summary.json")
     code, out = run("recipe", "run", "tour", "--set", f"output={folder}", "--overwrite")
-    assert (code, out) == (2, "error: " + SYMLINK_LINE.format(path=folder / "summary.json")
+    assert (code, out) == (2, "error: " + SYMLINK_LINE.format(path=folder / "tour-summary.json")
                            + "\n")
-    assert victim.read_text() == "precious\n" and os.listdir(folder) == ["summary.json"]
+    assert victim.read_text() == "precious\n" and os.listdir(folder) == ["tour-summary.json"]
 
 
 def test_output_given_twice_is_refused(tmp_path):

@@ -69,7 +69,7 @@ def test_npz_csv_tfdata_and_image_folder(keras, tmp_path):
         for i in range(3):
             Image.fromarray((rng.uniform(size=(12, 10)) * 255).astype("uint8")).save(
                 tmp_path / "img" / cls / f"{i}.png")
-    d = load_data(str(tmp_path / "img"), model)
+    d = load_data(str(tmp_path / "img"), small_cnn(keras, classes=2))  # 2 folders, 2 units
     assert d.kind == "images" and d.x.shape == (6, 8, 8, 1) and d.classes == ("a", "b")
     assert 0.0 <= d.x.min() and d.x.max() <= 1.0
 

@@ -78,6 +78,7 @@ _LOW = ["surgery.errors", "surgery.text", "surgery.entries", "surgery.outcomes",
         "surgery.results",
         "surgery.reshape", "surgery.selection", "surgery.layertypes", "surgery.io.sources",
         "surgery.io.inventory", "surgery.io.diff", "surgery.io.describe", "surgery.io.atomic",
+        "surgery.io.classnames",
         "surgery.transfer.rules", "surgery.transfer.matching", "surgery.transfer.transplant",
         "surgery.plans.schema"]
 _BLOCK = """

@@ -8,14 +8,16 @@ read without TensorFlow.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..entries import LayerInfo, VariableInfo
 from ..text import NAME_WIDTH, escape_text, shown
+from .classnames import class_names
 from .sources import open_weights
 
-__all__ = ["Inventory", "inspect", "stat_warnings"]
+__all__ = ["Inventory", "inspect", "stat_warnings", "classes_line"]
 
 _CLASS_WIDTH = 40
 _SETUP_WIDTH = 4 * NAME_WIDTH
@@ -30,6 +32,14 @@ def _json_number(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def classes_line(names, limit: int = 50) -> str:
+    """``classes: 0 circle, 1 square, ...``: each output unit's index and class name (names
+    escaped and shortened; past `limit` classes, the count)."""
+    parts = [f"{i} {shown(n, 40)}" for i, n in enumerate(names[:limit])]
+    more = f", ... ({len(names)} classes)" if len(names) > limit else ""
+    return f"classes: {', '.join(parts)}{more}"
 
 
 def stat_warnings(variable: VariableInfo, stats: dict) -> list[str]:
@@ -67,6 +77,7 @@ class Inventory:
     variables: tuple[VariableInfo, ...] = field(default=())
     setup: dict = field(default_factory=dict, compare=False)
     stats: dict = field(default_factory=dict, compare=False)
+    class_names: tuple[str, ...] | None = None
 
     @property
     def total_params(self) -> int:
@@ -111,6 +122,7 @@ class Inventory:
                           for v in self.variables],
             "totals": {"params": self.total_params, "trainable": self.trainable_params,
                        "non_trainable": self.non_trainable_params},
+            "class_names": None if self.class_names is None else list(self.class_names),
         }
 
     def __str__(self) -> str:
@@ -118,6 +130,8 @@ class Inventory:
         `report.NAME_WIDTH` characters, so a hostile name can neither forge lines nor widen
         every row."""
         lines = [f"{shown(self.source, _SETUP_WIDTH)} ({self.format})"]
+        if self.class_names:
+            lines.append(classes_line(self.class_names))
         if self.layers:
             names = []
             for l in self.layers:
@@ -194,9 +208,11 @@ def inspect(source: Any, *, architecture: Any = None, stats: bool = False) -> In
 
     src = open_weights(source, architecture=architecture)
     try:
+        names = class_names(src.name) if src.format == "keras" and \
+            isinstance(source, (str, os.PathLike)) else None
         return Inventory(source=src.name, format=src.format, layers=tuple(src.layers()),
                          variables=tuple(src.variables()), setup=describe_setup(src),
-                         stats=variable_stats(src) if stats else {})
+                         stats=variable_stats(src) if stats else {}, class_names=names)
     finally:
         if src is not source:
             src.close()

@@ -60,11 +60,13 @@ class Data:
     kind: str
     source: str
     classes: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()  # an image folder's files, relative to it, in sample order
 
     def describe(self) -> str:
         val = f", {len(self.x_val)} validation" if self.x_val is not None else ""
+        y = "no labels" if self.y is None else f"y {self.y.dtype}"
         return (f"{self.source} ({self.kind}): {len(self.x)} training samples{val}, x "
-                f"{tuple(self.x.shape[1:])}, y {self.y.dtype}")
+                f"{tuple(self.x.shape[1:])}, {y}")
 
 
 def _model_input(model) -> tuple[tuple, str]:
@@ -269,13 +271,13 @@ def _check_lengths(x_len: int, y_len: int, names: tuple[str, str], where: str) -
 
 # ------------------------------------------------------------------ .npz
 
-def _load_npz(path: str):
+def _load_npz(path: str, labels: bool = True):
     from ..io.sources import NpzSource
 
     _open_regular(path).close()  # a FIFO or device is refused before the zip reader opens it
     with NpzSource(path) as src:  # the checks weights get: bombs, truncation, pickles, sizes
         arrays = set(src)
-        missing = [k for k in ("x", "y") if k not in arrays]
+        missing = [k for k in ("x", "y") if k not in arrays and (labels or k == "x")]
         if missing:
             raise FormatError(f"{path}: an .npz for training needs arrays 'x' and 'y'; it has "
                               f"{', '.join(sorted(arrays)) or 'none'}; save it with "
@@ -285,18 +287,44 @@ def _load_npz(path: str):
             other = "y_val" if val == ["x_val"] else "x_val"
             raise FormatError(f"{path}: has {val[0]} but no {other}; validation data needs "
                               "both (or neither)", path=path)
-        keys = ["x", "y"] + val
+        keys = ["x"] + ["y"] * ("y" in arrays or labels) + val
         for key in keys:
             _check_dtype(src.dtype(key), key, path)
             if not src.shape(key):
                 raise FormatError(f"{path}: {key} is a scalar; it needs one entry per sample "
                                   "(shape (samples, ...))", path=path)
-        _check_lengths(src.shape("x")[0], src.shape("y")[0], ("x", "y"), path)
+        if "y" in keys:
+            _check_lengths(src.shape("x")[0], src.shape("y")[0], ("x", "y"), path)
         if val:
             _check_lengths(src.shape("x_val")[0], src.shape("y_val")[0], ("x_val", "y_val"),
                            path)
         got = {k: src.read(k) for k in keys}
-    return got["x"], got["y"], got.get("x_val"), got.get("y_val"), ()
+        classes = _npz_classes(src, path) if "class_names" in arrays else ()
+    return got["x"], got.get("y"), got.get("x_val"), got.get("y_val"), classes
+
+
+def _npz_classes(src, path: str) -> tuple[str, ...]:
+    """An .npz's optional ``class_names`` (what `surgery sample-data` writes): a 1-D array
+    of distinct non-empty strings, label ``i`` naming class ``class_names[i]``."""
+    import zipfile
+
+    from ..io.classnames import MAX_METADATA_BYTES, check_class_names
+
+    info = src.info("class_names")
+    dtype = np.dtype(info.dtype)
+    if dtype.kind != "U" or len(info.shape) != 1:
+        raise FormatError(f"{path}: class_names is {dtype} {info.shape}; it must be a 1-D "
+                          "array of strings, one per class (np.savez(path, x=..., y=..., "
+                          "class_names=np.array(['cat', 'dog'])))", path=path)
+    if info.shape[0] * dtype.itemsize > MAX_METADATA_BYTES:
+        raise FormatError(f"{path}: class_names holds {info.shape[0] * dtype.itemsize} bytes, "
+                          f"more than the {MAX_METADATA_BYTES} allowed", path=path)
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(info.key) as f:
+            names = np.lib.format.read_array(f, allow_pickle=False).tolist()
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise FormatError(f"{path}: can't read class_names ({e})", path=path) from None
+    return check_class_names(names, path)
 
 
 # ------------------------------------------------------------------ CSV
@@ -338,26 +366,27 @@ def _bad_cell(path: str, line: int, column: str, value: str, why: str) -> Format
     return FormatError(f"{path}: line {line}, column {column!r}: {shown!r} {why}", path=path)
 
 
-def _load_csv(path: str, label: str | None):
+def _load_csv(path: str, label: str | None, labels: bool = True):
+    required = labels or label is not None  # a label column named by the user must be there
     label = label or "label"
     rows = _csv_rows(path)
     try:
-        return _parse_csv(path, label, rows)
+        return _parse_csv(path, label, rows, required)
     finally:
         rows.close()
 
 
-def _parse_csv(path: str, label: str, rows):
+def _parse_csv(path: str, label: str, rows, required: bool = True):
     try:
         _, header = next(rows)
     except StopIteration:
         raise FormatError(f"{path}: empty CSV file; it needs a header row naming the columns "
                           "and one row per sample", path=path) from None
-    if label not in header:
+    if label not in header and required:
         shown = ", ".join(header[:12]) + (", ..." if len(header) > 12 else "")
         raise FormatError(f"{path}: no label column {label!r}; columns: {shown}; name one "
                           "with --label", path=path)
-    idx = header.index(label)
+    idx = header.index(label) if label in header else None  # None: no labels (prediction)
     names = [h for i, h in enumerate(header) if i != idx]
     if not names:
         raise FormatError(f"{path}: no feature columns, only the label column {label!r}; "
@@ -392,9 +421,9 @@ def _parse_csv(path: str, label: str, rows):
         if len(row) != len(header):
             raise FormatError(f"{path}: line {line} has {len(row)} fields but the header has "
                               f"{len(header)}; fix that row", path=path)
-        labels.append(row[idx])
+        labels.append("" if idx is None else row[idx])
         lines.append(line)
-        pending.append(row[:idx] + row[idx + 1:])
+        pending.append(row if idx is None else row[:idx] + row[idx + 1:])
         if len(pending) >= _CSV_CHUNK:
             flush()
     if pending:
@@ -403,7 +432,7 @@ def _parse_csv(path: str, label: str, rows):
         raise FormatError(f"{path}: a CSV with a header and no rows; add one row per sample",
                           path=path)
     x = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
-    y, classes = _csv_labels(path, label, labels, lines)
+    y, classes = _csv_labels(path, label, labels, lines) if idx is not None else (None, ())
     return x, y, None, None, classes
 
 
@@ -523,12 +552,14 @@ def _read_image(full: str) -> bytes:
     return data
 
 
-def _load_images(path: str, model, seed: int):
+def _load_images(path: str, model, seed: int, labels: bool = True):
     walk = _Walk(path)
     classes = walk.subfolders()
+    is_image = lambda n: n.lower().endswith(_IMAGE_EXT)  # noqa: E731
     files = [(os.path.join(folder, name), label) for label, c in enumerate(classes)
-             for folder, name in walk.files(os.path.join(path, c),
-                                            lambda n: n.lower().endswith(_IMAGE_EXT))]
+             for folder, name in walk.files(os.path.join(path, c), is_image)]
+    if not classes and not labels:  # images without class folders (prediction)
+        files = [(os.path.join(folder, name), -1) for folder, name in walk.files(path, is_image)]
     if not files:
         raise InputError(f"{path}: no images found (an image folder needs one subfolder per "
                          f"class holding {'/'.join(_IMAGE_EXT)} files)", path=path)
@@ -553,7 +584,8 @@ def _load_images(path: str, model, seed: int):
             raise FormatError(f"{full}: not a readable image ({_tf_message(e)}); replace or "
                               "remove it") from None
         x[i] = image.numpy() / 255.0
-    return x, np.array([label for _, label in files], np.int64), None, None, tuple(classes)
+    y = np.array([label for _, label in files], np.int64) if classes else None
+    return x, y, None, None, tuple(classes), tuple(os.path.relpath(f, path) for f, _ in files)
 
 
 def _tf_message(e: Exception) -> str:
@@ -612,7 +644,7 @@ def _load_tfdata(path: str):
 # ------------------------------------------------------------------ entry point
 
 def load_data(path: str, model, *, label: str | None = None, val: str | None = None,
-              val_split: float | None = None, seed: int = 0) -> Data:
+              val_split: float | None = None, seed: int = 0, labels: bool = True) -> Data:
     """Reads training data and checks it against `model`.
 
     Args:
@@ -625,6 +657,9 @@ def load_data(path: str, model, *, label: str | None = None, val: str | None = N
         val: a second data path for validation.
         val_split: a fraction of the training data held out for validation (seeded).
         seed: the split's seed.
+        labels: False for data to predict on: labels become optional (an .npz with only `x`,
+            a CSV without the label column, an image folder without class subfolders), and
+            `y` is None where there are none.
 
     Raises:
         InputError: a missing path, one that is not a regular file or folder (a FIFO, a
@@ -633,7 +668,8 @@ def load_data(path: str, model, *, label: str | None = None, val: str | None = N
             non-finite values, mixed label kinds, an .npz without x/y, object or string
             arrays, a zip bomb, an unreadable image, a damaged tf.data folder).
         ShapeError: x that doesn't fit the model's input; labels beyond the head's width;
-            x and y of different lengths.
+            named classes (CSV names, image folders) whose number doesn't fit the head; x
+            and y of different lengths.
 
     Example:
     ```python
@@ -650,15 +686,15 @@ def load_data(path: str, model, *, label: str | None = None, val: str | None = N
         if os.path.lexists(spec):
             kind, loaded = "tf.data", _load_tfdata(path)
         else:
-            kind, loaded = "images", _load_images(path, model, seed)
+            kind, loaded = "images", _load_images(path, model, seed, labels)
     elif path.lower().endswith(".npz"):
-        kind, loaded = "npz", _load_npz(path)
+        kind, loaded = "npz", _load_npz(path, labels)
     elif path.lower().endswith(".csv"):
-        kind, loaded = "csv", _load_csv(path, label)
+        kind, loaded = "csv", _load_csv(path, label, labels)
     else:
         raise InputError(f"{path}: unknown kind of data; use an .npz (x, y), a .csv with a "
                          "label column, an image folder, or a saved tf.data directory", path=path)
-    x, y, xv, yv, classes = loaded
+    x, y, xv, yv, classes = loaded[:5]
     if len(x) == 0:
         raise FormatError(f"{path}: no training samples (x is empty); add samples", path=path)
     if val is not None:
@@ -671,8 +707,9 @@ def load_data(path: str, model, *, label: str | None = None, val: str | None = N
         n_val = max(1, int(round(len(x) * val_split)))
         xv, yv = x[order[:n_val]], y[order[:n_val]]
         x, y = x[order[n_val:]], y[order[n_val:]]
-    data = Data(x, y, xv, yv, kind, path, classes)
-    check_against_model(data, model)
+    files = loaded[5] if len(loaded) > 5 and not val_split else ()  # a split reorders x
+    data = Data(x, y, xv, yv, kind, path, classes, files)
+    check_against_model(data, model, labels=labels)
     return data
 
 
@@ -692,15 +729,38 @@ def _labels_fit(y: np.ndarray, out: tuple) -> bool:
     return y.dtype.kind in "iu" and (_fits(got, out[:-1]) or _fits(got, out[:-1] + (1,)))
 
 
-def check_against_model(data: Data, model) -> None:
+def _head_name(model) -> str:
+    try:  # the layer that produced the (first) output
+        return f" {model.outputs[0]._keras_history[0].name!r}"
+    except (AttributeError, IndexError, TypeError):
+        return ""
+
+
+def _check_classes(data: Data, model, width: int) -> None:
+    """Refuses named classes (CSV names, image folders) that don't fit the head: as many
+    as it has units, or two for a single unit."""
+    n = len(data.classes)
+    if not n or n == width or (width == 1 and n == 2):
+        return
+    names = ", ".join(data.classes[:8]) + (", ..." if n > 8 else "")
+    units = f"{width} units" if width != 1 else "1 unit (2 classes)"
+    raise ShapeError(f"{data.source}: {n} classes ({names}) but the model's head"
+                     f"{_head_name(model)} has {units}; replace the head first: surgery head "
+                     f"MODEL -o OUT --classes {n}")
+
+
+def check_against_model(data: Data, model, *, labels: bool = True) -> None:
     """Refuses data that can't train `model`: non-numeric or non-finite values, x and y of
-    different lengths, sample shapes the model doesn't take (both shapes named), labels
-    beyond the head's width."""
+    different lengths, sample shapes the model doesn't take (both shapes named), named
+    classes that don't fit the head, labels beyond the head's width. With ``labels=False``
+    (data to predict on) labels and classes are not checked (`y` may be None)."""
     pairs = [("x", data.x, "y", data.y)]
     if data.x_val is not None or data.y_val is not None:
         pairs.append(("x_val", data.x_val, "y_val", data.y_val))
     for xn, x, yn, y in pairs:
         for name, arr in ((xn, x), (yn, y)):
+            if name.startswith("y") and not labels:
+                continue  # data to predict on: labels, if any, are not used
             if arr is None:
                 raise FormatError(f"{data.source}: {name} is missing; validation data needs "
                                   "both x and y")
@@ -709,7 +769,8 @@ def check_against_model(data: Data, model) -> None:
                 raise FormatError(f"{data.source}: {name} is a scalar; it needs one entry per "
                                   "sample")
             _check_finite(arr, name, data.source)
-        _check_lengths(len(x), len(y), (xn, yn), data.source)
+        if y is not None and labels:
+            _check_lengths(len(x), len(y), (xn, yn), data.source)
         if len(x) == 0:
             raise FormatError(f"{data.source}: {xn} holds no samples; add samples")
     shape, _ = _model_input(model)
@@ -720,7 +781,10 @@ def check_against_model(data: Data, model) -> None:
         if len(got) != len(shape) or any(w is not None and w != g for w, g in zip(shape, got)):
             raise ShapeError(f"{data.source}: {name} samples have shape {got} but the model "
                              f"takes {shape}")
+    if not labels:
+        return
     width = _head_width(model)
+    _check_classes(data, model, width)
     out = tuple(model.outputs[0].shape[1:])
     for name, arr in (("y", data.y), ("y_val", data.y_val)):
         if arr is not None and arr.ndim > 1 and not _labels_fit(arr, out):

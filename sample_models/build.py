@@ -83,9 +83,16 @@ def build_cnn(out: str) -> dict:
     model = cnn_model()
     _fit(model, x, y, epochs=8)
     model = _without_optimizer(model, cnn_model)
-    model.save(os.path.join(out, "cnn.keras"))
+    _save_named(model, os.path.join(out, "cnn.keras"), tasks.PRETRAIN_SHAPES)
     return {"file": "cnn.keras", "task": "shapes: " + ", ".join(tasks.PRETRAIN_SHAPES),
             "test_accuracy": _accuracy(model, xt, yt)}
+
+
+def _save_named(model, path: str, names) -> None:
+    """Saves with the class names in the file (`inspect` shows them, `predict` uses them)."""
+    from surgery.model.saving import save_model
+
+    save_model(model, path, overwrite=True, class_names=list(names))
 
 
 def build_lstm(out: str) -> dict:
@@ -95,7 +102,8 @@ def build_lstm(out: str) -> dict:
     model = lstm_model()
     _fit(model, x, y, epochs=10)
     model = _without_optimizer(model, lstm_model)
-    model.save(os.path.join(out, "lstm.keras"))
+    _save_named(model, os.path.join(out, "lstm.keras"),
+                tasks.motif_names(tasks.PRETRAIN_MOTIFS))
     return {"file": "lstm.keras", "task": f"{len(tasks.PRETRAIN_MOTIFS)} motifs in sequences",
             "test_accuracy": _accuracy(model, xt, yt)}
 

@@ -43,10 +43,6 @@ class SampleTask:
     table: bool = False
 
 
-def _motif_names(motifs) -> tuple[str, ...]:
-    return tuple("motif-" + "-".join(str(t) for t in m) for m in motifs)
-
-
 TASKS = {t.name: t for t in [
     SampleTask("shapes", "the sample CNN's pretraining task: 8 shapes, 32x32 RGB",
                tasks.PRETRAIN_SHAPES,
@@ -57,7 +53,7 @@ TASKS = {t.name: t for t in [
                lambda n, seed: tasks.make_shapes(n, tasks.TRANSFER_SHAPES, seed=seed),
                images=True),
     SampleTask("motifs", "the sample LSTM's pretraining task: 6 motifs in token sequences",
-               _motif_names(tasks.PRETRAIN_MOTIFS),
+               tasks.motif_names(tasks.PRETRAIN_MOTIFS),
                lambda n, seed: tasks.make_motifs(n, tasks.PRETRAIN_MOTIFS, seed=seed)),
     SampleTask("motif-families", "the LSTM transfer task: 3 families of two motifs",
                tuple(f"family-{i}" for i in range(3)),

@@ -90,6 +90,11 @@ PRETRAIN_MOTIFS = tuple(_MOTIFS[:6])
 TRANSFER_MOTIFS = tuple(_MOTIFS[6:])
 
 
+def motif_names(motifs) -> tuple[str, ...]:
+    """Class names for motifs: each motif's tokens (``motif-3-17-42``)."""
+    return tuple("motif-" + "-".join(str(int(t)) for t in m) for m in motifs)
+
+
 def make_motifs(n: int, motifs=PRETRAIN_MOTIFS, *, seed: int = 0, length: int = SEQ_LEN,
                 distractors: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """`n` token sequences (int32, (n, length)) whose label is the motif hidden in them.

@@ -364,7 +364,7 @@ def test_readme_evaluate_and_predict_examples_print_what_the_readme_shows(sample
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     pairs = re.findall(r"```sh\n([^`]*)```\n\n```\n([^`]*)```", text)
     pairs = [(c, o) for c, o in pairs if "surgery evaluate sample_models" in c
-             or "surgery predict cnn_named" in c]
+             or "surgery predict sample_models" in c]
     assert len(pairs) == 2
     os.makedirs(tmp_path / "sample_models")
     shutil.copy(samples["cnn"], tmp_path / "sample_models" / "cnn.keras")

@@ -150,8 +150,12 @@ def head_cmd(model, output, dry_run, overwrite, unsafe, as_json, classes, keep_c
     def operation(m):
         return surgery.replace_head(m, classes, keep_classes=keep, activation=activation,
                                     head=head_layer, seed=seed)
+
+    def names(old):  # the kept classes keep their names when they fill the new head
+        return [old[i] for i in keep] if keep and len(keep) == classes and \
+            max(keep) < len(old) else None
     return edit_model(model, output, unsafe=unsafe, dry_run=dry_run, overwrite=overwrite,
-                       as_json=as_json, operation=operation)
+                      as_json=as_json, operation=operation, class_names=names)
 
 
 @main.command("set")

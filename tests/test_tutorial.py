@@ -25,17 +25,20 @@ def blocks(text: str) -> list[tuple[str, str]]:
             re.finditer(r"^```(\w*)\n(.*?)^```$", text, flags=re.S | re.M)]
 
 
-def commands(body: str) -> list[str]:
-    """Shell commands of a block: comments dropped, backslash continuations joined."""
+def commands(body: str) -> list[tuple[str, int]]:
+    """Shell commands of a block with the exit code each must give: comments dropped,
+    backslash continuations joined; a trailing ``# exit N`` comment expects N (else 0)."""
     out, current = [], ""
     for line in body.splitlines():
         line = line.rstrip()
         if not current and (not line or line.lstrip().startswith("#")):
             continue
         if line.endswith("\\"):
-            current += line[:-1] + " "
+            current += (line[:-1].strip() if current else line[:-1].rstrip()) + " "
             continue
-        out.append((current + line).split("  #")[0].strip())
+        command, _, comment = (current + (line.strip() if current else line)).partition("  #")
+        m = re.match(r"\s*exit (\d+)", comment)
+        out.append((command.strip(), int(m.group(1)) if m else 0))
         current = ""
     return out
 
@@ -47,9 +50,11 @@ def shape(text: str) -> list[str]:
 
 
 def test_block_parsing():
-    text = "x\n```sh\n# a comment\nsurgery a b \\\n  --c d  # note\n```\n```text\nok 1.5\n```\n"
+    text = ("x\n```sh\n# a comment\nsurgery a b \\\n  --c d  # note\nsurgery diff a b  # exit 1\n"
+            "```\n```text\nok 1.5\n```\n")
     (lang1, body1), (lang2, body2) = blocks(text)
-    assert (lang1, commands(body1)) == ("sh", ["surgery a b   --c d"])
+    assert (lang1, commands(body1)) == ("sh", [("surgery a b --c d", 0),
+                                               ("surgery diff a b", 1)])
     assert (lang2, shape(body2)) == ("text", ["ok #"])
 
 
@@ -66,10 +71,10 @@ def test_tutorial_runs_as_written(tmp_path):
     for lang, body in blocks(text):
         if lang == "sh":
             pending = []
-            for command in commands(body):
+            for command, exit_code in commands(body):
                 r = subprocess.run(shlex.split(command), cwd=tmp_path, env=env,
                                    capture_output=True, text=True, timeout=900)
-                assert r.returncode == 0, f"{command}\n{r.stdout}{r.stderr}"
+                assert r.returncode == exit_code, f"{command}\n{r.stdout}{r.stderr}"
                 pending.append((command, r.stdout))
                 ran += 1
         elif lang == "text" and pending:

@@ -59,6 +59,7 @@ _PUBLIC = {
     "Inventory": "io.inventory",
     "WeightDiff": "io.diff",
     "TransplantReport": "transfer.report",
+    "ExportReport": "transfer.report",
     "Rules": "transfer.rules",
     "Verification": "model.verify",
     "FreezeReport": "model.freezing",

@@ -42,6 +42,11 @@ _NO_INPUTS = "error: missing.npz: no such inputs file (an .npz with one array pe
 
 # (arguments, the exact error line); {cnn}, {cnn28}, {h5}: input models, {out}: an existing file
 CASES = [
+    (["sample-data", "blobs", "-o", "b.npz", "--n", "0"],
+     "error: Invalid value for '--n': 0 is not in the range 1<=x<=1000000; see "
+     "'surgery sample-data --help'"),
+    (["sample-data", "motifs", "-o", "motifs.csv"],
+     "error: motifs.csv: task motifs is not a table; write it as .npz"),
     (["freeze", "{cnn}", "-o", "{out}", "--select", "head"], _EXISTS),
     (["freeze", "{cnn}", "-o", "new.keras", "--select", "head", "--bn", "bogus"],
      "error: Invalid value for '--bn': 'bogus' is not one of 'inference', 'train'; see "
@@ -124,8 +129,8 @@ CASES = [
     (["export", "{cnn}", "-o", "exported"],
      "error: exported: already exists; pass --overwrite (overwrite=True) to replace it"),
     (["export", "{cnn}", "-o", "new_dir", "--format", "zip"],
-     "error: Invalid value for '--format': 'zip' is not one of 'hub', 'savedmodel'; see "
-     "'surgery export --help'"),
+     "error: Invalid value for '--format': 'zip' is not one of 'hub', 'savedmodel', 'torch'; "
+     "see 'surgery export --help'"),
     (["transplant", "{cnn}", "{cnn}", "-o", "{out}"], _EXISTS),
     (["transplant", "{cnn}", "{cnn}", "-o", "{out}", "--verify"], _EXISTS),
     (["transplant", "{cnn}", "{cnn}", "-o", "{cnn}", "--verify"],

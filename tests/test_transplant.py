@@ -417,7 +417,7 @@ def _rules_error(tmp_path, text, *args):
     ('[[rename]]\nfrom = "(a+)+$"\nto = "b"\n', "{p}:2: 'from' pattern '(a+)+$' nests "
      "repetition inside repetition, which can take exponential time; simplify it"),
     ('[[adapter]]\ntarget = "head/kernel"\nname = "squash"\n', "{p}:3: unknown adapter 'squash'; "
-     "known adapters: adapt_in_channels, conv_from_torch"),
+     "known adapters: adapt_in_channels, batchnorm_from_torch, conv_from_torch"),
     ('[[adapter]]\ntarget = "block1_conv/kernel"\nname = "adapt_in_channels"\nmodee = "sum"\n',
      "{p}:4: unknown key 'modee' for adapter 'adapt_in_channels'; its options: indices, mode"),
 ])

@@ -81,11 +81,37 @@ Rules (TOML, --rules R.toml; see the README for every adapter):
 """
 
 
+def _shard_size(ctx, param, value):
+    """--max-shard-size: bytes, or 10KB, 500MB, 2GB, 512MiB (checked before TensorFlow)."""
+    if value is None:
+        return None
+    from surgery.io.shards import parse_size
+
+    return parse_size(value, "--max-shard-size")
+
+
+def _check_sharded(output: str | None, max_shard_size: int | None) -> None:
+    """OUT and --max-shard-size go together (before TensorFlow's import)."""
+    if output is not None:
+        from surgery.io.shards import check_sharded_output
+
+        check_sharded_output(output, max_shard_size, what="--max-shard-size")
+
+
+max_shard_size_option = click.option(
+    "--max-shard-size", metavar="SIZE", callback=_shard_size,
+    help="Write OUT.weights.json as Keras 3 sharded weights (the layout "
+    "model.save_weights(OUT, max_shard_size=) writes; model.load_weights(OUT) reads it), each "
+    "shard at most SIZE: 2GB, 500MB, 10KB (powers of 1000), 512MiB, or bytes. A variable "
+    "larger than SIZE gets a shard of its own. The shards and the index appear all, or none.")
+
+
 @main.command("transplant", epilog=_RULES_HELP)
 @click.argument("source")
 @click.argument("target")
 @click.option("-o", "--output", metavar="OUT.keras", help="Where to write the filled model "
-              "(required unless --dry-run).")
+              "(required unless --dry-run): a .keras, or sharded weights OUT.weights.json "
+              "with --max-shard-size.")
 @click.option("--rules", metavar="RULES.toml", help="Renames, skips, adapters, matching mode.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1, nothing written) on missing, "
               "mismatched or non-finite weights, or a rule that matches nothing.")
@@ -96,12 +122,13 @@ Rules (TOML, --rules R.toml; see the README for every adapter):
               "besides the random probe families (implies --verify).")
 @atol_option("Tolerance for --verify.")
 @overwrite_option()
+@max_shard_size_option
 @click.option("--source-architecture", metavar="MODEL.keras|config.json",
               help="Names the variables of a bare .weights.h5 or .weights.json SOURCE.")
 @unsafe_option()
 @json_option("Print the report as JSON only.")
 def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, inputs, atol,
-                   overwrite, source_architecture, unsafe, as_json) -> int:
+                   overwrite, max_shard_size, source_architecture, unsafe, as_json) -> int:
     """Fill TARGET's architecture with SOURCE's weights and write OUT.
 
     SOURCE: .keras, .weights.h5, Keras 2 .h5, .npz, .safetensors, sharded weights
@@ -117,6 +144,7 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
       surgery transplant sample_models/cnn.keras gray.keras -o out.keras --rules gray.toml
       surgery transplant resnet.safetensors model.keras -o out.keras --rules torch.toml --strict
       surgery transplant a.keras b.keras --dry-run --json
+      surgery transplant big.keras new.keras -o out.weights.json --max-shard-size 2GB
     """
     from surgery.errors import CheckFailed
 
@@ -131,6 +159,7 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
     if not dry_run:  # before the slow part (TensorFlow's import)
         from surgery.io.atomic import check_output
 
+        _check_sharded(output, max_shard_size)
         check_output(output, inputs=readers, overwrite=overwrite)
     if source_architecture:
         source = surgery.open_weights(source, architecture=source_architecture)
@@ -148,12 +177,15 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
                     raise CheckFailed(f"{target}: outputs differ from {source_path} by "
                                       f"{verification.reason}; nothing was written")
             if not dry_run:
-                surgery.save_model(model, output, overwrite=overwrite, inputs=readers)
+                surgery.save_model(model, output, overwrite=overwrite, inputs=readers,
+                                   class_names=_target_class_names(target, output),
+                                   max_shard_size=max_shard_size)
         else:
             verification = None
             report = surgery.transplant_file(source, target, output, rules, strict=strict,
                                              dry_run=dry_run, overwrite=overwrite,
-                                             safe_mode=not unsafe, inputs=readers)
+                                             safe_mode=not unsafe, inputs=readers,
+                                             max_shard_size=max_shard_size)
     except CheckFailed as e:
         if getattr(e, "report", None) is not None:
             emit_report(e.report, as_json, None)
@@ -164,14 +196,17 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
 
 @main.command("convert")
 @click.argument("model")
-@click.option("-o", "--output", required=True, metavar="OUT.keras", help="The Keras 3 model.")
+@click.option("-o", "--output", required=True, metavar="OUT.keras", help="The Keras 3 model "
+              "(or its sharded weights, OUT.weights.json with --max-shard-size).")
 @atol_option("Tolerance for the output check.")
 @click.option("--inputs", metavar="X.npz", help="Your own inputs for the check, besides the "
               "random probe families.")
 @overwrite_option()
+@max_shard_size_option
 @unsafe_option()
 @json_option()
-def convert_cmd(model, output, atol, inputs, overwrite, unsafe, as_json) -> int:
+def convert_cmd(model, output, atol, inputs, overwrite, max_shard_size, unsafe, as_json
+                ) -> int:
     """Convert a Keras 2 (tf_keras) .h5 model to a Keras 3 .keras, verified.
 
     The model is rebuilt as Keras 3 with its weights carried; both versions run on a probe
@@ -180,6 +215,7 @@ def convert_cmd(model, output, atol, inputs, overwrite, unsafe, as_json) -> int:
     \b
     Example:
       surgery convert sample_models/keras2_mlp.h5 -o keras3_mlp.keras
+      surgery convert big_keras2.h5 -o keras3.weights.json --max-shard-size 500MB
     """
     from surgery.errors import CheckFailed, InputError
     from surgery.io.sources import detect_format
@@ -190,6 +226,7 @@ def convert_cmd(model, output, atol, inputs, overwrite, unsafe, as_json) -> int:
     from surgery.io.atomic import check_output
 
     check_inputs_file(inputs)
+    _check_sharded(output, max_shard_size)
     check_output(output, inputs=[model, inputs], overwrite=overwrite)  # before TensorFlow
     old = surgery.load_model(model, safe_mode=not unsafe, legacy=True)
     new = surgery.load_model(model, safe_mode=not unsafe)
@@ -200,7 +237,8 @@ def convert_cmd(model, output, atol, inputs, overwrite, unsafe, as_json) -> int:
                           f"weights {'same' if weights.identical else 'differ'}); nothing was "
                           "written")
     surgery.save_model(new, output, overwrite=overwrite,
-                       inputs=[model] + ([inputs] if inputs else []))
+                       inputs=[model] + ([inputs] if inputs else []),
+                       max_shard_size=max_shard_size)
     data = {"input": model, "output": output, "variables": len(weights.variables),
             "weights_identical": weights.identical, "verify": v.to_dict()}
     if as_json:
@@ -213,26 +251,62 @@ def convert_cmd(model, output, atol, inputs, overwrite, unsafe, as_json) -> int:
 
 @main.command("export")
 @click.argument("model")
-@click.option("-o", "--output", required=True, metavar="DIR", help="The SavedModel directory.")
-@click.option("--format", "fmt", type=click.Choice(["hub", "savedmodel"]), default="hub",
-              show_default=True, help="hub: TF2 Hub module (hub.KerasLayer loads it); "
-              "savedmodel: Keras's model.export (signature 'serve').")
-@overwrite_option("Replace an existing DIR.")
+@click.option("-o", "--output", required=True, metavar="DIR|FILE", help="The SavedModel "
+              "directory (hub, savedmodel), or the .safetensors/.npz state dict (torch).")
+@click.option("--format", "fmt", type=click.Choice(["hub", "savedmodel", "torch"]),
+              default="hub", show_default=True, help="hub: TF2 Hub module (hub.KerasLayer "
+              "loads it); savedmodel: Keras's model.export (signature 'serve'); torch: a "
+              "PyTorch state dict with PyTorch key names and layouts (needs --rules).")
+@click.option("--rules", metavar="RULES.toml", help="torch: renames, exporters and skips that "
+              "name every PyTorch key (see the README).")
+@overwrite_option("Replace an existing output.")
 @unsafe_option()
-def export_cmd(model, output, fmt, overwrite, unsafe) -> int:
-    """Export MODEL as a TF Hub module or SavedModel, verified against the model.
+@json_option("torch: print the export report as JSON only.")
+def export_cmd(model, output, fmt, rules, overwrite, unsafe, as_json) -> int:
+    """Export MODEL as a TF Hub module or SavedModel (verified against the model), or its
+    weights as a PyTorch state dict.
 
     \b
     Examples:
       surgery export sample_models/cnn.keras -o cnn_hub --format hub
       surgery export sample_models/cnn.keras -o cnn_savedmodel --format savedmodel
+      surgery export sample_models/lstm.keras --format torch -o lstm.safetensors \\
+          --rules examples/rules/torch_lstm_export.toml
+
+    \b
+    torch writes .safetensors (or .npz) without torch or TensorFlow: load it with
+    model.load_state_dict(safetensors.torch.load_file(OUT), strict=True).
     """
+    if fmt == "torch":
+        return _export_torch(model, output, rules, overwrite, as_json)
+    if rules or as_json:
+        raise click.UsageError(f"{'--rules' if rules else '--json'} applies to --format torch "
+                               "only")
     from surgery.io.atomic import check_output_dir
 
     check_output_dir(output, inputs=[model], overwrite=overwrite)  # before the slow part
     m = surgery.load_model(model, safe_mode=not unsafe)
     surgery.export_model(m, output, fmt=fmt, overwrite=overwrite, inputs=[model])
     click.echo(f"wrote {output} ({fmt}); its outputs match the model's")
+    return 0
+
+
+def _export_torch(model: str, output: str, rules: str | None, overwrite: bool,
+                  as_json: bool) -> int:
+    """`export --format torch`: the output and the rules checked before the model is read."""
+    from surgery.io.atomic import check_output
+    from surgery.transfer.export import load_export_rules
+
+    if not rules:
+        raise click.UsageError("--format torch needs --rules R.toml naming the PyTorch key of "
+                               "every variable (see examples/rules/torch_lstm_export.toml)")
+    check_output(output, inputs=[model, rules], overwrite=overwrite)
+    spec = load_export_rules(rules)
+    report = surgery.export_state_dict(model, output, spec, overwrite=overwrite,
+                                       inputs=(rules,))
+    emit(report, as_json)
+    if not as_json:
+        click.echo(f"wrote {output} (torch state dict, {len(report)} tensors)")
     return 0
 
 
@@ -259,3 +333,13 @@ def _verifiable_source(path: str) -> bool:
                          "--verify and check the result with your own data (surgery evaluate)",
                          path=path)
     return kind == "hdf5"
+
+
+def _target_class_names(target: str, output: str) -> list[str] | None:
+    """TARGET's class names, kept in OUT (as the file-to-file path keeps them)."""
+    if not (target.lower().endswith(".keras") and output.lower().endswith(".keras")):
+        return None
+    from surgery.io.classnames import class_names
+
+    names = class_names(target)
+    return list(names) if names else None

@@ -278,6 +278,17 @@ class SafeZip:
         self.close()
 
 
+def torch_pickle_message(path: str) -> str:
+    """What to say about a PyTorch ``torch.save`` file (a zip holding ``*/data.pkl``, or a
+    legacy pickle): surgery never unpickles (a pickle can run any code), and how to convert it
+    to safetensors, which surgery reads."""
+    out = os.path.splitext(path)[0] + ".safetensors"
+    return (f"{path}: a PyTorch pickle (torch.save), which surgery does not read: unpickling "
+            "can run any code; convert the state dict to safetensors with torch installed: "
+            f"python -c \"import torch; from safetensors.torch import save_file; "
+            f"save_file(torch.load({path!r}), {out!r})\" and pass {out}")
+
+
 class KerasArchive(SafeZip):
     """A `.keras` zip opened for reading, checked before use.
 
@@ -295,6 +306,8 @@ class KerasArchive(SafeZip):
         super().__init__(path)
         if "config.json" not in self._infos:
             self.close()
+            if any(m == "data.pkl" or m.endswith("/data.pkl") for m in self._infos):
+                raise FormatError(torch_pickle_message(path), path=path)
             raise FormatError(f"{path}: zip without config.json, so not a Keras model archive; "
                               "pass a .keras file written by model.save()", path=path)
         self._config: Any = None

@@ -267,6 +267,10 @@ def detect_format(path: str) -> str:
         return "hdf5"
     if lower.endswith(".index"):
         return "checkpoint"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle protocol 2-5
+        from .archive import torch_pickle_message
+
+        raise FormatError(torch_pickle_message(p), path=p)
     raise FormatError(f"{p}: format not recognised (not a .keras/.h5/.weights.h5/"
                       ".weights.json/.npz/.safetensors file, SavedModel directory or TF "
                       "checkpoint)")

@@ -26,9 +26,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .. import reshape as R
-from ..errors import OptionError, ShapeError
+from ..errors import OptionError, RulesError, ShapeError
 
-__all__ = ["Adapted", "Adapter", "ADAPTERS", "get_adapter"]
+__all__ = ["Adapted", "Adapter", "ADAPTERS", "get_adapter", "layer_config", "TORCH_BN_EPS",
+           "check_epsilon"]
+
+TORCH_BN_EPS = 1e-5  # torch.nn.BatchNorm*d's default eps
 
 
 @dataclass(frozen=True)
@@ -317,7 +320,13 @@ def _linear_from_torch(a, target, opts):
 
 @_single
 def _linear_to_torch(a, target, opts):
-    return Adapted({"": R.linear_to_torch(a)}, False, "Keras Dense -> PyTorch Linear")
+    if "feature_shape" not in opts:
+        return Adapted({"": R.linear_to_torch(a)}, False, "Keras Dense -> PyTorch Linear")
+    kernel = R.reorder_flatten_rows(a, opts["feature_shape"], source="channels_last",
+                                    target="channels_first")
+    return Adapted({"": R.linear_to_torch(kernel)}, False, "Keras Dense after Flatten (NHWC) "
+                                                           "-> PyTorch Linear after flatten "
+                                                           "(NCHW)")
 
 
 MAX_VOCAB_BYTES = 64 * 1024 * 1024  # a vocabulary file is text, one token per line
@@ -360,10 +369,89 @@ def _lstm_torch(inputs, targets, opts):
 
 
 def _gru_torch(inputs, targets, opts):
+    bias = tuple(targets.get("bias") or ())
+    if len(bias) == 1:
+        raise ShapeError(f"the target GRU has reset_after=False (one {bias} bias), but PyTorch's "
+                         f"GRU is reset_after=True (two biases, a (2, {bias[0]}) bias in Keras); "
+                         "build the Keras GRU with reset_after=True")
     out = R.gru_from_torch(inputs["w_ih"], inputs["w_hh"], inputs.get("b_ih"),
                            inputs.get("b_hh"))
     return Adapted(dict(zip(("kernel", "recurrent_kernel", "bias"), out)), False,
                    "PyTorch GRU (r,z,n) -> Keras (z,r,h)")
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """What a layer adapter knows of its target layer: its path and config (None when the
+    caller can't read it)."""
+
+    path: str
+    config: Mapping[str, Any] | None = None
+
+
+def check_epsilon(layer: str, eps: Any, epsilon: Any, mismatch: Any, *, side: str) -> str:
+    """Compares PyTorch's BatchNorm `eps` with the Keras layer's `epsilon`.
+
+    Args:
+        side: ``import`` (the rule's eps is the source's) or ``export`` (the PyTorch module's).
+
+    Returns:
+        A note for the report ("" when they agree).
+
+    Raises:
+        OptionError: `eps` is not a positive number, or `mismatch` is not "error" or "ok".
+        RulesError: they differ (or `epsilon` is unknown) and `mismatch` is not "ok".
+    """
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0 or \
+            not math.isfinite(eps):
+        raise OptionError(f"eps must be a positive number (PyTorch's BatchNorm eps), got "
+                          f"{eps!r}")
+    if mismatch not in ("error", "ok"):
+        raise OptionError(f"eps_mismatch must be \"error\" or \"ok\", got {mismatch!r}")
+    if epsilon is not None and math.isclose(float(epsilon), float(eps), rel_tol=1e-6):
+        return ""
+    torch_eps, keras = f"{float(eps):g}", "unknown" if epsilon is None else f"{float(epsilon):g}"
+    if mismatch == "ok":
+        return f"PyTorch eps {torch_eps} vs Keras epsilon {keras} accepted (eps_mismatch = ok)"
+    if side == "import":
+        text = (f"the PyTorch BatchNorm's eps is {torch_eps} (the rule's eps, default 1e-05) "
+                f"but the Keras layer's epsilon is {keras}, so the outputs would differ; build "
+                f"the Keras layer with epsilon={torch_eps} (or give the rule the PyTorch "
+                "module's eps)")
+    else:
+        text = (f"the Keras layer's epsilon is {keras} but the PyTorch BatchNorm's eps is "
+                f"{torch_eps} (the rule's eps, default 1e-05), so the outputs would differ; "
+                f"build the PyTorch BatchNorm with eps={keras} and set eps = {keras} in the rule")
+    raise RulesError(f"{layer}: {text}, or add eps_mismatch = \"ok\" to the rule to accept the "
+                     "difference", layer=layer)
+
+
+def _bn_torch(inputs, targets, opts):
+    layer = opts.get("_layer") or _Layer("")
+    epsilon = (layer.config or {}).get("epsilon")
+    note = check_epsilon(layer.path, opts.get("eps", TORCH_BN_EPS), epsilon,
+                         opts.get("eps_mismatch", "error"), side="import")
+    out = R.batchnorm_from_torch(inputs["weight"], inputs["bias"], inputs["running_mean"],
+                                 inputs["running_var"])
+    return Adapted(dict(zip(("gamma", "beta", "moving_mean", "moving_variance"), out)), False,
+                   note or f"PyTorch BatchNorm -> Keras, eps {float(opts.get('eps', 1e-5)):g} "
+                           "= epsilon")
+
+
+def layer_config(source: Any, layer: str) -> dict | None:
+    """The config of `source`'s layer at path `layer`: from the file's config, or from the live
+    layer; None when neither says."""
+    layer = layer.rstrip("/")
+    for info in source.layers():
+        if info.path == layer and info.config is not None:
+            return info.config
+    obj = getattr(source, "layer_objects", {}).get(layer)
+    if obj is None:
+        return None
+    try:
+        return obj.get_config()
+    except (NotImplementedError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def _lstm_tf1(inputs, targets, opts):
@@ -424,7 +512,9 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in [
     Adapter("linear_from_torch", {"feature_shape": "[height, width, channels] when the Linear "
                                                    "follows a flatten of an NCHW map"},
             _linear_from_torch, "PyTorch Linear (out,in) -> Dense"),
-    Adapter("linear_to_torch", {}, _linear_to_torch, "Dense kernel -> PyTorch Linear"),
+    Adapter("linear_to_torch", {"feature_shape": "[height, width, channels] when the Dense "
+                                                 "follows a Flatten of an NHWC map"},
+            _linear_to_torch, "Dense kernel -> PyTorch Linear"),
     Adapter("remap_rows", {"old_vocab": "tokens or file", "new_vocab": "tokens or file",
                            "fill": "mean|zeros|random", "seed": "integer", "axis": "integer"},
             _remap, "carry embedding rows across a vocabulary change"),
@@ -432,6 +522,12 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in [
             roles=_TORCH_ROLES, required=2, outputs=_RNN_OUT),
     Adapter("gru_from_torch", {}, _gru_torch, "PyTorch GRU weights -> Keras GRU layer",
             roles=_TORCH_ROLES, required=2, outputs=_RNN_OUT),
+    Adapter("batchnorm_from_torch", {"eps": "PyTorch's eps (default 1e-5), compared with the "
+                                            "target layer's epsilon",
+                                     "eps_mismatch": "error|ok (default error)"}, _bn_torch,
+            "PyTorch BatchNorm weights -> Keras BatchNormalization layer",
+            roles=("weight", "bias", "running_mean", "running_var", "num_batches_tracked"),
+            required=4, outputs=("gamma", "beta", "moving_mean", "moving_variance")),
     Adapter("lstm_from_tf1", {"forget_bias": "number (default 1.0)"}, _lstm_tf1,
             "TF1 BasicLSTMCell kernel+bias -> Keras LSTM layer", roles=("kernel", "bias"),
             required=2, outputs=_RNN_OUT),
@@ -460,12 +556,15 @@ def _nonfinite(value: Any) -> bool:
 
 def run_adapter(adapter: Adapter, inputs: Mapping[str, np.ndarray],
                 targets: Mapping[str, tuple], options: Mapping[str, Any], where: str, *,
-                initial: Callable[[], np.ndarray] | None = None) -> Adapted:
+                initial: Callable[[], np.ndarray] | None = None,
+                layer: Mapping[str, Any] | None = None) -> Adapted:
     """Runs `adapter`, checking every output against its target shape.
 
     Args:
         initial: for a single-tensor adapter, returns the target variable's current
             (freshly initialized) values: growing adapters take new units from them.
+        layer: for a layer adapter, the target layer's config (`layer_config`): adapters
+            that compare settings (BatchNorm's epsilon) read it.
 
     Raises:
         ShapeError: naming `where` (the target), both shapes and the adapter.
@@ -480,6 +579,8 @@ def run_adapter(adapter: Adapter, inputs: Mapping[str, np.ndarray],
     opts = dict(options)
     if not adapter.is_layer:
         opts["_target"] = _Target(where, initial)
+    else:
+        opts["_layer"] = _Layer(where.rstrip("/"), layer)
     try:
         result = adapter.fn(dict(inputs), dict(targets), opts)
     except (ShapeError, OptionError) as e:

@@ -5,19 +5,21 @@ path, and how it was matched), ``converted`` (by which adapter, both shapes), ``
 skip rule left it initialized), ``missing`` (no source: left initialized), ``mismatched`` (a
 source matched but its shape differs and no adapter was given: left initialized). ``unused``
 source tensors, non-finite source values and rules that matched nothing are listed too. `str()`
-is a table that groups repeated layers (``block{1..3}_conv/kernel``); `to_dict()` is JSON-ready.
+is a table that groups repeated layers (``block{1..3}_conv/kernel``, only where shapes, adapter
+and note agree); `to_dict()` is JSON-ready. `ExportReport` says what a PyTorch state-dict export
+wrote.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 from ..outcomes import Counts, Outcome
 from ..text import NAME_WIDTH, escape_text, shown
 
-__all__ = ["Entry", "TransplantReport", "group_paths"]
+__all__ = ["Entry", "TransplantReport", "group_paths", "ExportRow", "ExportReport"]
 
 STATUSES = (Outcome.COPIED, Outcome.CONVERTED, Outcome.SKIPPED, Outcome.MISSING,
             Outcome.MISMATCHED)
@@ -169,7 +171,76 @@ class TransplantReport:
         return "\n".join(escape_text(line) for line in lines)
 
 
+@dataclass(frozen=True)
+class ExportRow:
+    """One PyTorch tensor written: its key, the Keras variable(s) it came from, how
+    (``renamed`` or an exporter's name), its shape and a note."""
+
+    key: str
+    source: str
+    how: str
+    shape: tuple
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "source": self.source, "how": self.how,
+                "shape": list(self.shape), "note": self.note}
+
+
+@dataclass(frozen=True, eq=False)
+class ExportReport(Mapping):
+    """What `export_state_dict` wrote; a read-only mapping of PyTorch key -> shape.
+
+    Attributes:
+        source, output: the model read and the file written.
+        rows: one `ExportRow` per PyTorch tensor, in the order written.
+        skipped: Keras variables a skip rule left out.
+        notes: what the PyTorch module must be built with (BatchNorm eps other than 1e-5).
+        warnings: renames or skips that matched nothing.
+    """
+
+    source: str
+    output: str
+    rows: tuple[ExportRow, ...] = ()
+    skipped: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def __getitem__(self, key: str) -> tuple:
+        for row in self.rows:
+            if row.key == key:
+                return row.shape
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(row.key for row in self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "output": self.output,
+                "tensors": [r.to_dict() for r in self.rows], "skipped": list(self.skipped),
+                "notes": list(self.notes), "warnings": list(self.warnings)}
+
+    def __str__(self) -> str:
+        lines = [f"source: {shown(self.source, 320)}", f"output: {shown(self.output, 320)}", ""]
+        width = max([len(shown(r.key)) for r in self.rows] + [6])
+        for r in self.rows:
+            detail = f"<- {shown(r.source)} ({r.how}) {r.shape}" + (f"; {r.note}" if r.note
+                                                                    else "")
+            lines.append(f"{shown(r.key):<{width}}  {detail}")
+        if self.skipped:
+            lines += ["", f"skipped ({len(self.skipped)}): "
+                      + ", ".join(shown(s) for s in self.skipped)]
+        lines += [f"note: {n}" for n in self.notes] + [f"warning: {w}" for w in self.warnings]
+        lines += ["", f"{len(self.rows)} PyTorch tensors written, {len(self.skipped)} Keras "
+                      "variables skipped"]
+        return "\n".join(escape_text(line) for line in lines)
+
+
 _NUM = re.compile(r"\d+")
+_SHOWS_SHAPES = (Outcome.CONVERTED, Outcome.MISMATCHED)  # rows that print both shapes
 
 
 def _template(path: str) -> tuple[str, list[int]]:
@@ -178,19 +249,25 @@ def _template(path: str) -> tuple[str, list[int]]:
 
 
 def group_paths(entries) -> list[tuple[str, list]]:
-    """Groups entries whose paths differ in one number and that share a status.
+    """Groups entries whose paths differ in one number and whose rows say the same: a status,
+    a way of matching, an adapter, the note and, where the row shows them (converted,
+    mismatched), both shapes. One row then stands for them all.
 
     ``block1_conv/kernel``, ``block2_conv/kernel``, ``block3_conv/kernel`` (all copied the
     same way) become one row labelled ``block{1..3}_conv/kernel``, placed where the first one
-    stood; entries that don't fit a group keep their own rows.
+    stood; entries that don't fit a group keep their own rows (``fc1/kernel`` and
+    ``fc2/kernel`` converted between other shapes, or with another note, are two rows).
     """
     entries = list(entries)
     buckets: dict[tuple, list] = {}
     order: list[tuple] = []
     for e in entries:
         tpl, nums = _template(e.path)
+        shapes = (_shape_key(getattr(e, "source_shape", None)),
+                  _shape_key(getattr(e, "target_shape", None))) \
+            if e.status in _SHOWS_SHAPES else ()
         key = (tpl, e.status, getattr(e, "matched_by", None), getattr(e, "adapter", None),
-               len(nums))
+               len(nums), shapes, getattr(e, "note", ""))
         if key not in buckets:
             buckets[key] = []
             order.append(key)
@@ -215,6 +292,13 @@ def group_paths(entries) -> list[tuple[str, list]]:
         label += parts[-1]
         out.append((label, [e for e, _ in group]))
     return out
+
+
+def _shape_key(shape) -> Any:
+    """A shape (or a tuple of shapes) as a hashable key."""
+    if shape is None:
+        return None
+    return tuple(_shape_key(s) if isinstance(s, (tuple, list)) else s for s in shape)
 
 
 def _span(values: list[int]) -> str:

@@ -38,7 +38,8 @@ from ..errors import OptionError, RulesError
 from ..selection import SafePattern, regex_problem
 
 __all__ = ["RulesError", "Rename", "AdapterRule", "Rules", "load_rules", "MATCH_MODES",
-           "read_toml", "rename_pattern", "toml_depth", "MAX_RULES_BYTES", "MAX_TOML_DEPTH"]
+           "read_toml", "rename_pattern", "toml_depth", "MAX_RULES_BYTES", "MAX_TOML_DEPTH",
+           "Where", "parse_skips", "parse_renames", "type_error"]
 
 MATCH_MODES = ("exact", "structural", "shape")
 _TOP = {"match", "strict", "skip", "rename", "adapter"}
@@ -118,9 +119,33 @@ class _Where:
                 break
         return f"{self.origin}:{line}" if line else self.origin
 
+    def in_table(self, table: str, index: int, key: str | None = None) -> str:
+        """The line of `key` inside the `index`-th (from 0) ``[[table]]`` of the file, or of
+        that table's header; the origin alone when the file has no such table (a dict, an
+        inline array)."""
+        header = re.compile(rf"^\s*\[\[\s*{re.escape(table)}\s*\]\]")
+        starts = [i for i, text in enumerate(self.lines) if header.search(text)]
+        if index >= len(starts):
+            return self.origin
+        start = starts[index]
+        if key is not None:
+            pat = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=")
+            for i in range(start + 1, len(self.lines)):
+                if self.lines[i].lstrip().startswith("["):
+                    break
+                if pat.search(self.lines[i]):
+                    return f"{self.origin}:{i + 1}"
+        return f"{self.origin}:{start + 1}"
+
+
+Where = _Where
+
 
 def _type_error(where, key, want, got) -> RulesError:
     return RulesError(f"{where}: '{key}' must be {want}, got {type(got).__name__} {got!r}")
+
+
+type_error = _type_error
 
 
 def _regex(text: str, where: str, key: str, *, search: bool = True) -> SafePattern:
@@ -152,6 +177,21 @@ def _parse(data: Mapping, origin: str, text: str | None) -> Rules:
     strict = data.get("strict", False)
     if not isinstance(strict, bool):
         raise _type_error(where("strict"), "strict", "true or false", strict)
+    skips = parse_skips(data, where)
+    renames = parse_renames(data, where)
+    adapters = []
+    raw = data.get("adapter", [])
+    if isinstance(raw, Mapping):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise _type_error(where("adapter"), "adapter", "a list of tables", raw)
+    for item in raw:
+        adapters.append(_adapter(item, where))
+    return Rules(tuple(renames), tuple(skips), tuple(adapters), match, strict, origin)
+
+
+def parse_skips(data: Mapping, where: "_Where") -> list[str]:
+    """The ``skip`` selectors of a rules table, checked (``re:`` ones for bounded time)."""
     skips = data.get("skip", [])
     if isinstance(skips, str):
         skips = [skips]
@@ -160,6 +200,12 @@ def _parse(data: Mapping, origin: str, text: str | None) -> Rules:
     for s in skips:
         if s.startswith("re:"):
             _regex(s[3:], where("skip"), "skip", search=False)
+    return skips
+
+
+def parse_renames(data: Mapping, where: "_Where") -> list[Rename]:
+    """The ``[[rename]]`` tables of a rules table (or a {from: to} table, or (from, to)
+    pairs), each regex checked for bounded time."""
     renames = []
     raw = data.get("rename", [])
     if isinstance(raw, Mapping):
@@ -181,15 +227,7 @@ def _parse(data: Mapping, origin: str, text: str | None) -> Rules:
                 raise _type_error(where("rename"), f"rename.{key}", "a string", item.get(key))
         renames.append(Rename(_regex(item["from"], where("from", item["from"]), "from"),
                               item["to"]))
-    adapters = []
-    raw = data.get("adapter", [])
-    if isinstance(raw, Mapping):
-        raw = [raw]
-    if not isinstance(raw, list):
-        raise _type_error(where("adapter"), "adapter", "a list of tables", raw)
-    for item in raw:
-        adapters.append(_adapter(item, where))
-    return Rules(tuple(renames), tuple(skips), tuple(adapters), match, strict, origin)
+    return renames
 
 
 def _adapter(item: Any, where: _Where) -> AdapterRule:

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .adapters import get_adapter, run_adapter
+from .adapters import get_adapter, layer_config, run_adapter
 from ..entries import VariableInfo
 from ..errors import CheckFailed, InputError
 from .matching import TransplantPlan, build_plan
@@ -99,7 +99,10 @@ def evaluate(plan: TransplantPlan, source: WeightSource, targets: list[VariableI
                 where = t.path
             fresh = None if initial is None or adapter.is_layer else \
                 (lambda p=t.path: initial.read(p))
-            result = run_adapter(adapter, inputs, outs, rule.option_dict, where, initial=fresh)
+            settings = layer_config(initial, where) if adapter.is_layer and initial is not None \
+                else None  # the target layer's config: BatchNorm adapters compare epsilon
+            result = run_adapter(adapter, inputs, outs, rule.option_dict, where, initial=fresh,
+                                 layer=settings)
             if result.lossy and not rule.lossy:
                 raise RulesError(f"{where}: adapter '{rule.name}' would drop source values "
                                  f"({result.note}); add lossy = true to its rule to accept that")
@@ -207,14 +210,21 @@ def transplant(source: Any, target: Any, rules: Any = None, *, strict: bool = Fa
 
 def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
                     strict: bool = False, dry_run: bool = False, overwrite: bool = False,
-                    safe_mode: bool = True, inputs: Sequence = ()) -> TransplantReport:
+                    safe_mode: bool = True, inputs: Sequence = (),
+                    max_shard_size: Any = None) -> TransplantReport:
     """File -> file transplant: writes `target`'s architecture with `source`'s weights to
-    `output` (a `.keras`), streaming one tensor at a time without TensorFlow.
+    `output` (a `.keras`, or Keras 3 sharded weights), streaming one tensor at a time without
+    TensorFlow.
 
     Args:
         source: any source `open_weights` reads.
         target: a `.keras` file whose architecture (and initial weights) the output takes.
-        output: the `.keras` to write, atomically; never an input.
+        output: the `.keras` to write, atomically; never an input. Or a `.weights.json` with
+            `max_shard_size`: the target's weights, filled, as Keras 3 sharded weights (the
+            layout `model.save_weights(output, max_shard_size=)` writes, which
+            `model.load_weights(output)` reads), written as a set: all shards, or none.
+        max_shard_size: the largest shard of a `.weights.json` output (bytes, or "2GB",
+            "500MB", ...; `surgery.io.shards.parse_size`).
         rules, strict, dry_run: as in `transplant`.
         overwrite: replace an existing output.
         inputs: other files the caller read (an architecture file, probe inputs): never
@@ -233,7 +243,7 @@ def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
     from ..io.kerasfile import KerasFileSource
     from ..io.kerasfile_writer import write_keras_archive
     from ..io.safety import check_config
-    from ..io.shards import refuse_sharded_output
+    from ..io.shards import check_sharded_output, write_keras_shards
 
     readers = [_path_of(source), target, *inputs] + ([rules] if isinstance(rules, str) else [])
     tgt = open_weights(target)
@@ -247,8 +257,9 @@ def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
             check_config(tgt.config, target)
         rules = load_rules(rules)
         readers.extend(rules.files())  # vocabulary files the rules read are inputs too
+        limit = None
         if not dry_run:
-            refuse_sharded_output(output)
+            limit = check_sharded_output(output, max_shard_size)
             check_output(output, inputs=readers, overwrite=overwrite)
         rules, plan = _plan(src, tgt.variables(), rules)
         strict = strict or rules.strict
@@ -273,6 +284,10 @@ def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
 
         replaced = {t.key for t, step in zip(tgt.variables(), plan.steps)
                     if step.action in (Outcome.COPIED, Outcome.CONVERTED)}
+        if limit is not None:  # streamed into the shards as into the archive
+            return write_keras_shards(tgt._h5, output, limit, values=values(),
+                                      replaced=replaced, check=check, inputs=readers,
+                                      overwrite=overwrite, where=target)[1]
         return write_keras_archive(tgt, output, replaced, values(), check,
                                    inputs=readers, overwrite=overwrite)
     finally:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 import surgery
 from cli import main
-from sample_models.tasks import make_shapes
+from surgery.sample_models.tasks import make_shapes
 from surgery.errors import InputError
 from surgery.io.safetensors import write_safetensors
 from tests.conftest import ROOT, leftovers

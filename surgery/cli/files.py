@@ -164,7 +164,8 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
     if source_architecture:
         source = surgery.open_weights(source, architecture=source_architecture)
     try:
-        if do_verify or not target.lower().endswith(".keras"):
+        streamable = (output or "").lower().endswith((".keras", ".weights.json"))
+        if do_verify or not target.lower().endswith(".keras") or (output and not streamable):
             model = surgery.load_model(target, safe_mode=not unsafe)
             report = surgery.transplant(source, model, rules, strict=strict, dry_run=dry_run)
             verification = None

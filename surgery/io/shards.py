@@ -18,6 +18,17 @@ Tensors are then read lazily. A safetensors shard is opened only while one of it
 read (nothing is cached: each read returns a new array); Keras shards stay open through h5py
 while the source is, and datasets are read one at a time. Paths equal those of the unsharded
 file: safetensors keys verbatim, Keras canonical paths as for a `.weights.h5`.
+
+Writing (`write_keras_shards`, `write_safetensors_sharded`) produces the layout each ecosystem
+reads: Keras 3's (``<base>_00000.weights.h5``, ..., and ``<base>.weights.json`` mapping each
+``/layers/<name>/vars`` group to the list of shards holding its variables, what
+``model.save_weights(path, max_shard_size=)`` writes) and Hugging Face's
+(``model-00001-of-00003.safetensors``, ... and ``model.safetensors.index.json``, ``{"metadata":
+{"total_size": N}, "weight_map": {name: shard}}``). Tensors are packed in order: a shard is
+closed when the next tensor would take it past the limit, and a tensor larger than the limit
+gets a shard of its own (Keras 3.15's own writer refuses it instead). The limit counts tensor
+bytes, as Keras and Hugging Face do: a file is larger by its HDF5 or JSON header. The set is
+published atomically (`surgery.io.atomic.atomic_set`): every shard, then the index.
 """
 
 from __future__ import annotations
@@ -26,22 +37,25 @@ import dataclasses
 import json
 import os
 import posixpath
+import re
 import stat
-from typing import Any, Iterator
+from fractions import Fraction
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import h5py
 import numpy as np
 
 from .archive import MAX_JSON_BYTES, parse_json, read_small_file
 from ..entries import VariableInfo
-from ..errors import FormatError, InputError, OutputError, SurgeryError
+from ..errors import FormatError, InputError, OptionError, OutputError, SurgeryError
 from .h5layout import VirtualGroup, guard, keras3_entries, open_h5
 from .kerasfile import _check_against, _H5Source, read_architecture
 from .safetensors import SafetensorsSource, _np_dtype
 from .sources import WeightSource
 
 __all__ = ["SafetensorsIndexSource", "KerasShardedSource", "read_index", "index_files",
-           "refuse_sharded_output", "INDEX_SUFFIXES"]
+           "check_sharded_output", "parse_size", "write_keras_shards",
+           "write_safetensors_sharded", "ShardedOutput", "INDEX_SUFFIXES"]
 
 INDEX_SUFFIXES = (".safetensors.index.json", ".weights.json")
 _AGAIN = "the index and its shards come from different saves; save or download them again"
@@ -154,18 +168,375 @@ def index_files(path: str) -> list[str]:
     return [os.path.join(folder, name) for name in names]
 
 
-def refuse_sharded_output(path: str) -> None:
-    """Refuses an output named like sharded weights: `surgery` writes no shard sets yet, and a
-    `.keras` archive written under an index's name would be unreadable as one.
+_KERAS_INDEX, _HF_INDEX = ".weights.json", ".safetensors.index.json"
+
+
+def check_sharded_output(path: str, max_shard_size: Any, *, kind: str = "keras",
+                         what: str = "max_shard_size") -> int | None:
+    """Checks that an output's name and its shard size go together, before anything is read.
+
+    Args:
+        path: the output the user named.
+        max_shard_size: None, or a size `parse_size` reads.
+        kind: what the command writes: "keras" (a Keras model or weights: sharded as
+            ``.weights.json``) or "safetensors" (a state dict: ``.safetensors.index.json``).
+        what: the option's name in messages (``--max-shard-size`` on the command line).
+
+    Returns:
+        The limit in bytes for a sharded output, None for an unsharded one.
 
     Raises:
-        OutputError: `path` ends with ``.weights.json`` or ``.safetensors.index.json``.
+        OutputError: an index name of the other ecosystem.
+        OptionError: a sharded name without a size, a size for an unsharded name, or a size
+            `parse_size` refuses.
     """
     name = os.fspath(path)
-    if name.lower().endswith(INDEX_SUFFIXES):
-        raise OutputError(f"{name}: surgery can't write sharded weights yet; write a .keras "
-                          "(-o out.keras), then shard it with Keras: model.save_weights("
-                          "\"out.weights.json\", max_shard_size=...)", path=name)
+    low = name.lower()
+    mine, other = (_KERAS_INDEX, _HF_INDEX) if kind == "keras" else (_HF_INDEX, _KERAS_INDEX)
+    example = "out.weights.json" if kind == "keras" else "model.safetensors.index.json"
+    if low.endswith(other):
+        hint = ("Hugging Face sharded checkpoints are written by surgery export --format torch "
+                "(export_state_dict); for Keras shards name the output out.weights.json"
+                if kind == "keras" else "Keras sharded weights are written by transplant and "
+                "save_model; name a sharded state dict model.safetensors.index.json")
+        raise OutputError(f"{name}: this command can't write that kind of sharded output; "
+                          f"{hint}", path=name)
+    if low.endswith(mine):
+        if max_shard_size is None:
+            raise OptionError(f"{name}: sharded weights need a shard size; pass "
+                              f"{what} (for example 2GB), or write one file instead", path=name)
+        return parse_size(max_shard_size, what)
+    if max_shard_size is not None:
+        raise OptionError(f"{name}: {what} applies only to sharded outputs; name the output "
+                          f"{example}, or drop {what}", path=name)
+    return None
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
+          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*")
+
+
+def parse_size(value: Any, what: str = "max_shard_size") -> int:
+    """A shard size in bytes: an int of bytes, or a string: ``"1000000"``, ``"10KB"``,
+    ``"500MB"``, ``"2GB"`` (powers of 1000, as Hugging Face reads them), ``"512MiB"``,
+    ``"2GiB"`` (powers of 1024); case is ignored.
+
+    Raises:
+        OptionError: anything else, a float (Keras's own `max_shard_size` counts GB, so a bare
+            number would be ambiguous), or a size under one byte.
+    """
+    n = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    elif isinstance(value, str):
+        m = _SIZE.fullmatch(value)
+        if m and m.group(2).lower() in _UNITS:
+            n = int(Fraction(m.group(1)) * _UNITS[m.group(2).lower()])
+    if n is None:
+        extra = " (a float is ambiguous: Keras's max_shard_size counts GB)" \
+            if isinstance(value, float) else ""
+        raise OptionError(f"{what} {value!r}: not a size{extra}; give bytes (1000000) or a size "
+                          "with a unit: 10KB, 500MB, 2GB (powers of 1000) or 512MiB, 2GiB "
+                          "(powers of 1024)")
+    if n < 1:
+        raise OptionError(f"{what} {value!r}: a shard must hold at least one byte; give a "
+                          "size such as 500MB")
+    return n
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedOutput:
+    """What a sharded write produced: the index, its shards in order, the tensor bytes in
+    all, and the tensors larger than the limit (each alone in its shard)."""
+
+    index: str
+    shards: tuple[str, ...]
+    total_size: int
+    max_shard_size: int
+    oversized: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _pack(sizes: Iterable[tuple[str, int]], limit: int) -> list[list[str]]:
+    """Tensors (name, bytes) in order, packed into shards of at most `limit` bytes: a shard is
+    closed when the next tensor would take it past the limit; a larger tensor is alone."""
+    shards: list[list[str]] = []
+    used = limit + 1  # no open shard yet
+    for name, size in sizes:
+        if used + size > limit or not shards:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += size
+    return shards
+
+
+def _dump_index(path: str, index: dict, **json_args) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(index, **json_args))
+
+
+# ------------------------------------------------------------------ writing Keras shards
+
+def _keras_base(index: str) -> str:
+    """Keras's shard prefix: the index's stem with every ``.weights`` removed (Keras 3.15
+    `ShardedH5IOStore`: ``path.stem.replace(".weights", "")``)."""
+    return os.path.basename(index)[:-len(".json")].replace(".weights", "")
+
+
+def _h5_tree(root: Any, where: str) -> tuple[list[Any], list[Any]]:
+    """The groups and datasets of a Keras weights tree, in h5py's order (depth first)."""
+    groups, datasets = [], []
+    with guard(where):
+        stack = [root]
+        while stack:
+            group = stack.pop()
+            groups.append(group)
+            children = []
+            for name in group:
+                if not isinstance(group.get(name, getlink=True), h5py.HardLink):
+                    raise FormatError(f"{where}: {group.name}/{name} is not a plain HDF5 "
+                                      "object; refusing to copy it", path=where)
+                obj = group[name]
+                (children if isinstance(obj, h5py.Group) else datasets).append(obj)
+            stack.extend(reversed(children))
+    return groups, datasets
+
+
+def _make_groups(out: h5py.File, name: str, root: Any, where: str) -> h5py.Group:
+    """The group `name` in `out`, created with the attributes it has under `root`."""
+    group = out
+    for part in [p for p in name.split("/") if p]:
+        if part not in group:
+            new = group.create_group(part)
+            with guard(where):
+                attrs = dict(root[new.name].attrs)
+            for key, value in attrs.items():
+                new.attrs[key] = value
+            group = new
+        else:
+            group = group[part]
+    return group
+
+
+class _OpenShards:
+    """The shard files being written, at most `keep` open at once: a shard closed to make room
+    is reopened to append (so thousands of small shards don't exhaust file descriptors)."""
+
+    def __init__(self, paths: list[str], keep: int = 8):
+        self._paths, self._keep = paths, keep
+        self._open: dict[int, h5py.File] = {}
+        self._made: set[int] = set()
+
+    def get(self, i: int) -> h5py.File:
+        f = self._open.pop(i, None)
+        if f is None:
+            f = h5py.File(self._paths[i], "a" if i in self._made else "w")
+            self._made.add(i)
+        self._open[i] = f
+        while len(self._open) > self._keep:
+            self._open.pop(next(iter(self._open))).close()
+        return f
+
+    def close(self) -> None:
+        while self._open:
+            self._open.pop(next(iter(self._open))).close()
+
+
+@dataclasses.dataclass
+class _KerasPlan:
+    """Which shard each dataset of a Keras weights tree goes to."""
+
+    groups: list
+    datasets: list
+    names: list[str]
+    shard_of: dict[str, int]
+    weight_map: dict[str, list[str]]
+    sizes: list[tuple[str, int]]
+
+
+def _plan_keras_shards(root: Any, index: str, limit: int, order: Iterable[str],
+                       where: str) -> _KerasPlan:
+    groups, datasets = _h5_tree(root, where)
+    if not datasets:
+        raise OutputError(f"{index}: the model has no weights to shard; save it as a .keras "
+                          "file instead", path=index)
+    rank = {key: n for n, key in enumerate(order)}
+    datasets.sort(key=lambda ds: rank.get(ds.name, len(rank)))  # stable: h5py order after
+    sizes = [(ds.name, int(ds.size) * ds.dtype.itemsize) for ds in datasets]
+    packed = _pack(sizes, limit)
+    base = _keras_base(index)
+    names = [f"{base}_{i:05}.weights.h5" for i in range(len(packed))]
+    shard_of = {ds: i for i, part in enumerate(packed) for ds in part}
+    weight_map: dict[str, list[str]] = {}
+    for ds, _ in sizes:
+        files = weight_map.setdefault(posixpath.dirname(ds), [])
+        if names[shard_of[ds]] not in files:
+            files.append(names[shard_of[ds]])
+    return _KerasPlan(groups, datasets, names, shard_of, weight_map, sizes)
+
+
+def _write_keras_files(root: Any, plan: _KerasPlan, files: _OpenShards, replaced: set[str],
+                       values: Iterable[tuple[str, np.ndarray]], where: str) -> None:
+    """Each shard in turn: the groups above its datasets (the first shard: every group), the
+    datasets copied from `root` or created empty for `values`; then `values` streamed in."""
+    with guard(where):
+        attrs = dict(root.attrs)
+    started: set[int] = set()
+    for ds in plan.datasets:  # in packing order: one shard after the other
+        i = plan.shard_of[ds.name]
+        out = files.get(i)
+        if i not in started:
+            started.add(i)
+            for key, value in attrs.items():
+                out.attrs[key] = value
+            for group in plan.groups[1:] if i == 0 else ():
+                _make_groups(out, group.name, root, where)
+        parent = _make_groups(out, posixpath.dirname(ds.name), root, where)
+        leaf = posixpath.basename(ds.name)
+        with guard(where):
+            data = None if ds.name in replaced else ds[()]
+            ds_attrs = dict(ds.attrs)
+        new = parent.create_dataset(leaf, shape=ds.shape, dtype=ds.dtype) if data is None \
+            else parent.create_dataset(leaf, data=data)
+        for key, value in ds_attrs.items():
+            new.attrs[key] = value
+    for key, array in values:
+        files.get(plan.shard_of[key])[key][...] = array
+
+
+def write_keras_shards(root: Any, index: str, max_shard_size: int, *,
+                       values: Iterable[tuple[str, np.ndarray]] = (),
+                       replaced: Iterable[str] = (), check: Callable[[], Any] | None = None,
+                       order: Iterable[str] = (), inputs: Iterable = (),
+                       overwrite: bool = False, where: str | None = None
+                       ) -> tuple[ShardedOutput, Any]:
+    """Writes the Keras weights tree `root` as Keras 3 sharded weights: `index`
+    (``.weights.json``) and ``<base>_00000.weights.h5``, ... beside it, atomically as a set.
+
+    Each shard is an HDF5 file with the unsharded file's groups above its datasets (with their
+    attributes: the ``vars`` groups' ``name``); the first shard also holds every group without
+    variables. The index maps each ``vars`` group to the list of shards holding its variables.
+    `model.load_weights(index)` in plain Keras reads it, as does `open_weights`.
+
+    Args:
+        root: an open HDF5 tree as Keras writes it (a `.weights.h5`, or the
+            ``model.weights.h5`` of a `.keras`).
+        index: the ``.weights.json`` to write.
+        max_shard_size: the limit in bytes (see `parse_size`).
+        values: (dataset name, array) pairs replacing the datasets named in `replaced`,
+            consumed once, one array at a time; the other datasets are copied from `root`.
+        replaced: the dataset names `values` fills.
+        check: called after every value is written, before anything is published; its
+            exception leaves nothing behind; its return value is returned.
+        order: dataset names in the order to pack them (the model's variable order, the
+            order Keras saves in); the others follow in h5py's order.
+        inputs: paths never written.
+        overwrite: replace an existing set (see `atomic_set`).
+        where: the source's name in error messages.
+
+    Returns:
+        (`ShardedOutput`, what `check` returned).
+
+    Raises:
+        OutputError: a weights tree without variables, an output that may not be written
+            (see `atomic_set`), or an OS error while writing; nothing is left behind.
+    """
+    from .atomic import atomic_set
+
+    where = where or index
+    plan = _plan_keras_shards(root, index, max_shard_size, order, where)
+    base = _keras_base(index)
+    family = re.compile(re.escape(base) + r"_\d{5}\.weights\.h5")
+    with atomic_set(index, plan.names, inputs=inputs, overwrite=overwrite,
+                    family=family) as tmp:
+        files = _OpenShards([tmp.members[name] for name in plan.names])
+        try:
+            _write_keras_files(root, plan, files, set(replaced), values, where)
+        finally:
+            files.close()
+        result = check() if check is not None else None
+        total = sum(size for _, size in plan.sizes)
+        # As Keras writes it: 4-space indent, total_size a float (Keras sums bits / 8)
+        _dump_index(tmp.index, {"metadata": {"total_size": float(total)},
+                                "weight_map": plan.weight_map}, indent=4)
+    folder = os.path.dirname(index)
+    return ShardedOutput(index, tuple(os.path.join(folder, n) for n in plan.names), total,
+                         max_shard_size, tuple(n for n, size in plan.sizes
+                                               if size > max_shard_size)), result
+
+
+# ------------------------------------------------------------- writing safetensors shards
+
+def write_safetensors_sharded(tensors: Mapping[str, np.ndarray], index: str,
+                              max_shard_size: Any, *, inputs: Iterable = (),
+                              overwrite: bool = False,
+                              metadata: Mapping[str, str] | None = None) -> ShardedOutput:
+    """Writes `tensors` (name -> array, in order) as a Hugging Face sharded checkpoint:
+    `index` (``<prefix>.safetensors.index.json``) and ``<prefix>-00001-of-0000N.safetensors``,
+    ... beside it, atomically as a set (every shard, then the index).
+
+    The index is ``{"metadata": {"total_size": N}, "weight_map": {name: shard}}`` (keys sorted,
+    as transformers' `save_pretrained` writes it); each shard is a `.safetensors` file
+    (`write_safetensors`, with `metadata` in its header).
+
+    Args:
+        tensors: the arrays, in the order they are packed.
+        index: the ``.safetensors.index.json`` to write.
+        max_shard_size: the limit (`parse_size`: bytes, or "500MB", "2GB", ...).
+        inputs: paths never written.
+        overwrite: replace an existing set (see `atomic_set`).
+        metadata: the ``__metadata__`` of every shard (transformers writes {"format": "pt"}).
+
+    Returns:
+        A `ShardedOutput`.
+
+    Raises:
+        OptionError: a size `parse_size` refuses.
+        OutputError: no tensors, a dtype safetensors can't hold (named), an output that may
+            not be written (see `atomic_set`), an OS error; nothing is left behind.
+
+    Example:
+    ```python
+    write_safetensors_sharded(state_dict, "out/model.safetensors.index.json", "2GB")
+    ```
+    """
+    from .atomic import atomic_set
+    from .safetensors import _CODES, write_safetensors
+
+    index = os.fspath(index)
+    limit = parse_size(max_shard_size)
+    if not index.lower().endswith(_HF_INDEX):
+        raise OutputError(f"{index}: a sharded state dict's index is named "
+                          "<name>.safetensors.index.json (model.safetensors.index.json)",
+                          path=index)
+    if not tensors:
+        raise OutputError(f"{index}: no tensors to write", path=index)
+    sizes = []
+    for name, array in tensors.items():
+        dtype = np.asarray(array).dtype
+        if _CODES.get(str(dtype)) is None:
+            raise OutputError(f"{index}: tensor {name!r} has dtype {dtype}, which safetensors "
+                              "can't hold", path=index, variable=name)
+        sizes.append((name, int(np.asarray(array).nbytes)))
+    plan = _pack(sizes, limit)
+    prefix = os.path.basename(index)[:-len(_HF_INDEX)]
+    names = [f"{prefix}-{i:05d}-of-{len(plan):05d}.safetensors" for i in range(1, len(plan) + 1)]
+    family = re.compile(re.escape(prefix) + r"-\d{5}-of-\d{5}\.safetensors")
+    total = sum(size for _, size in sizes)
+    with atomic_set(index, names, inputs=inputs, overwrite=overwrite, family=family) as tmp:
+        for name, part in zip(names, plan):
+            write_safetensors({k: tensors[k] for k in part}, tmp.members[name],
+                              metadata=metadata)
+        weight_map = {k: name for name, part in zip(names, plan) for k in part}
+        _dump_index(tmp.index, {"metadata": {"total_size": total}, "weight_map": weight_map},
+                    indent=2, sort_keys=True)
+    folder = os.path.dirname(index)
+    return ShardedOutput(index, tuple(os.path.join(folder, n) for n in names), total, limit,
+                         tuple(name for name, size in sizes if size > limit))
 
 
 # ------------------------------------------------------------------------ Hugging Face

@@ -16,7 +16,7 @@ import numpy as np
 
 from .adapters import get_adapter, layer_config, run_adapter
 from ..entries import VariableInfo
-from ..errors import CheckFailed, InputError
+from ..errors import CheckFailed, InputError, OutputError
 from .matching import TransplantPlan, build_plan
 from ..outcomes import Outcome
 from .report import Entry, TransplantReport
@@ -259,6 +259,11 @@ def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
         readers.extend(rules.files())  # vocabulary files the rules read are inputs too
         limit = None
         if not dry_run:
+            if not str(output).lower().endswith((".keras", ".weights.json")):
+                raise OutputError(f"{output}: a file -> file transplant writes a .keras (or "
+                                  "sharded .weights.json); for another kind, load the target "
+                                  "(surgery.load_model), transplant into it and save it with "
+                                  "surgery.save_model", path=str(output))
             limit = check_sharded_output(output, max_shard_size)
             check_output(output, inputs=readers, overwrite=overwrite)
         rules, plan = _plan(src, tgt.variables(), rules)
@@ -287,6 +292,7 @@ def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
         if limit is not None:  # streamed into the shards as into the archive
             return write_keras_shards(tgt._h5, output, limit, values=values(),
                                       replaced=replaced, check=check, inputs=readers,
+                                      order=[t.key for t in tgt.variables()],
                                       overwrite=overwrite, where=target)[1]
         return write_keras_archive(tgt, output, replaced, values(), check,
                                    inputs=readers, overwrite=overwrite)

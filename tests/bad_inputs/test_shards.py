@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 import surgery
 from cli import main
-from surgery.errors import OutputError
+from surgery.errors import SurgeryError
 from surgery.io.safetensors import write_safetensors
 from tests.bad_inputs.files import one_error
 from tests.conftest import ROOT, leftovers, sha256
@@ -295,9 +295,15 @@ def test_output_over_a_shard_is_refused(case, kind):
     assert not leftovers(os.path.dirname(index))
 
 
-SHARDED_OUT = ("surgery can't write sharded weights yet; write a .keras (-o out.keras), then "
-               "shard it with Keras: model.save_weights(\"out.weights.json\", "
-               "max_shard_size=...)")
+SHARDED_OUT = {  # (CLI line, Python line) after "<path>: "; more in test_sharded_outputs.py
+    "out.weights.json": (
+        "sharded weights need a shard size; pass --max-shard-size (for example 2GB), or write "
+        "one file instead", "sharded weights need a shard size; pass max_shard_size (for "
+        "example 2GB), or write one file instead"),
+    "model.safetensors.index.json": (
+        "this command can't write that kind of sharded output; Hugging Face sharded "
+        "checkpoints are written by surgery export --format torch (export_state_dict); for "
+        "Keras shards name the output out.weights.json",) * 2}
 
 
 @pytest.mark.parametrize("name", ["out.weights.json", "model.safetensors.index.json"])
@@ -305,11 +311,11 @@ def test_sharded_output_is_refused(keras, case, name):
     hf, _, target, out = case
     index = str(hf / "model.safetensors.index.json")
     r = CliRunner().invoke(main, ["transplant", index, target, "-o", str(out / name)])
-    one_error(r, f"{out / name}: {SHARDED_OUT}")
-    with pytest.raises(OutputError) as e:
+    one_error(r, f"{out / name}: {SHARDED_OUT[name][0]}")
+    with pytest.raises(SurgeryError) as e:
         surgery.save_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]),
                            str(out / name))
-    assert str(e.value) == f"{out / name}: {SHARDED_OUT}"
+    assert str(e.value) == f"{out / name}: {SHARDED_OUT[name][1]}"
     assert os.listdir(out) == []
 
 

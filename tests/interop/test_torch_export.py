@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import surgery
-from sample_models.tasks import VOCAB, make_motifs, make_shapes
+from surgery.sample_models.tasks import VOCAB, make_motifs, make_shapes
 from surgery.cli import main
 
 pytestmark = pytest.mark.interop

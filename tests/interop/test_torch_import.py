@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import surgery
-from sample_models.tasks import make_motifs, make_shapes
+from surgery.sample_models.tasks import make_motifs, make_shapes
 from surgery.cli import main
 from surgery.errors import RulesError
 from tests.interop.test_torch_export import EPS, VGGish, Sequence, _keras_cnn

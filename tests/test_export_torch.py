@@ -17,6 +17,7 @@ from surgery.cli import main
 from surgery.outcomes import Outcome
 from surgery.transfer.report import Entry, TransplantReport
 from tests import torch_reference as T
+from tests.conftest import ROOT
 from tests.conftest import sha256
 
 CNN_RULES = """# Keras conv -> bn -> relu -> pool -> flatten -> fc as PyTorch's
@@ -242,3 +243,22 @@ def test_readme_export_command(keras, tmp_path, monkeypatch):
     head = model.get_layer("head")  # softmax after it: compare the logits
     np.testing.assert_allclose(T.linear(h[:, -1], s["head.weight"], s["head.bias"]),
                                encoded @ head.kernel.numpy() + head.bias.numpy(), atol=1e-5)
+
+
+def test_export_sharded_equals_the_single_file(tmp_path):
+    """--max-shard-size writes a Hugging Face index + shards holding exactly the tensors of
+    the single-file export (read back through the index)."""
+    import surgery
+
+    lstm = os.path.join(ROOT, "sample_models", "lstm.keras")
+    rules = os.path.join(ROOT, "examples", "rules", "torch_lstm_export.toml")
+    single, index = str(tmp_path / "one.safetensors"), str(tmp_path / "m.safetensors.index.json")
+    for out, extra in ((single, []), (index, ["--max-shard-size", "10KB"])):
+        r = CliRunner().invoke(main, ["export", lstm, "--format", "torch", "-o", out,
+                                      "--rules", rules, *extra])
+        assert r.exit_code == 0, r.output
+    assert len([n for n in os.listdir(tmp_path) if n.startswith("m-0")]) > 1
+    with surgery.open_weights(single) as a, surgery.open_weights(index) as b:
+        assert sorted(a) == sorted(b)
+        for key in a:
+            np.testing.assert_array_equal(a.read(key), b.read(key))

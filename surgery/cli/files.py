@@ -262,8 +262,11 @@ def convert_cmd(model, output, atol, inputs, overwrite, max_shard_size, unsafe, 
               "name every PyTorch key (see the README).")
 @overwrite_option("Replace an existing output.")
 @unsafe_option()
+@click.option("--max-shard-size", metavar="SIZE", help="torch: write a Hugging Face sharded "
+              "checkpoint (-o NAME.safetensors.index.json) with shards of at most SIZE "
+              "(2GB, 500MB, bytes).")
 @json_option("torch: print the export report as JSON only.")
-def export_cmd(model, output, fmt, rules, overwrite, unsafe, as_json) -> int:
+def export_cmd(model, output, fmt, rules, max_shard_size, overwrite, unsafe, as_json) -> int:
     """Export MODEL as a TF Hub module or SavedModel (verified against the model), or its
     weights as a PyTorch state dict.
 
@@ -279,7 +282,9 @@ def export_cmd(model, output, fmt, rules, overwrite, unsafe, as_json) -> int:
     model.load_state_dict(safetensors.torch.load_file(OUT), strict=True).
     """
     if fmt == "torch":
-        return _export_torch(model, output, rules, overwrite, as_json)
+        return _export_torch(model, output, rules, overwrite, as_json, max_shard_size)
+    if max_shard_size:
+        raise click.UsageError("--max-shard-size applies to --format torch only")
     if rules or as_json:
         raise click.UsageError(f"{'--rules' if rules else '--json'} applies to --format torch "
                                "only")
@@ -293,18 +298,21 @@ def export_cmd(model, output, fmt, rules, overwrite, unsafe, as_json) -> int:
 
 
 def _export_torch(model: str, output: str, rules: str | None, overwrite: bool,
-                  as_json: bool) -> int:
+                  as_json: bool, max_shard_size: str | None = None) -> int:
     """`export --format torch`: the output and the rules checked before the model is read."""
     from surgery.io.atomic import check_output
+    from surgery.io.shards import check_sharded_output
     from surgery.transfer.export import load_export_rules
 
     if not rules:
         raise click.UsageError("--format torch needs --rules R.toml naming the PyTorch key of "
                                "every variable (see examples/rules/torch_lstm_export.toml)")
-    check_output(output, inputs=[model, rules], overwrite=overwrite)
+    if check_sharded_output(output, max_shard_size, kind="safetensors",
+                            what="--max-shard-size") is None:
+        check_output(output, inputs=[model, rules], overwrite=overwrite)
     spec = load_export_rules(rules)
     report = surgery.export_state_dict(model, output, spec, overwrite=overwrite,
-                                       inputs=(rules,))
+                                       inputs=(rules,), max_shard_size=max_shard_size)
     emit(report, as_json)
     if not as_json:
         click.echo(f"wrote {output} (torch state dict, {len(report)} tensors)")

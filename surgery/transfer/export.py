@@ -227,13 +227,15 @@ def _export_rule(item: Any, index: int, where: Where) -> ExportRule:
 
 
 def export_state_dict(model: Any, path: str, rules: Any, *, overwrite: bool = False,
-                      inputs: tuple = ()) -> ExportReport:
+                      inputs: tuple = (), max_shard_size: Any = None) -> ExportReport:
     """Writes `model`'s weights with PyTorch key names and layouts to `path`.
 
     Args:
         model: a live model or any source `open_weights` reads (a `.keras` file is read
             without TensorFlow).
-        path: `.safetensors` or `.npz`; never one of the inputs.
+        path: `.safetensors` or `.npz`; never one of the inputs. With `max_shard_size`, a
+            Hugging Face ``NAME.safetensors.index.json`` and its shards, written as a set.
+        max_shard_size: the largest shard (bytes, or "2GB", "500MB").
         rules: a TOML path or dict (module docstring).
         overwrite: replace an existing `path`.
         inputs: other files the caller read (never written).
@@ -257,12 +259,17 @@ def export_state_dict(model: Any, path: str, rules: Any, *, overwrite: bool = Fa
     from ..io.atomic import atomic_path, check_output
     from ..io.sources import open_weights
 
+    from ..io.shards import check_sharded_output, write_safetensors_sharded
+
     path = os.fspath(path)
-    if not path.lower().endswith((".safetensors", ".npz")):
-        raise OutputError(f"{path}: a PyTorch state dict is written as .safetensors or .npz; "
-                          "give the output one of those names", path=path)
     readers = [p for p in (model, rules, *inputs) if isinstance(p, (str, os.PathLike))]
-    check_output(path, inputs=readers, overwrite=overwrite)  # before reading anything
+    sharded = check_sharded_output(path, max_shard_size, kind="safetensors",
+                                   what="max_shard_size")
+    if sharded is None:
+        if not path.lower().endswith((".safetensors", ".npz")):
+            raise OutputError(f"{path}: a PyTorch state dict is written as .safetensors or "
+                              ".npz; give the output one of those names", path=path)
+        check_output(path, inputs=readers, overwrite=overwrite)  # before reading anything
     spec = load_export_rules(rules)
     src = open_weights(model)
     try:
@@ -270,6 +277,9 @@ def export_state_dict(model: Any, path: str, rules: Any, *, overwrite: bool = Fa
     finally:
         if src is not model:
             src.close()
+    if sharded is not None:
+        write_safetensors_sharded(out, path, sharded, inputs=readers, overwrite=overwrite)
+        return report
     with atomic_path(path, inputs=readers, overwrite=overwrite) as tmp:
         if path.lower().endswith(".npz"):
             with open(tmp, "wb") as f:

@@ -35,8 +35,19 @@ def _scaled(mode: str, dist: str, scale: float):
             limit = np.sqrt(3.0 * var)
             return rng.uniform(-limit, limit, shape)
         std = np.sqrt(var) / 0.87962566103423978  # truncated normal, as Keras
-        return np.clip(rng.normal(0.0, std, shape), -2 * std, 2 * std)
+        return _truncated_normal(rng, std, shape)
     return init
+
+
+def _truncated_normal(rng, std: float, shape) -> np.ndarray:
+    """Normal draws within two standard deviations, as Keras's TruncatedNormal: values
+    outside are drawn again (clipping them would pile ~4.5% of them on the bounds)."""
+    out = rng.normal(0.0, std, shape)
+    bad = np.abs(out) > 2 * std
+    while bad.any():
+        out[bad] = rng.normal(0.0, std, int(bad.sum()))
+        bad = np.abs(out) > 2 * std
+    return out
 
 
 _TABLE = {

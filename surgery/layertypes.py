@@ -176,6 +176,17 @@ REGISTRY: dict[str, LayerType] = {
     ),
     "Embedding": LayerType(((VariableSpec("embeddings", setup="embeddings"), _always),),
                            width="output_dim", axis="last", lora="embeddings"),
+    # keras-hub's token table (Keras's ReversibleEmbedding), position table and RMS norms
+    "ReversibleEmbedding": LayerType(
+        (
+            (VariableSpec("embeddings", setup="embeddings"), _always),
+            (VariableSpec("reverse_embeddings", setup="reverse_embeddings"),
+             lambda c: not c.get("tie_weights", True)),
+        ),
+        lora="embeddings",
+    ),
+    "PositionEmbedding": LayerType(((VariableSpec("embeddings"), _always),)),
+    "RMSNormalization": LayerType(((VariableSpec("scale"), _always),)),
     "Conv1D": _kernel_bias(**_CONV, widen=True, lora="kernel"),
     "Conv2D": _kernel_bias(**_CONV, widen=True, lora="kernel", inflate="Conv3D"),
     "Conv3D": _kernel_bias(**_CONV, widen=True, lora="kernel"),

@@ -170,7 +170,8 @@ def test_roles_every_consumer_reads():
     """The lists the consumers used to keep, as the registry now gives them."""
     c = layertypes.classes
     assert c(widen=True) == ("Dense", "Conv1D", "Conv2D", "Conv3D")
-    assert c(lora=True) == ("Dense", "EinsumDense", "Embedding", "Conv1D", "Conv2D", "Conv3D")
+    assert c(lora=True) == ("Dense", "EinsumDense", "Embedding", "ReversibleEmbedding",
+                            "Conv1D", "Conv2D", "Conv3D")
     assert sorted(c(merge="elementwise")) == ["Add", "Average", "Maximum", "Minimum",
                                               "Multiply", "Subtract"]
     assert REGISTRY["Embedding"].width == "output_dim" and REGISTRY["Embedding"].lora == \

@@ -270,7 +270,8 @@ def test_lora_errors(keras, tf_keras):
     with pytest.raises(SurgeryError) as e:
         surgery.enable_lora(model, "bn1", rank=2)
     assert str(e.value) == ("layer 'bn1' is a BatchNormalization, which has no LoRA; LoRA works "
-                            "on Dense, EinsumDense, Embedding, Conv1D, Conv2D, Conv3D")
+                            "on Dense, EinsumDense, Embedding, ReversibleEmbedding, Conv1D, "
+                            "Conv2D, Conv3D")
     with pytest.raises(SurgeryError, match="tf_keras models have no LoRA"):
         surgery.enable_lora(conv_bn_model(tf_keras), rank=2)
 

@@ -66,7 +66,7 @@ def _freeze_command(name: str, trainable: bool):
             fn = surgery.unfreeze if trainable else surgery.freeze
             kwargs = {} if trainable else {"bn": bn}
             report = fn(m, *selects, except_=excepts, dry_run=dry_run, allow_partial=False,
-                        **kwargs)
+                        must_save=True, **kwargs)
             return m, report
         return edit_model(model, output, unsafe=unsafe, dry_run=dry_run, overwrite=overwrite,
                            as_json=as_json, operation=operation)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Callable
 
 import click
 
 from surgery.text import json_safe
 
-__all__ = ["stack", "json_option", "overwrite_option", "unsafe_option", "output_option",
+__all__ = ["stack", "json_option", "overwrite_option", "unsafe_option", "import_option",
+           "output_option",
            "dry_run_option", "atol_option", "model_options", "edit_options", "print_json",
            "emit", "emit_report", "tolerance", "int_list", "lr_mults", "layer_spec",
            "option_value"]
@@ -37,8 +39,46 @@ def overwrite_option(help: str = "Replace an existing OUT.") -> Callable:
 
 
 def unsafe_option() -> Callable:
-    return click.option("--unsafe", is_flag=True, help="Allow Lambda layers and configs "
-                        "outside Keras.")
+    """--unsafe, with --import: every command that loads a model takes both."""
+    return stack(
+        click.option("--unsafe", is_flag=True, help="Allow Lambda layers and configs "
+                     "outside Keras."),
+        import_option())
+
+
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _trust_modules(ctx, param, value):
+    """--import: each MODULE must be installed (checked without importing it, so TensorFlow
+    is not loaded before the other checks); it is imported when the model is loaded."""
+    import importlib.util
+
+    from surgery.io.safety import trust_modules
+
+    for module in value or ():
+        if not _MODULE.match(module):
+            raise click.BadParameter(f"{module!r} is not a Python module name; give one such "
+                                     "as keras_hub or my_layers.blocks", ctx=ctx, param=param)
+        top = module.split(".", 1)[0]
+        try:
+            found = importlib.util.find_spec(top) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise click.BadParameter(f"no module named {top!r} is installed; pip install "
+                                     f"{top.replace('_', '-')} (or fix the name)", ctx=ctx,
+                                     param=param)
+    trust_modules(value or ())
+    return value
+
+
+def import_option() -> Callable:
+    return click.option("--import", "imports", metavar="MODULE", multiple=True,
+                        expose_value=False, callback=_trust_modules,
+                        help="Import MODULE before loading the model, so that the layer "
+                        "classes it registers with Keras load (repeatable). keras_hub, "
+                        "keras_cv and keras_nlp need none.")
 
 
 def output_option(help: str = "Where to write the result.", *, metavar: str = "OUT.keras",

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..entries import LayerInfo, VariableInfo
 from ..errors import FormatError
-from ..layertypes import VariableSpec, rnn_cell, variable_specs
+from ..layertypes import REGISTRY, VariableSpec, layer_type, rnn_cell, variable_specs
 from .keras2 import keras3_layer_name, keras3_variable_name
 
 __all__ = [
@@ -320,6 +320,7 @@ class _Walker:
         self.where = where
         self.variables: list[VariableInfo] = []
         self.layers: list[LayerInfo] = []
+        self.named: dict[str, dict] = {}  # layers a subclassed model's config names
 
     def _vars(self, group: h5py.Group) -> tuple[list[h5py.Dataset], list[h5py.Dataset]]:
         """The numbered variables of a layer (``vars/0``...) and the ones a layer stores under
@@ -339,10 +340,10 @@ class _Walker:
                  if not key.isdigit() and isinstance(ds, h5py.Dataset)]
         return out, named
 
-    def _emit(self, group, class_name, config, prefix, owners, trainable):
+    def _emit(self, group, class_name, config, prefix, owners, trainable, hint="",
+              known=True):
         datasets, named = self._vars(group)
-        specs = variable_specs(class_name, config, len(datasets)) if class_name else \
-            _guess_specs(datasets)
+        specs = _name_variables(class_name, config if known else None, datasets, hint)
         owner_path, owner_cls = owners[-1] if owners else ("", "")
         pairs = [(spec, ds, bool(trainable and spec.trainable))
                  for spec, ds in zip(specs, datasets)]
@@ -355,19 +356,21 @@ class _Walker:
                 layer=owner_path, layer_class=owner_cls, owners=tuple(owners), key=ds.name,
                 setup=spec.setup))
 
-    def layer(self, group, layer_config, prefix, owners, trainable, depth):
-        """Walks one layer's group; `layer_config` may be None (unknown sublayer)."""
+    def layer(self, group, layer_config, prefix, owners, trainable, depth, hint=""):
+        """Walks one layer's group; `layer_config` may be None (unknown sublayer) or carry a
+        class without a config (a class read from the group's name)."""
         cls = str(layer_config.get("class_name", "")) if layer_config else ""
+        known = bool(layer_config) and isinstance(layer_config.get("config"), dict)
         cfg = (layer_config or {}).get("config") or {}
         trainable = trainable and bool(cfg.get("trainable", True))
         path = "/".join(prefix)
         owners = owners + [(path, cls)]
         self.layers.append(LayerInfo(path, cls or "?", bool(cfg.get("trainable", True)), depth,
-                                     cfg if layer_config else None))
+                                     cfg if known else None))
         if layer_config is not None and is_model_config(layer_config):
             self.model(group, layer_config, prefix, owners, trainable, depth + 1)
             return
-        self._emit(group, cls, cfg, prefix, owners, trainable)
+        self._emit(group, cls, cfg, prefix, owners, trainable, hint, known)
         for name, child in _ordered(_children(group, self.where)):
             if name == "vars" or not _is_group(child):
                 continue
@@ -377,7 +380,7 @@ class _Walker:
         if attr == "cell":  # RNN: the cell adds no name
             inner = cfg.get("cell") if cls == "RNN" else {"class_name": rnn_cell(cls) or cls,
                                                            "config": cfg}
-            self._transparent(group, inner, prefix, owners, trainable)
+            self._transparent(group, inner, prefix, owners, trainable, "cell")
         elif attr == "layer":  # TimeDistributed and other wrappers add no name
             self._transparent(group, cfg.get("layer"), prefix, owners, trainable)
         elif attr in ("forward_layer", "backward_layer") and cls == "Bidirectional":
@@ -385,16 +388,50 @@ class _Walker:
             inner = inner or cfg.get("layer")
             direction = "forward" if attr == "forward_layer" else "backward"
             self._transparent(group, inner, prefix + [direction], owners, trainable)
+        elif not _is_group(group.get("vars")):  # a list of layers (`layers`, `blocks`...)
+            self.container(group, prefix, owners, trainable, depth)
         else:  # a sublayer a custom layer owns: its own name
             name = _vars_name(group) or attr
-            self.layer(group, None, prefix + [name], owners, trainable, depth + 1)
+            self.layer(group, self.named.get(name), prefix + [name], owners, trainable,
+                       depth + 1, hint=f"{attr} {name}")
 
-    def _transparent(self, group, inner, prefix, owners, trainable):
+    def container(self, group, prefix, owners, trainable, depth):
+        """A list of layers held by a subclassed layer or model: Keras names each group by
+        the layer's class in snake case (``dense``, ``dense_1``); the list adds no name."""
+        for key, child in sorted(_children(group, self.where), key=lambda kv: _natural(kv[0])):
+            if not _is_group(child):
+                continue
+            if not _is_group(child.get("vars")):
+                self.container(child, prefix, owners, trainable, depth)
+                continue
+            name = _vars_name(child) or key
+            layer_config = self.named.get(name) or _class_from_key(key)
+            if layer_config and layer_config.get("class_name") == "InputLayer":
+                continue
+            self.layer(child, layer_config, prefix + [name], owners, trainable, depth + 1,
+                       hint=f"{key} {name}")
+
+    def untyped(self, root, config, trainable):
+        """Walks a model the config doesn't describe as a graph (a subclassed model, such as
+        a keras-hub backbone or task, or a bare weights file): every layer is named by its
+        group's ``name`` attribute, exactly as the live model names it."""
+        self.named = _named_configs(config) if config else {}
+        for attr, child in sorted(_children(root, self.where), key=lambda kv: _natural(kv[0])):
+            if attr in ("vars", "optimizer") or not _is_group(child):
+                continue  # the model's own (empty) group and the optimizer's state
+            if not _is_group(child.get("vars")):
+                self.container(child, [], [], trainable, -1)
+            else:
+                name = _vars_name(child) or attr
+                self.layer(child, self.named.get(name), [name], [], trainable, 0,
+                           hint=f"{attr} {name}")
+
+    def _transparent(self, group, inner, prefix, owners, trainable, hint=""):
         inner = inner if isinstance(inner, dict) else None
         cls = str(inner.get("class_name", "")) if inner else ""
         cfg = (inner or {}).get("config") or {}
         trainable = trainable and bool(cfg.get("trainable", True))
-        self._emit(group, cls, cfg, prefix, owners, trainable)
+        self._emit(group, cls, cfg, prefix, owners, trainable, hint)
         for name, child in _ordered(_children(group, self.where)):
             if name != "vars" and _is_group(child):
                 self._sublayer(name, child, cls, cfg, prefix, owners, trainable, len(prefix))
@@ -464,17 +501,85 @@ def _config_has_weights(layer_config: Mapping) -> bool:
         "Rescaling", "Permute", "RepeatVector", "Softmax", "Identity")
 
 
-def _guess_specs(datasets: list) -> list[VariableSpec]:
-    """Names for a layer whose class the file doesn't record (a custom layer's sublayer, or a
-    bare .weights.h5): one tensor of rank >= 2 is a kernel; two where the second's shape ends
-    the first's are kernel and bias; anything else is named by position (``var0``...)."""
+def _guess_specs(datasets: list, hint: str = "") -> list[VariableSpec]:
+    """Names for a layer whose class the file doesn't record (an attribute sublayer of a
+    custom layer): one tensor of rank >= 2 is a kernel (an embedding table where the layer's
+    attribute or name says ``embedding``); two where the second's shape ends the first's are
+    kernel and bias; in a layer whose attribute or name says ``norm``, two (four) vectors of
+    one shape are gamma and beta (and the moving statistics); anything else is named by
+    position (``var0``...)."""
     shapes = [tuple(ds.shape) for ds in datasets]
+    hint = hint.lower()
+    if hint == "cell" and len(shapes) in (2, 3):  # a recurrent cell of unknown class
+        return [VariableSpec("kernel", setup="kernel"),
+                VariableSpec("recurrent_kernel", setup="recurrent"),
+                VariableSpec("bias", setup="bias")][:len(shapes)]
     if len(shapes) == 1 and len(shapes[0]) >= 2:
+        if "embedding" in hint and len(shapes[0]) == 2:
+            return [VariableSpec("embeddings", setup="embeddings")]
         return [VariableSpec("kernel", setup="kernel")]
     if len(shapes) == 2 and len(shapes[0]) >= 2 and 1 <= len(shapes[1]) < len(shapes[0]) and \
             shapes[0][-len(shapes[1]):] == shapes[1]:
         return [VariableSpec("kernel", setup="kernel"), VariableSpec("bias", setup="bias")]
+    if "norm" in hint and len(shapes) in (2, 4) and len(set(shapes)) == 1 and \
+            len(shapes[0]) == 1:
+        names = ["gamma", "beta", "moving_mean", "moving_variance"][:len(shapes)]
+        return [VariableSpec(n, n in ("gamma", "beta"), n) for n in names]
     return [VariableSpec(f"var{i}") for i in range(len(datasets))]
+
+
+def _name_variables(class_name: str, config: Mapping | None, datasets: list,
+                    hint: str) -> list[VariableSpec]:
+    """The variables of one saved layer: by its class's registry entry (with its config when
+    the file has one; without, the one combination of the entry's optional variables that
+    fits the count), else `_guess_specs`."""
+    count = len(datasets)
+    known = layer_type(class_name) if class_name else None
+    if known is not None:
+        if config is not None:
+            return variable_specs(class_name, config, count)
+        options = {tuple(known.specs({})): None}  # the defaults first, then any subset
+        for mask in range(1 << len(known.variables)):
+            picked = tuple(spec for i, (spec, _) in enumerate(known.variables) if mask >> i & 1)
+            options.setdefault(picked, None)
+        fits = [list(specs) for specs in options if len(specs) == count]
+        if fits and (len(fits) == 1 or fits[0] == known.specs({})):
+            return fits[0]
+    return _guess_specs(datasets, hint)
+
+
+def _natural(key: str) -> tuple:
+    """Sort key putting ``dense_2`` before ``dense_10``, as Keras numbered them."""
+    base, _, number = key.rpartition("_")
+    return (base, int(number)) if number.isdigit() and base else (key, -1)
+
+
+def _class_from_key(key: str) -> dict | None:
+    """``{"class_name": ...}`` of a layer whose group Keras named after its class
+    (``batch_normalization_3``), when the registry knows that class; None otherwise."""
+    base = re.sub(r"_\d+$", "", key)
+    for name in REGISTRY:
+        if snake_case(name) in (key, base):
+            return {"class_name": name}
+    return None
+
+
+def _named_configs(config: Mapping) -> dict[str, dict]:
+    """Every serialized layer a subclassed model's config holds (a keras-hub task's
+    backbone), by name: their class, trainable flag and config are known."""
+    out: dict[str, dict] = {}
+    stack: list[Any] = [config]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            cfg = item.get("config")
+            if isinstance(cfg, dict) and isinstance(cfg.get("name"), str) and \
+                    isinstance(item.get("class_name"), str) and "trainable" in cfg:
+                out.setdefault(cfg["name"], item)
+            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, (dict, list)))
+    return out
 
 
 def keras3_entries(h5: h5py.File, config: Mapping | None, where: str
@@ -488,19 +593,14 @@ def keras3_entries(h5: h5py.File, config: Mapping | None, where: str
         where: the file to name in errors.
     """
     walker = _Walker(where)
-    if config is None:
-        if "layers" not in h5:
-            raise FormatError(f"{where}: no 'layers' group, so not a Keras 3 weights file")
-        for _, child in _children(h5["layers"], where):
-            if _is_group(child):
-                name = _vars_name(child)
-                walker.layer(child, None, [name], [], True, 0) if name else None
-    else:
-        if not is_model_config(config):
-            raise FormatError(f"{where}: the architecture is not a Functional or Sequential "
-                              "model config")
-        walker.model(h5, config, [], [], bool((config.get("config") or {}).get("trainable", True)),
-                     0)
+    trainable = bool(((config or {}).get("config") or {}).get("trainable", True))
+    if config is not None and is_model_config(config):
+        walker.model(h5, config, [], [], trainable, 0)
+    elif config is None and "layers" not in h5 and not any(
+            _is_group(h5.get(k)) for k in h5 if k not in ("vars", "optimizer")):
+        raise FormatError(f"{where}: no 'layers' group, so not a Keras 3 weights file")
+    else:  # a subclassed model (keras-hub), or a bare weights file: the file names the layers
+        walker.untyped(h5, config, trainable)
     return walker.variables, walker.layers
 
 

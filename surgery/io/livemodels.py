@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 from ..entries import LayerInfo, VariableInfo
 from ..errors import InputError
+from .keras2 import keras3_layer_name, keras3_variable_name
 
 __all__ = ["Walk", "is_live_model", "require_live_model", "walk_model", "variable_name",
            "framework_of"]
@@ -65,8 +66,14 @@ def _sublayers(layer: Any) -> list[Any]:
     return list(getattr(layer, "_layers", []) or [])
 
 
-def _children(layer: Any) -> Iterator[tuple[str | None, Any]]:
-    """(name component or None for transparent, child) pairs of a layer."""
+def _children(layer: Any, keras3: bool = True) -> Iterator[tuple[str | None, Any]]:
+    """(name component or None for transparent, child) pairs of a layer; tf_keras layer names
+    with '/' (which Keras 3 refuses) get Keras 3's ``_``, as `io.keras2` renames them."""
+    for component, child in _named_children(layer):
+        yield (keras3_layer_name(component) if component and not keras3 else component), child
+
+
+def _named_children(layer: Any) -> Iterator[tuple[str | None, Any]]:
     if type(layer).__name__ == "Bidirectional":
         yield "forward", layer.forward_layer
         yield "backward", layer.backward_layer
@@ -114,8 +121,15 @@ class Walk:
 
 
 def walk_model(model: Any) -> Walk:
-    """Walks a live model (see `Walk`)."""
+    """Walks a live model (see `Walk`).
+
+    A variable is trainable as the framework trains it: in Keras 3, when the model is
+    trainable and the variable's own flag is set (a frozen parent with a trainable child, as
+    keras-hub's ``backbone.enable_lora`` leaves it, trains the child: exactly
+    ``model.trainable_weights``); in tf_keras, when every layer above it is trainable.
+    """
     walk = Walk()
+    keras3 = framework_of(model) == "keras"
     variables, handles, layers = walk.variables, walk.handles, walk.layers
     seen_layers: set[int] = set()
     seen_vars: set[int] = set()
@@ -131,7 +145,7 @@ def walk_model(model: Any) -> Walk:
             owners = owners + ((path, cls),)
             layers.append(LayerInfo(path, cls, bool(layer.trainable), depth, None))
             walk.layer_objects[path] = layer
-        children = list(_children(layer))
+        children = list(_children(layer, keras3))
         below: set[int] = set()
         for _, child in children:
             below |= _all_weight_ids(child)
@@ -143,10 +157,14 @@ def walk_model(model: Any) -> Walk:
             dtype = getattr(v, "dtype", "float32")
             dtype = getattr(dtype, "name", dtype)
             owner_path, owner_cls = owners[-1] if owners else ("", "")
+            above = bool(model.trainable) if keras3 else trainable
+            name = own_paths.get(id(v)) or variable_name(v)
+            if not keras3:  # a tf_keras DepthwiseConv's depthwise_kernel is Keras 3's kernel
+                name = keras3_variable_name(cls, name)
             variables.append(VariableInfo(
-                path="/".join(prefix + [own_paths.get(id(v)) or variable_name(v)]),
+                path="/".join(prefix + [name]),
                 shape=tuple(int(d) for d in v.shape), dtype=str(dtype),
-                trainable=bool(trainable and getattr(v, "trainable", True)),
+                trainable=bool(above and getattr(v, "trainable", True)),
                 layer=owner_path, layer_class=owner_cls, owners=owners, key=len(handles)))
             handles.append(v)
             walk.holders.append(layer)
@@ -157,6 +175,6 @@ def walk_model(model: Any) -> Walk:
                 visit(child, prefix + [component], owners, trainable, depth + 1,
                       named=component not in ("forward", "backward"))
 
-    for component, child in _children(model):
+    for component, child in _children(model, keras3):
         visit(child, [component] if component else [], (), bool(model.trainable), 0)
     return walk

@@ -5,6 +5,10 @@ the head carried bitwise) and a `HeadReport` / `AddHeadReport` of what changed.
 `replace_head` finds the head (the last Dense in model order, nested models included,
 or the layer you name), gives it `num_classes` units, and with `keep_classes` carries the rows
 of the classes that survive, so their logits (pre-activation) are exactly the old ones.
+
+A keras-hub task model (subclassed, no graph to edit) is rebuilt from its own config with the
+new ``num_classes``, as Keras would load it, over a copy of the same backbone; `add_head`
+copies a subclassed backbone the same way.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import numpy as np
 
 from ..errors import OptionError, SelectorError, UnsupportedModelError
 from ..io.livemodels import require_live_model
-from .rebuild import carry_weights, find_layer_config, iter_layer_configs, keras_module, \
-    model_config, rebuild
+from .rebuild import carry_weights, copy_model, find_layer_config, is_graph, \
+    iter_layer_configs, keras_module, model_config, rebuild, rebuild_serialized, \
+    serialized_config
 from ..io.sources import open_weights
 from ..results import EditResult
 
@@ -87,6 +92,8 @@ def find_head(model: Any, layer: str | None = None) -> str:
     Raises:
         SelectorError: no such layer / no Dense layer; lists the candidates.
     """
+    if not is_graph(model) and serialized_config(model) is not None:
+        return _live_head(model, layer)
     config = model_config(model)
     dense = [p for p, lc in iter_layer_configs(config) if lc.get("class_name") == "Dense"]
     if layer is not None:
@@ -103,6 +110,42 @@ def find_head(model: Any, layer: str | None = None) -> str:
                             f"{', '.join(candidates) or 'none'}; name one with head=... "
                             "(--layer), or add one with add_head")
     return dense[-1]
+
+
+def _live_head(model: Any, layer: str | None) -> str:
+    """`find_head` for a subclassed model (a keras-hub task): the last Dense among its own
+    layers (not one inside its backbone), as the live model holds them."""
+    objects = open_weights(model).layer_objects
+    dense = [p for p, obj in objects.items() if type(obj).__name__ == "Dense" and "/" not in p]
+    if layer is not None and layer not in dense:
+        what = f"a {type(objects[layer]).__name__}" if layer in objects else \
+            "no top-level layer of the model"
+        raise SelectorError(f"layer {layer!r} is {what}, not a Dense head; Dense layers: "
+                            f"{', '.join(dense) or 'none'}")
+    if not dense:
+        raise SelectorError(f"{model.name}: no Dense head found; name one with head=... "
+                            "(--layer), or add one with add_head")
+    return layer or dense[-1]
+
+
+def _task_head(model: Any, serialized: dict, path: str, num_classes: int,
+               activation: str | None) -> tuple[Any, int, str]:
+    """(new model, old classes, activation) for a subclassed task model whose config sets its
+    head's width (a keras-hub classifier's ``num_classes``): rebuilt from that config."""
+    head = open_weights(model).layer_objects[path]
+    old = int(head.units)
+    cfg = serialized["config"]
+    if "/" in path or cfg.get("num_classes") != old:
+        raise UnsupportedModelError(
+            f"{model.name}: a subclassed model has no graph to edit, and its config doesn't "
+            f"set the width of {path!r} (no num_classes = {old}); replace_head works on "
+            "Functional and Sequential models and on keras-hub task models")
+    cfg["num_classes"] = int(num_classes)
+    if activation is not None:
+        cfg["activation"] = activation
+    new = rebuild_serialized(model, serialized)
+    new_head = open_weights(new).layer_objects[path]
+    return new, old, str(new_head.get_config().get("activation"))
 
 
 def replace_head(model: Any, num_classes: int, *, keep_classes: Sequence[int] | None = None,
@@ -137,9 +180,13 @@ def replace_head(model: Any, num_classes: int, *, keep_classes: Sequence[int] | 
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise OptionError(f"num_classes must be a positive integer, got {num_classes!r}")
     path = find_head(model, head)
-    config = model_config(model)
-    lc = find_layer_config(config, path)
-    old_classes = int(lc["config"]["units"])
+    serialized = None if is_graph(model) else serialized_config(model)
+    if serialized is None:
+        config = model_config(model)
+        lc = find_layer_config(config, path)
+        old_classes = int(lc["config"]["units"])
+    else:
+        old_classes = int(open_weights(model).layer_objects[path].units)
     keep = list(keep_classes or [])
     for i in keep:
         if not isinstance(i, (int, np.integer)) or not 0 <= i < old_classes:
@@ -150,15 +197,15 @@ def replace_head(model: Any, num_classes: int, *, keep_classes: Sequence[int] | 
                           "num_classes or keep fewer")
     if len(set(keep)) != len(keep):
         raise OptionError(f"keep_classes lists a class twice: {keep}")
-    lc["config"]["units"] = int(num_classes)
-    if activation is not None:
-        lc["config"]["activation"] = activation
-    if seed is not None:
-        init = lc["config"].get("kernel_initializer")
-        if isinstance(init, dict) and isinstance(init.get("config"), dict):
-            init["config"]["seed"] = int(seed)
-    new = rebuild(model, config)
+    if serialized is not None:
+        new, old_classes, act = _task_head(model, serialized, path, num_classes, activation)
+    else:
+        new, act = _graph_head(model, config, lc, num_classes, activation, seed), None
     carry_weights(model, new, skip=[path])
+    if serialized is not None and seed is not None:  # the head's own initializers, seeded
+        from .reinit import reinitialize
+
+        reinitialize(new, path, seed=int(seed))
     if keep:
         with open_weights(model) as old_w, open_weights(new) as new_w:
             for name in ("kernel", "bias"):
@@ -170,7 +217,20 @@ def replace_head(model: Any, num_classes: int, *, keep_classes: Sequence[int] | 
                 new_w.variable(key).assign(value)
     return EditResult(new, HeadReport(path, old_classes, int(num_classes),
                                       tuple(int(i) for i in keep),
-                                      str(lc["config"].get("activation"))))
+                                      act or str(lc["config"].get("activation"))))
+
+
+def _graph_head(model: Any, config: dict, lc: dict, num_classes: int, activation: str | None,
+                seed: int | None) -> Any:
+    """A Functional/Sequential model rebuilt with the head's config edited."""
+    lc["config"]["units"] = int(num_classes)
+    if activation is not None:
+        lc["config"]["activation"] = activation
+    if seed is not None:
+        init = lc["config"].get("kernel_initializer")
+        if isinstance(init, dict) and isinstance(init.get("config"), dict):
+            init["config"]["seed"] = int(seed)
+    return rebuild(model, config)
 
 
 def add_head(backbone: Any, num_classes: int, *, pooling: str | None = "avg",
@@ -205,8 +265,7 @@ def add_head(backbone: Any, num_classes: int, *, pooling: str | None = "avg",
     if pooling not in ("avg", "max", "flatten", None):
         raise OptionError(f"pooling must be 'avg', 'max', 'flatten' or None, got {pooling!r}")
     k = keras_module(backbone)
-    copy_ = rebuild(backbone, model_config(backbone))
-    carry_weights(backbone, copy_)
+    copy_ = copy_model(backbone)  # a subclassed backbone (keras-hub) as Keras copies it
     if len(copy_.outputs) != 1:
         raise UnsupportedModelError(f"{backbone.name}: add_head needs a backbone with one "
                                     f"output, it has {len(copy_.outputs)}")

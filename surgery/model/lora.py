@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import OptionError, UnsupportedModelError
 from ..io.livemodels import framework_of, require_live_model
-from .rebuild import carry_weights, find_layer_config, model_config, rebuild
+from .rebuild import carry_weights, find_layer_config, is_graph, model_config, rebuild, \
+    rebuild_serialized, serialized_config
 from ..layertypes import classes, layer_type
 from ..selection import Selector, select
 from ..io.sources import open_weights
@@ -137,12 +138,16 @@ def merge_lora(model: Any) -> Any:
     """
     require_live_model(model, "merge_lora")
     adapted = lora_layers(model)
-    config = model_config(model)
-    for path in adapted:
-        cfg = find_layer_config(config, path)["config"]
-        cfg.pop("lora_rank", None)
-        cfg.pop("lora_alpha", None)
-    new = rebuild(model, config)
+    serialized = None if is_graph(model) else serialized_config(model)
+    if serialized is not None:  # a keras-hub model: its config holds no LoRA layer
+        new = rebuild_serialized(model, serialized)
+    else:
+        config = model_config(model)
+        for path in adapted:
+            cfg = find_layer_config(config, path)["config"]
+            cfg.pop("lora_rank", None)
+            cfg.pop("lora_alpha", None)
+        new = rebuild(model, config)
     carry_weights(model, new, skip=list(adapted))
     from ..io.tfimport import keras
 

@@ -9,6 +9,7 @@ model's own input or an existing file unless asked.
 from __future__ import annotations
 
 import os
+import sys
 import weakref
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -17,7 +18,7 @@ from ..io.declared import check_declared_widths
 from ..io.keras2 import translate_config
 from ..io.safety import check_config
 
-__all__ = ["load_model", "save_model", "source_path"]
+__all__ = ["load_model", "save_model", "source_path", "import_trusted_modules"]
 
 _ORIGINS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 
@@ -90,6 +91,7 @@ def load_model(path: Any, *, safe_mode: bool = True, custom_objects: Mapping | N
     keras2 = None
     if kind == "hdf5" and not legacy:  # Keras 2 -> Keras 3: removed/renamed arguments
         keras2, _ = translate_config(config, path)
+    import_trusted_modules()
     _check_classes(config, path, custom_objects, legacy)
     model = _keras_load(path, safe_mode=safe_mode, custom_objects=custom_objects,
                         legacy=legacy, keras2_config=keras2)
@@ -97,11 +99,45 @@ def load_model(path: Any, *, safe_mode: bool = True, custom_objects: Mapping | N
     return model
 
 
+def import_trusted_modules() -> None:
+    """Imports the modules named with `surgery.io.safety.trust_modules` (CLI: ``--import``),
+    so that the classes they register with Keras are found; each error is one line."""
+    import importlib
+
+    from ..io.safety import trusted_modules
+
+    for module in trusted_modules():
+        try:
+            importlib.import_module(module)
+        except SurgeryError:
+            raise
+        except Exception as e:  # the user's package failed to import: say which and why
+            raise InputError(f"--import {module}: importing it failed ({_first_line(e)}); "
+                             "fix the package or drop --import") from None
+
+
+def _pip_name(package: str) -> str:
+    return package.replace("_", "-")
+
+
+def _installed(package: str) -> bool:
+    """Whether `package` can be imported, found without importing it."""
+    import importlib.util
+
+    if package in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _check_classes(config, path, custom_objects, legacy) -> None:
-    """Refuses, with one clear line, a config naming a class Keras can't find."""
+    """Refuses, with one clear line, a config naming a class Keras can't find: a package
+    that is not installed is named with the command that installs it."""
     if legacy or not isinstance(config, dict) or "module" not in config:
         return  # Keras 2 configs carry no module fields; tf_keras reports its own errors
-    from ..io.safety import _walk
+    from ..io.safety import KERAS_PACKAGES, _walk, package_of
     from ..io.tfimport import keras
 
     k = keras()
@@ -116,7 +152,19 @@ def _check_classes(config, path, custom_objects, legacy) -> None:
             continue
         if registered and k.saving.get_registered_object(registered) is not None:
             continue
-        raise FormatError(f"{path}: layer {layer!r} is of class {registered or cls!r}, which is "
+        what = registered or cls
+        package = package_of(module) if isinstance(module, str) and module else ""
+        if package and not _installed(package):
+            raise FormatError(f"{path}: this model uses {what} (layer {layer!r}) from "
+                              f"{package}, which is not installed: pip install "
+                              f"{_pip_name(package)}", path=path)
+        if package in KERAS_PACKAGES:
+            continue  # installed, and Keras imports it by the module name as it loads
+        if package and package not in sys.modules:
+            raise FormatError(f"{path}: this model uses {what} (layer {layer!r}) from "
+                              f"{package}, which registers it when imported: pass --import "
+                              f"{package} (CLI) or import {package} first (Python)", path=path)
+        raise FormatError(f"{path}: layer {layer!r} is of class {what!r}, which is "
                           "neither a Keras class nor registered; pass custom_objects= (Python) "
                           "or register it with keras.saving.register_keras_serializable", path=path)
 
@@ -164,33 +212,88 @@ def _keras3_from_keras2(path: str, config: dict, *, safe_mode: bool, custom_obje
     return model
 
 
-def _save_kind(path: str, model: Any) -> str:
+def _save_kind(path: str, model: Any, max_shard_size: Any = None) -> str:
     name = os.path.basename(path).lower()
-    from ..io.shards import refuse_sharded_output
+    from ..io.shards import check_sharded_output
 
-    refuse_sharded_output(path)
+    if check_sharded_output(path, max_shard_size) is not None:
+        return "shards"
     if name.endswith(".weights.h5"):
         return "weights"
     if name.endswith(".keras"):
         return "keras"
     if name.endswith((".h5", ".hdf5")):
         return "h5"
-    raise OutputError(f"{path}: unknown output kind; use a .keras (model), .h5 (Keras 2 model) "
-                      "or .weights.h5 (weights only) file name", path=path)
+    raise OutputError(f"{path}: unknown output kind; use a .keras (model), .h5 (Keras 2 model), "
+                      ".weights.h5 (weights only) or .weights.json (sharded weights, with "
+                      "max_shard_size) file name", path=path)
+
+
+def _save_shards(model: Any, path: str, max_shard_size: Any, *, inputs: list,
+                 overwrite: bool) -> str:
+    """Keras 3 sharded weights: Keras writes the whole `.weights.h5` into a scratch folder
+    beside `path` (its own layout, every variable Keras saves), which is then split into
+    shards and published as a set (`write_keras_shards`); the scratch folder is removed."""
+    import shutil
+    import tempfile
+
+    import h5py
+
+    from ..errors import UnsupportedModelError
+    from ..io.atomic import TMP_MARK, _sigterm_as_interrupt, _write_error, check_output, \
+        clean_stale
+    from ..io.shards import parse_size, write_keras_shards
+
+    if not type(model).__module__.startswith("keras"):
+        raise UnsupportedModelError(f"{path}: sharded weights are written for Keras 3 models; "
+                                    "convert this tf_keras model first (surgery convert), or "
+                                    "save it as .h5", path=path)
+    limit = parse_size(max_shard_size)
+    check_output(path, inputs=inputs, overwrite=overwrite)  # before Keras writes anything
+    clean_stale(path, inputs=inputs, folder=True)  # scratch folders of killed saves
+    folder = os.path.dirname(os.path.abspath(path))
+    with _sigterm_as_interrupt():
+        try:
+            scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}{TMP_MARK}"
+                                       f"{os.getpid()}-", dir=folder)
+        except OSError as e:
+            raise _write_error(path, e) from None
+        try:
+            whole = os.path.join(scratch, "model.weights.h5")
+            try:
+                model.save_weights(whole)
+            except OSError as e:
+                raise _write_error(path, e) from None
+            except Exception as e:
+                raise OutputError(f"{path}: Keras could not write the weights "
+                                  f"({_first_line(e)}); nothing was written", path=path) from None
+            with h5py.File(whole, "r") as h5:
+                write_keras_shards(h5, path, limit, inputs=inputs, overwrite=overwrite,
+                                   where=path)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return path
 
 
 def save_model(model: Any, path: Any, *, overwrite: bool = False,
-               inputs: Iterable[Any] = (), class_names: Sequence[str] | None = None) -> str:
+               inputs: Iterable[Any] = (), class_names: Sequence[str] | None = None,
+               max_shard_size: Any = None) -> str:
     """Saves a model atomically.
 
     Args:
         model: a Keras 3 or tf_keras model.
-        path: `.keras`, `.h5` (Keras 2 format) or `.weights.h5` (weights only).
+        path: `.keras`, `.h5` (Keras 2 format), `.weights.h5` (weights only) or
+            `.weights.json` (Keras 3 sharded weights, with `max_shard_size`: the index, its
+            shards ``<name>_00000.weights.h5``, ... beside it, written as a set: all or none;
+            `model.load_weights(path)` reads them).
         overwrite: replace an existing file.
         inputs: more paths the output must not be (the model's own source is always checked).
         class_names: the name of each output unit's class, stored in the `.keras` file's
             ``metadata.json`` (read back by `surgery.class_names`, `inspect`, `predict`); as
             many as the head has units (two for one sigmoid unit). `.keras` only.
+        max_shard_size: the largest shard for a `.weights.json` path: bytes (int) or a
+            string, "2GB", "500MB", "10KB", "512MiB" (`surgery.io.shards.parse_size`); a
+            variable larger than that gets a shard of its own.
 
     Returns:
         The path written.
@@ -198,7 +301,8 @@ def save_model(model: Any, path: Any, *, overwrite: bool = False,
     Raises:
         OutputError: the path is an input, exists without `overwrite`, its folder is missing
             or is a file, or Keras failed to write; nothing is left behind.
-        OptionError: `class_names` that don't fit the head, or for a file other than `.keras`.
+        OptionError: `class_names` that don't fit the head, or for a file other than `.keras`;
+            a `.weights.json` path without `max_shard_size`, or `max_shard_size` for another.
 
     Example:
     ```python
@@ -213,7 +317,7 @@ def save_model(model: Any, path: Any, *, overwrite: bool = False,
     if not isinstance(path, (str, os.PathLike)):
         raise OutputError(f"save_model needs a file path, got {type(path).__name__}")
     path = os.fspath(path)
-    kind = _save_kind(path, model)
+    kind = _save_kind(path, model, max_shard_size)
     if class_names is not None and kind != "keras":
         raise OptionError(f"{path}: class names are stored only in .keras files; save to a "
                           ".keras path or drop class_names", path=path)
@@ -222,6 +326,9 @@ def save_model(model: Any, path: Any, *, overwrite: bool = False,
 
         check_class_names(class_names, path, width=_head_width(model), error=OptionError)
     origin = source_path(model)
+    if kind == "shards":
+        return _save_shards(model, path, max_shard_size, inputs=[origin, *inputs],
+                            overwrite=overwrite)
     with atomic_path(path, inputs=[origin, *inputs], overwrite=overwrite) as tmp:
         try:
             if kind == "weights":

@@ -291,11 +291,12 @@ class Plan:
         fn = surgery.freeze if op == "freeze" else surgery.unfreeze
         kw = {"bn": step.get("bn", "inference")} if op == "freeze" else {}
         r = fn(model, *step.get("select", []), except_=step.get("except", []),
-               allow_partial=False, **kw)
+               allow_partial=False, must_save=True, **kw)
         word = Outcome.FROZEN if op == "freeze" else Outcome.TRAINABLE
         reached = {p for p, *_ in r.layers}
         with surgery.open_weights(model) as w:
-            notes = {v.path: word.value for v in w.variables() if v.layer in reached}
+            notes = {v.path: word.value for v in w.variables()
+                     if any(owner in reached for owner, _ in v.owners)}
         return model, f"{len(r.layers)} layers; trainable params {r.after[0]:,}", notes
 
     def _reinit_step(self, model, step: dict):

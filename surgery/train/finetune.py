@@ -265,10 +265,14 @@ def _lora_targets(model, lora_select: Sequence, train: Sequence) -> list:
 
 
 def _clean_copy(model, config: dict | None = None):
-    """A new, uncompiled model from `config` (default: the model's own) with its weights."""
-    from ..model.rebuild import carry_weights, model_config, rebuild
+    """A new, uncompiled model from `config` (default: the model's own; a subclassed model
+    that serializes, such as a keras-hub task, is copied as Keras saves and loads it) with
+    its weights."""
+    from ..model.rebuild import carry_weights, copy_model, rebuild
 
-    fresh = rebuild(model, config or model_config(model))
+    if config is None:
+        return copy_model(model)
+    fresh = rebuild(model, config)
     carry_weights(model, fresh)
     return fresh
 
@@ -484,7 +488,7 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
     ```
     """
     from ..io import tfimport
-    from ..model.rebuild import model_config
+    from ..model.rebuild import is_graph, model_config
     from .outputs import TrainingCheckpoint
 
     _check_options(dict(epochs=epochs, batch_size=batch_size, seed=seed, early_stop=early_stop,
@@ -510,7 +514,7 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
                                data_arrays=(data.x, data.y, data.x_val, data.y_val))
     dist = _strategy(strategy)
     keras.utils.set_random_seed(seed)
-    original_config = model_config(model)
+    original_config = model_config(model) if is_graph(model) else None
     model, loss_desc = _compiled(model, data, o, keras, dist)
     tracker = _fit(model, data, o, state, verbose=verbose, callbacks=callbacks)
     result_model, adapters = _finish(model, o, state, original_config)
@@ -659,7 +663,7 @@ def _fit(model, data: Data, o: _Options, state, *, verbose: int, callbacks: Sequ
     return tracker
 
 
-def _finish(model, o: _Options, state, original_config: dict) -> tuple[Any, dict]:
+def _finish(model, o: _Options, state, original_config: dict | None) -> tuple[Any, dict]:
     """(result model, LoRA adapters): the best epoch's weights in a clean model, LoRA merged
     (its adapters kept apart), or an uncompiled copy with the original dtype policies."""
     from ..model.lora import merge_lora
@@ -671,6 +675,8 @@ def _finish(model, o: _Options, state, original_config: dict) -> tuple[Any, dict
         with open_weights(model) as w:
             adapters = {k: w.read(k) for k in w if "/lora_kernel_" in k}
         result_model = merge_lora(model)
+    elif original_config is None:  # a subclassed model (keras-hub): Keras's own copy
+        result_model = _clean_copy(model)
     else:
         result_model = _clean_copy(model, _with_dtypes(model_config(model), original_config))
     return result_model, adapters

@@ -154,6 +154,7 @@ def _check(tmp_path, name):
     assert np.abs(got - expected).max() <= 1e-5
 
 
+@pytest.mark.slow  # ~15 s: convert and transplant, each verified against tf_keras
 def test_keras2_recurrent_model_converts_and_transplants_with_no_rules(tmp_path):
     _check(tmp_path, "rnn")
 

@@ -54,7 +54,7 @@ def _trust_modules(ctx, param, value):
     is not loaded before the other checks); it is imported when the model is loaded."""
     import importlib.util
 
-    from surgery.io.safety import trust_modules
+    from surgery.io.safety import forget_modules, trust_modules, trusted_modules
 
     for module in value or ():
         if not _MODULE.match(module):
@@ -69,7 +69,9 @@ def _trust_modules(ctx, param, value):
             raise click.BadParameter(f"no module named {top!r} is installed; pip install "
                                      f"{top.replace('_', '-')} (or fix the name)", ctx=ctx,
                                      param=param)
-    trust_modules(value or ())
+    added = [m for m in value or () if m not in trusted_modules()]
+    trust_modules(added)
+    ctx.call_on_close(lambda: forget_modules(added))  # for this command only
     return value
 
 

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from ..errors import UnsafeModelError
 
-__all__ = ["check_config", "find_unsafe", "trust_modules", "trusted_modules",
+__all__ = ["check_config", "find_unsafe", "trust_modules", "forget_modules", "trusted_modules",
            "KERAS_PACKAGES", "package_of"]
 
 _KERAS_MODULES = ("keras", "tf_keras")
@@ -38,6 +38,13 @@ def trust_modules(modules: Iterable[str]) -> None:
     they register with Keras are found (CLI: ``--import MODULE``)."""
     for module in modules:
         _TRUSTED.setdefault(module, None)
+
+
+def forget_modules(modules: Iterable[str]) -> None:
+    """Undoes `trust_modules` for `modules` (the CLI trusts ``--import`` modules for one
+    command only)."""
+    for module in modules:
+        _TRUSTED.pop(module, None)
 
 
 def trusted_modules() -> tuple[str, ...]:

@@ -208,3 +208,18 @@ def test_safe_mode_accepts_keras_packages_by_name(tmp_path, monkeypatch):
     assert str(e.value) == ("b.keras: layer 'tiny' names module 'keras_hub_lookalike.models', "
                             "outside Keras; safe mode refuses it; load it with safe_mode=False "
                             "(CLI: --unsafe) only if you trust the file")
+
+
+def test_import_trusts_a_module_for_one_command_only(tmp_path):
+    """--import lasts one command: in one process (CliRunner, a notebook) a module named once
+    must not be imported by every later load."""
+    from click.testing import CliRunner
+
+    from surgery.cli import main
+    from surgery.io.safety import trusted_modules
+    from tests.conftest import SAMPLES
+
+    r = CliRunner().invoke(main, ["reinit", os.path.join(SAMPLES, "cnn.keras"), "--select",
+                                  "head", "--dry-run", "--import", "json"])
+    assert r.exit_code == 0, r.output
+    assert trusted_modules() == ()

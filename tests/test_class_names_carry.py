@@ -45,3 +45,19 @@ def test_transplant_keeps_the_target_class_names_on_both_paths(samples, tmp_path
         r = run("transplant", cnn, cnn, "-o", out, *extra)
         assert r.exit_code == 0, r.output
         assert class_names(str(out)) == tasks.PRETRAIN_SHAPES, extra
+
+
+def test_a_model_whose_head_was_replaced_uses_the_new_data_names(samples, tmp_path):
+    """The sample CNN's file names 8 classes; a model descended from it with a 4-unit head is
+    not that file's model: finetune takes the data's 4 names, evaluate uses them."""
+    import numpy as np
+
+    import surgery
+
+    x, y = tasks.make_shapes(16, tasks.TRANSFER_SHAPES, seed=1)
+    data = tmp_path / "new.npz"
+    np.savez(data, x=x, y=y, class_names=np.array(tasks.TRANSFER_SHAPES))
+    model = surgery.replace_head(surgery.load_model(samples["cnn"]), 4).model
+    result = surgery.finetune(model, str(data), train=["head"], epochs=1, verbose=0)
+    assert result.class_names == tasks.TRANSFER_SHAPES
+    assert surgery.evaluate(model, str(data)).class_names == tasks.TRANSFER_SHAPES

@@ -26,6 +26,7 @@ from ..errors import FormatError, OptionError, ShapeError, SurgeryError
 from .archive import SafeZip
 
 __all__ = ["class_names", "check_class_names", "embed_class_names", "agreed_class_names",
+           "names_of_origin",
            "head_units", "MAX_CLASSES", "MAX_CLASS_NAME", "MAX_METADATA_BYTES"]
 
 MAX_CLASSES = 1_000_000
@@ -179,6 +180,16 @@ def class_names(path: str | os.PathLike, *, width: int | None = None
         raise FormatError(f"{e}; {_FIX}", path=path) from None
 
 
+def names_of_origin(path: str | None, width: int) -> tuple[str, ...] | None:
+    """The class names a model's file stores, for a model descended from that file: None when
+    the file stores none, or when the model's head (`width` units) no longer has as many
+    classes (its head was replaced since: the file's names describe other units)."""
+    if path is None or not str(path).lower().endswith(".keras"):
+        return None
+    names = class_names(path)
+    return names if names and _fits(len(names), width) else None
+
+
 def _new_metadata(archive: SafeZip, path: str, names: Sequence[str]) -> bytes:
     metadata = _read_metadata(archive, path) if _MEMBER in archive.members else {}
     if not isinstance(metadata, dict):
@@ -254,7 +265,8 @@ def agreed_class_names(model_path: str | None, data_names: Sequence[str], *,
     """
     stored = None
     if model_path is not None and str(model_path).lower().endswith(".keras"):
-        stored = class_names(model_path, width=width)
+        stored = names_of_origin(model_path, width) if width is not None else \
+            class_names(model_path)
     data_names = tuple(data_names)
     if not stored or not data_names or stored == data_names:
         return data_names or stored or ()

@@ -27,7 +27,7 @@ import numpy as np
 from .data import Data, check_against_model, load_data
 from ..errors import OptionError, OutputError, ShapeError, UnsupportedModelError
 from ..io.atomic import atomic_path
-from ..io.classnames import check_class_names, class_names as stored_class_names
+from ..io.classnames import check_class_names, names_of_origin
 from ..text import shown
 
 __all__ = ["Evaluation", "Predictions", "evaluate", "predict", "write_predictions",
@@ -205,10 +205,7 @@ def _read(model, data, *, label, labels: bool) -> Data:
 def _stored(model, width: int) -> tuple[str, ...]:
     from ..model.saving import source_path
 
-    path = source_path(model)
-    if path is None or not path.lower().endswith(".keras"):
-        return ()
-    return stored_class_names(path, width=width) or ()
+    return names_of_origin(source_path(model), width) or ()
 
 
 def _names(model, width: int, given) -> tuple[str, ...]:

@@ -259,13 +259,13 @@ def transplant_file(source: Any, target: str, output: str, rules: Any = None, *,
         readers.extend(rules.files())  # vocabulary files the rules read are inputs too
         limit = None
         if not dry_run:
+            limit = check_sharded_output(output, max_shard_size)
+            check_output(output, inputs=readers, overwrite=overwrite)
             if not str(output).lower().endswith((".keras", ".weights.json")):
                 raise OutputError(f"{output}: a file -> file transplant writes a .keras (or "
                                   "sharded .weights.json); for another kind, load the target "
                                   "(surgery.load_model), transplant into it and save it with "
                                   "surgery.save_model", path=str(output))
-            limit = check_sharded_output(output, max_shard_size)
-            check_output(output, inputs=readers, overwrite=overwrite)
         rules, plan = _plan(src, tgt.variables(), rules)
         strict = strict or rules.strict
         nonfinite: dict[str, int] = {}

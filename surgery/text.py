@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["NAME_WIDTH", "escape_text", "shown", "json_safe"]
+__all__ = ["NAME_WIDTH", "escape_text", "shown", "json_safe", "first_line"]
 
 NAME_WIDTH = 80  # the widest a name column gets in a text table; longer names are shortened
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -31,6 +31,12 @@ def escape_text(text: str) -> str:
 def _escape_char(ch: str) -> str:
     n = ord(ch)
     return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first message line, or its class name when the message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def shown(text: str, width: int = NAME_WIDTH) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from ..errors import EditError, SurgeryError
 from ..io.configs import find_layer_config, iter_layer_configs, model_config
 from ..io.livemodels import framework_of
+from ..text import first_line
 
 __all__ = ["model_config", "iter_layer_configs", "find_layer_config", "rebuild",
            "carry_weights", "keras_module", "is_graph", "serialized_config", "rebuild_serialized",
@@ -36,14 +37,18 @@ def rebuild(model: Any, config: dict) -> Any:
     """A new model of `model`'s kind from an edited serialized config (fresh weights)."""
     k = keras_module(model)
     cls = k.Sequential if config["class_name"] == "Sequential" else k.Model
+    return _built(model, lambda: cls.from_config(config["config"]), "build the edited model")
+
+
+def _built(model: Any, build, what: str) -> Any:
+    """`build()`, with whatever Keras raises turned into one `EditError` line."""
     try:
-        return cls.from_config(config["config"])
+        return build()
     except SurgeryError:
         raise
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EditError(f"{getattr(model, 'name', 'model')}: Keras could not build the "
-                        f"edited model ({type(e).__name__}: {msg})") from None
+        raise EditError(f"{getattr(model, 'name', 'model')}: Keras could not {what} "
+                        f"({type(e).__name__}: {first_line(e)})") from None
 
 
 def carry_weights(source: Any, target: Any, *, skip: Sequence[str] = ()) -> Any:
@@ -92,14 +97,8 @@ def rebuild_serialized(model: Any, config: dict) -> Any:
     """A new model from an (edited) `serialized_config`, fresh weights, as Keras loads it."""
     from ..io.tfimport import keras
 
-    try:
-        return keras().saving.deserialize_keras_object(config)
-    except SurgeryError:
-        raise
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EditError(f"{getattr(model, 'name', 'model')}: Keras could not rebuild the "
-                        f"model from its config ({type(e).__name__}: {msg})") from None
+    return _built(model, lambda: keras().saving.deserialize_keras_object(config),
+                  "rebuild the model from its config")
 
 
 def copy_model(model: Any) -> Any:

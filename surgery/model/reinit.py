@@ -29,6 +29,7 @@ from ..io.livemodels import framework_of
 from ..layertypes import variable_role
 from ..selection import Selector, select
 from ..io.sources import LiveModelSource, open_weights
+from ..text import first_line
 
 __all__ = ["ReinitReport", "reinitialize", "initializer_for", "get_initializer"]
 
@@ -196,9 +197,8 @@ def reinitialize(model: Any, *selectors: Selector, initializer: Any = None,
         try:
             values.append(np.asarray(init(info.shape, dtype=info.dtype)))
         except (ValueError, TypeError) as e:
-            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise OptionError(f"{info.path}: {_describe(init)} can't fill shape "
-                              f"{tuple(info.shape)} ({text}); select the kernels only or "
+                              f"{tuple(info.shape)} ({first_line(e)}); select the kernels only or "
                               "choose another initializer", variable=info.path) from None
     if not dry_run:
         for (info, _, _), value in zip(plan, values):

@@ -42,7 +42,8 @@ from ..errors import OptionError, OutputError, RulesError, ShapeError, Unsupport
 from ..selection import closest_paths, compile_selector
 from .adapters import TORCH_BN_EPS, check_epsilon, get_adapter, layer_config
 from .report import ExportReport, ExportRow
-from .rules import Rename, Where, parse_renames, parse_skips, read_toml, type_error
+from .rules import (Rename, Where, check_roles, parse_renames, parse_skips, read_toml,
+                    type_error)
 
 __all__ = ["export_state_dict", "load_export_rules", "ExportRules", "ExportRule",
            "ExportReport", "EXPORTERS"]
@@ -206,13 +207,8 @@ def _export_rule(item: Any, index: int, where: Where) -> ExportRule:
                 not all(isinstance(v, str) and v for v in targets.values()):
             raise type_error(where.in_table("export", index, "targets"), "export.targets",
                              "a table of role = PyTorch key", targets)
-        missing = [r for r in exporter.roles[:exporter.required] if r not in targets]
-        unknown = [r for r in targets if r not in exporter.roles]
-        if missing or unknown:
-            raise RulesError(f"{at}: exporter '{name}' takes targets "
-                             f"{', '.join(exporter.roles)} (the first {exporter.required} "
-                             f"required); missing {missing or 'none'}, unknown "
-                             f"{unknown or 'none'}")
+        check_roles(at, f"exporter '{name}'", "targets", exporter.roles, exporter.required,
+                    targets)
         pairs = tuple((r, targets[r]) for r in exporter.roles if r in targets)
     else:
         if "targets" in item:

@@ -30,7 +30,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .adapters import get_adapter
 from ..io.archive import read_small_file
@@ -263,18 +263,24 @@ def _adapter(item: Any, where: _Where) -> AdapterRule:
         if source is not None:
             raise RulesError(f"{at}: adapter '{adapter.name}' maps a layer; give "
                              f"sources = {{{', '.join(r + ' = ...' for r in adapter.roles)}}}")
-        missing = [r for r in adapter.roles[:adapter.required] if r not in sources]
-        unknown = [r for r in sources if r not in adapter.roles]
-        if missing or unknown:
-            raise RulesError(f"{at}: adapter '{adapter.name}' takes sources "
-                             f"{', '.join(adapter.roles)} (the first {adapter.required} "
-                             f"required); missing {missing or 'none'}, unknown "
-                             f"{unknown or 'none'}")
+        check_roles(at, f"adapter '{adapter.name}'", "sources", adapter.roles,
+                    adapter.required, sources)
     elif sources:
         raise RulesError(f"{at}: adapter '{adapter.name}' maps one tensor; use source = "
                          "\"...\", not sources")
     return AdapterRule(item["target"], adapter.name, source, tuple(sorted(sources.items())),
                        tuple(sorted(options.items())), lossy)
+
+
+def check_roles(at: str, who: str, key: str, roles: Sequence[str], required: int,
+                given: Mapping[str, str]) -> None:
+    """A layer rule's role table (an adapter's ``sources``, an exporter's ``targets``) names
+    the first `required` of `roles` and nothing else."""
+    missing = [r for r in roles[:required] if r not in given]
+    unknown = [r for r in given if r not in roles]
+    if missing or unknown:
+        raise RulesError(f"{at}: {who} takes {key} {', '.join(roles)} (the first {required} "
+                         f"required); missing {missing or 'none'}, unknown {unknown or 'none'}")
 
 
 def load_rules(rules: Any = None) -> Rules:

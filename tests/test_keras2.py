@@ -155,11 +155,13 @@ def _check(tmp_path, name):
 
 
 @pytest.mark.slow  # ~15 s: convert and transplant, each verified against tf_keras
+@pytest.mark.interop  # #16's acceptance: in make test-interop, with the PyTorch checks
 def test_keras2_recurrent_model_converts_and_transplants_with_no_rules(tmp_path):
     _check(tmp_path, "rnn")
 
 
 @pytest.mark.slow  # four stock applications: a few minutes on 2 cores
+@pytest.mark.interop  # #16's acceptance: in make test-interop, with the PyTorch checks
 @pytest.mark.parametrize("name", ["MobileNetV2", "ResNet50", "EfficientNetB0", "DenseNet121"])
 def test_keras2_applications_convert_and_transplant_with_no_rules(tmp_path, name):
     _check(tmp_path, name)

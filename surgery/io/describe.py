@@ -1,11 +1,13 @@
 """How parameters are set up, read from a model or a file: the initializer, regularizer and
 constraint each variable's layer config names (with their arguments), recurrent gate layouts,
-and per-variable statistics, one tensor at a time. Pure Python and numpy (no TensorFlow for
-files): `inspect` uses it.
+per-variable statistics, one tensor at a time, and the variables a file holds that are not
+parameters (optimizer slots, metric totals: `StateVariable`). Pure Python and numpy (no
+TensorFlow for files): `inspect` uses it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -13,7 +15,58 @@ import numpy as np
 from ..errors import SurgeryError
 from ..layertypes import layer_type
 
-__all__ = ["describe_setup", "variable_stats", "format_object"]
+__all__ = ["describe_setup", "variable_stats", "format_object", "StateVariable", "state_lines"]
+
+
+@dataclass(frozen=True)
+class StateVariable:
+    """A variable a file holds that is not a model weight (no canonical path, not counted as
+    a parameter, never a transplant source).
+
+    Attributes:
+        path: the file's own key (``optimizer/_variables/1``).
+        kind: ``optimizer`` (slots, iteration count, learning rate) or ``metric``.
+        shape, dtype: as stored.
+        name: the variable's own name where the file keeps one (``Adam/m/conv2d/kernel``).
+    """
+
+    path: str
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    name: str = ""
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= int(d)
+        return n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "kind": self.kind, "shape": list(self.shape),
+                "dtype": self.dtype, "values": self.size, "name": self.name or None}
+
+
+def state_lines(state: Iterable[StateVariable], shown) -> list[str]:
+    """The text section for `state` (empty when there is none): a header that counts each
+    kind, then one row per variable; `shown` escapes and shortens names."""
+    state = list(state)
+    if not state:
+        return []
+    kinds = {}
+    for v in state:
+        kinds.setdefault(v.kind, []).append(v)
+    counts = ", ".join(f"{len(vs)} {kind} ({sum(v.size for v in vs):,} values)"
+                       for kind, vs in kinds.items())
+    paths = [shown(v.path) for v in state]
+    width = max([len(p) for p in paths] + [8])
+    lines = ["", f"not parameters: {counts}",
+             f"{'variable':<{width}}  {'shape':<18} {'dtype':<9} {'kind':<9}  name"]
+    for path, v in zip(paths, state):
+        lines.append(f"{path:<{width}}  {str(v.shape):<18} {shown(v.dtype, 20):<9} "
+                     f"{v.kind:<9}  {shown(v.name)}".rstrip())
+    return lines
 
 
 

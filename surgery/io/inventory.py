@@ -15,6 +15,7 @@ from typing import Any
 from ..entries import LayerInfo, VariableInfo
 from ..text import NAME_WIDTH, escape_text, shown
 from .classnames import class_names
+from .describe import state_lines
 from .sources import open_weights
 
 __all__ = ["Inventory", "inspect", "stat_warnings", "classes_line"]
@@ -78,6 +79,7 @@ class Inventory:
     setup: dict = field(default_factory=dict, compare=False)
     stats: dict = field(default_factory=dict, compare=False)
     class_names: tuple[str, ...] | None = None
+    training_state: tuple = field(default=(), compare=False)  # describe.StateVariable
 
     @property
     def total_params(self) -> int:
@@ -123,6 +125,7 @@ class Inventory:
             "totals": {"params": self.total_params, "trainable": self.trainable_params,
                        "non_trainable": self.non_trainable_params},
             "class_names": None if self.class_names is None else list(self.class_names),
+            "training_state": [v.to_dict() for v in self.training_state],
         }
 
     def __str__(self) -> str:
@@ -174,6 +177,7 @@ class Inventory:
                     lines.append(f"{path:<{width}}  {st['mean']:>10.4g} {st['std']:>10.4g} "
                                  f"{st['min']:>10.4g} {st['max']:>10.4g} {st['zeros']:>6.1%} "
                                  f"{st['nonfinite']:>9}  {'; '.join(warnings[v.path])}".rstrip())
+        lines += state_lines(self.training_state, shown)
         lines.append("")
         total = f"total params: {_fmt_count(self.total_params)}"
         if any(v.trainable is not None for v in self.variables):
@@ -212,7 +216,8 @@ def inspect(source: Any, *, architecture: Any = None, stats: bool = False) -> In
             isinstance(source, (str, os.PathLike)) else None
         return Inventory(source=src.name, format=src.format, layers=tuple(src.layers()),
                          variables=tuple(src.variables()), setup=describe_setup(src),
-                         stats=variable_stats(src) if stats else {}, class_names=names)
+                         stats=variable_stats(src) if stats else {}, class_names=names,
+                         training_state=tuple(getattr(src, "state", ())))
     finally:
         if src is not source:
             src.close()

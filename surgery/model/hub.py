@@ -4,8 +4,14 @@ or TF2 Hub modules (`export_model`).
 `hub.KerasLayer` is a tf_keras layer and fails inside Keras 3 models. `hub_layer` loads the
 module with `tf.saved_model.load` and wraps each of its variables as a Keras 3 variable (the
 same `tf.Variable`, not a copy, the way Keras's `TFSMLayer` does), so the layer trains with
-`fit` and selectors reach the module's variables one by one by their object-graph paths
-(``hub/l1/kernel``): partial fine-tuning of a Hub module. Saving a model that holds one writes
+`fit` and selectors reach the module's variables one by one: partial fine-tuning of a Hub
+module. Each variable's path is the hub layer's name, then the path ``surgery inspect DIR``
+shows for it (`io.checkpoints`): Keras layer names where the SavedModel carries them
+(``hub/conv2d_1/kernel`` for a tf_keras ``model.save``), else the object-graph path
+(``hub/l1/kernel``), so a selector copied from `inspect` works under ``hub/``. A module whose
+``__call__`` returns a dict gives a layer that returns that dict (every output, one set of
+variables), or the one output `output_key` names; a signature returns one output, so one with
+several needs `output_key`. Saving a model that holds one writes
 the module's path and the variables' values into the `.keras`; reloading needs the module at
 that path and ``safe_mode=False`` (it runs the module's graph). For deployment, transplant the
 weights into a native Keras model instead (`surgery transplant hub_dir model.keras`).
@@ -27,11 +33,12 @@ _keras = keras()
 _tf = tensorflow()
 
 
-def _object_paths(root: Any) -> dict[int, str]:
-    """id(tf.Variable) -> its first path in the object graph (``l1/kernel``)."""
-    paths: dict[int, str] = {}
+def _object_paths(root: Any) -> dict[int, tuple[str, ...]]:
+    """id(tf.Variable) -> the local names along its first path in the object graph
+    (``("l1", "kernel")``)."""
+    paths: dict[int, tuple[str, ...]] = {}
     seen: set[int] = set()
-    stack = [(root, "")]
+    stack: list[tuple[Any, tuple[str, ...]]] = [(root, ())]
     while stack:
         obj, prefix = stack.pop(0)
         if id(obj) in seen:
@@ -45,12 +52,26 @@ def _object_paths(root: Any) -> dict[int, str]:
         except Exception:  # some trackables can't list children outside a save
             continue
         for name, child in sorted(items):
-            path = f"{prefix}{name}"
+            path = prefix + (name,)
             if isinstance(child, _tf.Variable):
                 paths.setdefault(id(child), path)
             else:
-                stack.append((child, path + "/"))
+                stack.append((child, path))
     return paths
+
+
+def _inspect_paths(handle: str):
+    """A function from a variable's object-graph local names to the path `surgery inspect`
+    shows for it (None where the SavedModel's checkpoint doesn't list it)."""
+    from ..errors import SurgeryError
+    from ..io.checkpoints import open_checkpoint
+
+    try:
+        with open_checkpoint(handle, savedmodel=True) as src:
+            graph, node_paths = src.graph, dict(src.node_paths)
+    except SurgeryError:
+        return lambda parts: None
+    return lambda parts: node_paths.get(graph.resolve(parts)) if parts else None
 
 
 @_keras.saving.register_keras_serializable("surgery")
@@ -66,20 +87,22 @@ class HubLayer(_keras.layers.Layer):
                              "saved_model.pb)")
         self._module = _tf.saved_model.load(handle)
         self._fn = self._callable()
+        self._check_output_key()
         paths = _object_paths(self._module)
+        readable = _inspect_paths(handle)
         variables = list(getattr(self._module, "variables", None) or []) or \
             list(getattr(self._fn, "variables", []) or [])
         trainable_ids = {id(v) for v in (getattr(self._module, "trainable_variables", None) or
                                          getattr(self._fn, "trainable_variables", []) or [])}
         self._surgery_variable_paths: dict[int, str] = {}
         for v in variables:
+            parts = paths.get(id(v))
+            path = readable(parts) or ("/".join(parts) if parts else v.name.split(":")[0])
             wrapped = _keras.Variable(initializer=v, trainable=id(v) in trainable_ids,
                                       dtype=v.dtype.name, shape=v.shape,
-                                      name=(paths.get(id(v)) or v.name.split(":")[0])
-                                      .replace("/", "_"))
+                                      name=path.replace("/", "_"))
             self._track_variable(wrapped)
-            self._surgery_variable_paths[id(wrapped)] = paths.get(id(v)) or \
-                v.name.split(":")[0]
+            self._surgery_variable_paths[id(wrapped)] = path
         self.built = True
 
     def _callable(self):
@@ -98,19 +121,39 @@ class HubLayer(_keras.layers.Layer):
         raise InputError(f"{self.handle}: the module has no __call__; pass signature= one of "
                          f"{', '.join(sigs) or 'none (it exposes nothing to call)'}")
 
+    def _outputs(self) -> Any:
+        """The structure the callable returns (a dict of specs, a spec), None if unknown."""
+        fn = self._fn
+        if hasattr(fn, "structured_outputs"):
+            return fn.structured_outputs
+        concrete = list(getattr(fn, "concrete_functions", None) or [])
+        return concrete[0].structured_outputs if concrete else None
+
+    def _check_output_key(self) -> None:
+        """Refuses, before the layer is ever called, an `output_key` the callable doesn't
+        return and a signature with several outputs but no `output_key`."""
+        outputs = self._outputs()
+        what = f"signature {self.signature!r}" if self.signature is not None else \
+            "the module's __call__"
+        keys = ", ".join(sorted(outputs)) if isinstance(outputs, dict) else ""
+        if self.output_key is not None and outputs is not None and \
+                (not isinstance(outputs, dict) or self.output_key not in outputs):
+            whole = ", or none for the whole dict" if self.signature is None else ""
+            raise InputError(f"{self.handle}: no output {self.output_key!r}; {what} returns "
+                             + (f"{keys}; pass output_key= one of them{whole}" if keys else
+                                "one tensor, not a dict; drop output_key"), path=self.handle)
+        if self.signature is not None and self.output_key is None and \
+                isinstance(outputs, dict) and len(outputs) > 1:
+            raise InputError(f"{self.handle}: {what} returns {keys}; pass output_key= one of "
+                             "them", path=self.handle)
+
     def call(self, inputs):
         out = self._fn(inputs)
-        if isinstance(out, dict):
-            if self.output_key is None:
-                if len(out) != 1:
-                    raise InputError(f"{self.handle}: the signature returns "
-                                     f"{', '.join(sorted(out))}; pass output_key= one of them")
-                return next(iter(out.values()))
-            if self.output_key not in out:
-                raise InputError(f"{self.handle}: no output {self.output_key!r}; outputs: "
-                                 f"{', '.join(sorted(out))}")
+        if isinstance(out, dict) and self.output_key is not None:
             return out[self.output_key]
-        return out
+        if isinstance(out, dict) and self.signature is not None:
+            return next(iter(out.values()))  # one output (several need output_key)
+        return out  # a dict from __call__: every output
 
     def get_config(self):
         return {**super().get_config(), "handle": self.handle, "signature": self.signature,
@@ -127,12 +170,16 @@ def hub_layer(path: str, *, trainable: bool = False, signature: str | None = Non
             / `unfreeze` for partial fine-tuning; per variable, for the session).
         signature: a SavedModel signature to call instead of the module's ``__call__``
             (``serve`` for a Keras `model.export`).
-        output_key: which output of a signature returning several.
-        name: the layer's name (its variables' paths start with it).
+        output_key: which output to return, of a signature returning several (needed) or
+            of a ``__call__`` returning a dict (without it the layer returns the whole dict:
+            ``outputs = layer(x); outputs["logits"]``).
+        name: the layer's name; its variables' paths are this name, then the paths
+            ``surgery inspect`` shows for the module (``hub/conv2d_1/kernel``).
 
     Raises:
         InputError: not a SavedModel; no ``__call__`` and no such signature (lists them); a
-            signature with several outputs and no `output_key` (lists them).
+            signature with several outputs and no `output_key`, or an `output_key` the
+            module doesn't return (lists the outputs).
 
     Example:
     ```python
@@ -145,15 +192,8 @@ def hub_layer(path: str, *, trainable: bool = False, signature: str | None = Non
     if not isinstance(path, (str, os.PathLike)):
         raise InputError(f"hub_layer needs a SavedModel/TF Hub folder path, got "
                          f"{type(path).__name__}")
-    layer = HubLayer(os.fspath(path), trainable=trainable, signature=signature,
-                     output_key=output_key, name=name)
-    if signature is not None and output_key is None:
-        outputs = layer._fn.structured_outputs
-        if isinstance(outputs, dict) and len(outputs) > 1:
-            raise InputError(f"{path}: signature {signature!r} returns "
-                             f"{', '.join(sorted(outputs))}; pass output_key= one of them",
-                             path=path)
-    return layer
+    return HubLayer(os.fspath(path), trainable=trainable, signature=signature,
+                    output_key=output_key, name=name)
 
 
 def export_model(model: Any, directory: str, *, fmt: str = "hub", overwrite: bool = False,

@@ -18,7 +18,10 @@ from ..outcomes import Outcome
 from .rules import AdapterRule, Rules, RulesError
 from ..selection import closest_paths, compile_selector
 
-__all__ = ["Step", "TransplantPlan", "build_plan"]
+__all__ = ["Step", "TransplantPlan", "build_plan", "batchnorm_stat_warnings"]
+
+KERAS_FORMATS = ("keras", "weights.h5", "legacy-h5", "weights.json", "model")
+_TORCH_BN_STATS = (".running_var", ".running_mean")
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,45 @@ class _Matching:
         unused = tuple(s.path for s in self.sources if s.path not in self.used)
         return TransplantPlan(ordered, unused, tuple(self.skipped_sources),
                               tuple(self.warnings), tuple(self.renamed.items()))
+
+
+def batchnorm_stat_warnings(plan: TransplantPlan, targets: Sequence[VariableInfo],
+                            epsilon_of, *, source_format: str) -> tuple[str, ...]:
+    """One warning per Keras BatchNormalization whose moving statistics are plain copies of
+    PyTorch running statistics (source keys ending in ``.running_var``/``.running_mean``,
+    from a source that is not a Keras model) while its epsilon is not PyTorch's default: the
+    `batchnorm_from_torch` adapter refuses the same transfer, since the outputs differ.
+
+    Args:
+        epsilon_of: target layer path -> its epsilon (None when unknown).
+    """
+    import math
+
+    from .adapters import TORCH_BN_EPS
+
+    if source_format in KERAS_FORMATS:
+        return ()
+    by_path = {t.path: t for t in targets}
+    found: dict[str, str] = {}  # layer -> the source key to name (running_var first)
+    for step in plan.steps:
+        t = by_path[step.target]
+        if step.action == Outcome.COPIED and step.sources[0].endswith(_TORCH_BN_STATS) and \
+                t.layer_class.endswith("BatchNormalization") and \
+                (t.layer not in found or step.sources[0].endswith(".running_var")):
+            found[t.layer] = step.sources[0]
+    out = []
+    for layer, key in found.items():
+        epsilon = epsilon_of(layer)
+        if epsilon is not None and math.isclose(float(epsilon), TORCH_BN_EPS, rel_tol=1e-6):
+            continue
+        keras = "unknown" if epsilon is None else f"{float(epsilon):g}"
+        out.append(f"{layer}: {key} is copied from a PyTorch BatchNorm (eps "
+                   f"{TORCH_BN_EPS:g} by default) but the Keras layer's epsilon is {keras}, "
+                   f"so the outputs would differ; build the Keras layer with "
+                   f"epsilon={TORCH_BN_EPS:g}, or convert the layer with the "
+                   "batchnorm_from_torch adapter and the PyTorch module's eps (eps_mismatch = "
+                   "\"ok\" accepts the difference)")
+    return tuple(out)
 
 
 def _layers(infos, free) -> list[tuple[str, tuple, list[VariableInfo]]]:

@@ -147,9 +147,9 @@ def test_bare_weights_paths_are_the_live_paths(hub, keras, name):
         for path in m.keys():
             np.testing.assert_array_equal(f[path], m[path], err_msg=path)
     if name == "nested":
-        assert list(_table(f)) == ["fc/kernel", "fc/bias", "trunk/bn/gamma", "trunk/bn/beta",
-                                   "trunk/bn/moving_mean", "trunk/bn/moving_variance",
-                                   "trunk/feat/kernel", "trunk/feat/bias"]
+        assert list(_table(f)) == ["trunk/feat/kernel", "trunk/feat/bias", "trunk/bn/gamma",
+                                   "trunk/bn/beta", "trunk/bn/moving_mean",
+                                   "trunk/bn/moving_variance", "fc/kernel", "fc/bias"]
 
 
 def test_cli_inspect_counts_what_keras_counts(hub, keras):

@@ -25,7 +25,31 @@ def _edit(model, output, dry_run, do_verify, atol, overwrite, unsafe, as_json, f
         raise InputError(f"{inputs}: no such inputs file (an .npz with one array per model "
                          "input)", path=inputs)
     return run_edit(model, output, dry_run, bool(do_verify), atol, overwrite, unsafe, as_json,
-                    fn)
+                    _graph_only(fn, model, click.get_current_context().info_name))
+
+
+def _graph_only(fn, path: str, operation: str):
+    """`fn`, with the refusal of a subclassed model (a keras-hub task: no graph of its
+    layers to edit) saying what to do instead."""
+    from surgery.errors import UnsupportedModelError
+
+    def run(m):
+        try:
+            return fn(m)
+        except UnsupportedModelError:
+            from surgery.io.tfimport import keras
+            from surgery.model.rebuild import is_graph
+
+            if is_graph(m):
+                raise
+            cls = keras().saving.get_registered_name(type(m))
+            raise UnsupportedModelError(
+                f"{m.name}: edit {operation} needs the layer graph of a Functional or "
+                f"Sequential model, and {cls} is a subclassed model whose config holds none; "
+                "build the architecture you want from its config in Python (a keras-hub "
+                "backbone takes num_layers, hidden_dim, ...), save it, and fill it with "
+                f"surgery transplant {path} NEW.keras -o OUT") from None
+    return run
 
 
 def _channel_list(ctx, param, value: str | None) -> list[int] | None:

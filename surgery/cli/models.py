@@ -194,11 +194,14 @@ def set_cmd(model, output, dry_run, overwrite, unsafe, as_json, selects, l2, l1,
 
     def operation(m):
         if l1 or l2:
-            new, report = surgery.set_regularizer(m, *selects, l1=l1 or 0.0, l2=l2 or 0.0)
+            new, report = surgery.set_regularizer(m, *selects, l1=l1 or 0.0, l2=l2 or 0.0,
+                                                  must_save=True)
         elif initializer:
-            new, report = surgery.set_initializer(m, *selects, initializer=initializer)
+            new, report = surgery.set_initializer(m, *selects, initializer=initializer,
+                                                  must_save=True)
         else:
-            new, report = surgery.set_constraint(m, *selects, constraint=constraint)
+            new, report = surgery.set_constraint(m, *selects, constraint=constraint,
+                                                 must_save=True)
         return new, _Report(report)
     return edit_model(model, output, unsafe=unsafe, dry_run=dry_run, overwrite=overwrite,
                        as_json=as_json, operation=operation)

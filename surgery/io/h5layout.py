@@ -288,7 +288,7 @@ def read_dataset(ds: h5py.Dataset, where: str) -> np.ndarray:
     """Reads one dataset into a new array after `check_dataset`."""
     with guard(where):
         check_dataset(ds, where)
-        array = np.array(ds[()])
+        array = np.asarray(ds[()])  # h5py returns a new array: no second copy
         if dataset_dtype(ds, where) == "bfloat16":
             import ml_dtypes  # installed with TensorFlow; numpy alone has no bfloat16
 
@@ -371,7 +371,7 @@ class _Walker:
             self.model(group, layer_config, prefix, owners, trainable, depth + 1)
             return
         self._emit(group, cls, cfg, prefix, owners, trainable, hint, known)
-        for name, child in _ordered(_children(group, self.where)):
+        for name, child in _ordered(_children(group, self.where), cls):
             if name == "vars" or not _is_group(child):
                 continue
             self._sublayer(name, child, cls, cfg, prefix, owners, trainable, depth)
@@ -392,13 +392,13 @@ class _Walker:
             self.container(group, prefix, owners, trainable, depth)
         else:  # a sublayer a custom layer owns: its own name
             name = _vars_name(group) or attr
-            self.layer(group, self.named.get(name), prefix + [name], owners, trainable,
-                       depth + 1, hint=f"{attr} {name}")
+            self.layer(group, self.named.get(name) or _attribute_class(cls, attr),
+                       prefix + [name], owners, trainable, depth + 1, hint=f"{attr} {name}")
 
     def container(self, group, prefix, owners, trainable, depth):
         """A list of layers held by a subclassed layer or model: Keras names each group by
         the layer's class in snake case (``dense``, ``dense_1``); the list adds no name."""
-        for key, child in sorted(_children(group, self.where), key=lambda kv: _natural(kv[0])):
+        for key, child in _created_order(list(_children(group, self.where))):
             if not _is_group(child):
                 continue
             if not _is_group(child.get("vars")):
@@ -480,10 +480,80 @@ def _by_class_order(container: h5py.Group, layer_configs: list) -> dict[str, h5p
 
 _FIRST = {"cell": 0, "layer": 1, "forward_layer": 2, "backward_layer": 3}
 
+_ATTENTION = (("query_dense", "EinsumDense"), ("key_dense", "EinsumDense"),
+              ("value_dense", "EinsumDense"), ("_softmax", "Softmax"),
+              ("_dropout_layer", "Dropout"), ("output_dense", "EinsumDense"))
+_FEEDFORWARD = (("_feedforward_intermediate_dense", "Dense"),
+                ("_feedforward_output_dense", "Dense"))
+# The sublayers Keras's (3.15) and keras-hub's (0.32) layers hold by attribute: a weights file
+# names them only by attribute (``_self_attention_layer``), sorted, with no class. Here in the
+# order the live layer tracks them (the live model's order), with their classes.
+_ATTRIBUTES: dict[str, tuple[tuple[str, str], ...]] = {
+    "MultiHeadAttention": _ATTENTION,
+    "CachedMultiHeadAttention": _ATTENTION,
+    "TransformerEncoder": (
+        ("_self_attention_layer", "MultiHeadAttention"),
+        ("_self_attention_layer_norm", "LayerNormalization"),
+        ("_self_attention_dropout", "Dropout"),
+        ("_feedforward_layer_norm", "LayerNormalization")) + _FEEDFORWARD + (
+        ("_feedforward_dropout", "Dropout"),),
+    "TransformerDecoder": (
+        ("_self_attention_layer", "CachedMultiHeadAttention"),
+        ("_self_attention_layer_norm", "LayerNormalization"),
+        ("_self_attention_dropout", "Dropout"),
+        ("_cross_attention_layer", "CachedMultiHeadAttention"),
+        ("_cross_attention_layer_norm", "LayerNormalization"),
+        ("_cross_attention_dropout", "Dropout")) + _FEEDFORWARD + (
+        ("_feedforward_layer_norm", "LayerNormalization"),
+        ("_feedforward_dropout", "Dropout")),
+}
 
-def _ordered(children) -> list:
-    """Wrapper parts first (forward before backward), then sublayers by name."""
-    return sorted(children, key=lambda item: (_FIRST.get(item[0], 9), item[0]))
+
+def _ordered(children, cls: str = "") -> list:
+    """Wrapper parts first (forward before backward), then a known class's attribute
+    sublayers in its live order (`_ATTRIBUTES`), then the others by name (Keras's save
+    order)."""
+    known = [attr for attr, _ in _ATTRIBUTES.get(cls, ())]
+    return sorted(children, key=lambda item: (
+        _FIRST.get(item[0], 9), known.index(item[0]) if item[0] in known else len(known),
+        item[0]))
+
+
+def _attribute_class(cls: str, attr: str) -> dict | None:
+    """``{"class_name": ...}`` of the sublayer a known class holds as `attr`, else None."""
+    found = dict(_ATTRIBUTES.get(cls, ())).get(attr)
+    return {"class_name": found} if found else None
+
+
+def _created(group: Any) -> tuple[int, int]:
+    """When a saved layer's group was written, as far as the file shows it: the file (a
+    shard of a sharded set: HDF5 numbers files as they are opened, in the index's order) and
+    the highest object address among the group, its ``vars`` group and their datasets (HDF5
+    appends new objects, though a small header may fill a hole an earlier one left)."""
+    real = group.attrs.groups[0] if isinstance(group, VirtualGroup) else group  # first shard
+    info = h5py.h5o.get_info(real.id)
+    found = [int(info.addr)]
+    v = real.get("vars")
+    if isinstance(v, h5py.Group):
+        found += [int(h5py.h5o.get_info(o.id).addr) for o in
+                  [v] + [v[k] for k in v if isinstance(v[k], h5py.Dataset)]]
+    return int(info.fileno), max(found)
+
+
+def _created_order(items: list) -> list:
+    """The saved layers of a list (`(key, group)` pairs) in the order Keras wrote them, the
+    list's order (a Functional model's layers, topological; a keras-hub backbone's): by
+    `_created`, with each class's numbered keys (``dense``, ``dense_1``...) kept in number
+    order, which is certain."""
+    items = sorted(items, key=lambda kv: _natural(kv[0]))
+    if not all(isinstance(child, h5py.Group) or (isinstance(child, VirtualGroup) and
+                                                 child.attrs.groups) for _, child in items):
+        return items
+    by_time = sorted(items, key=lambda kv: _created(kv[1]))
+    queues: dict[str, list] = {}
+    for item in items:  # number order within each class
+        queues.setdefault(_natural(item[0])[0], []).append(item)
+    return [queues[_natural(key)[0]].pop(0) for key, _ in by_time]
 
 
 def _vars_name(group: h5py.Group) -> str:
@@ -556,9 +626,10 @@ def _natural(key: str) -> tuple:
 
 def _class_from_key(key: str) -> dict | None:
     """``{"class_name": ...}`` of a layer whose group Keras named after its class
-    (``batch_normalization_3``), when the registry knows that class; None otherwise."""
+    (``batch_normalization_3``, ``transformer_encoder_1``), when the registry or
+    `_ATTRIBUTES` knows that class; None otherwise."""
     base = re.sub(r"_\d+$", "", key)
-    for name in REGISTRY:
+    for name in (*REGISTRY, *_ATTRIBUTES):
         if snake_case(name) in (key, base):
             return {"class_name": name}
     return None

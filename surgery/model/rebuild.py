@@ -94,11 +94,18 @@ def serialized_config(model: Any) -> dict | None:
 
 
 def rebuild_serialized(model: Any, config: dict) -> Any:
-    """A new model from an (edited) `serialized_config`, fresh weights, as Keras loads it."""
+    """A new model from an (edited) `serialized_config`, fresh weights, as Keras loads it.
+
+    A keras-hub task's preprocessor is carried as it is (the same object: it holds no
+    weights): its config alone lacks what Keras keeps in the file's assets (a tokenizer's
+    vocabulary), so one rebuilt from it could neither run nor be saved."""
     from ..io.tfimport import keras
 
-    return _built(model, lambda: keras().saving.deserialize_keras_object(config),
-                  "rebuild the model from its config")
+    new = _built(model, lambda: keras().saving.deserialize_keras_object(config),
+                 "rebuild the model from its config")
+    if getattr(model, "preprocessor", None) is not None and hasattr(new, "preprocessor"):
+        new.preprocessor = model.preprocessor
+    return new
 
 
 def copy_model(model: Any) -> Any:

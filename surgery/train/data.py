@@ -34,13 +34,14 @@ import re
 import stat
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..errors import FormatError, InputError, OptionError, ShapeError
 
 __all__ = ["Data", "load_data", "check_against_model", "train_pipeline", "eval_pipeline",
-           "MAX_DATA_ENTRIES", "MAX_IMAGE_PIXELS"]
+           "MAX_DATA_ENTRIES", "MAX_IMAGE_PIXELS", "samples", "as_inputs", "flat_arrays"]
 
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MAX_DATA_ENTRIES = 1_000_000  # files and folders looked at under an image or tf.data folder
@@ -51,11 +52,13 @@ _NUMERIC = "biuf"
 
 @dataclass
 class Data:
-    """Arrays for training (and validation), and where they came from."""
+    """Arrays for training (and validation), and where they came from. `x` (and `x_val`) is
+    one array, or a dict of arrays by input name for a model with named inputs (a keras-hub
+    text model's ``token_ids``, ``padding_mask``...), as Keras's `fit` takes them."""
 
-    x: np.ndarray
+    x: np.ndarray | dict[str, np.ndarray]
     y: np.ndarray
-    x_val: np.ndarray | None
+    x_val: np.ndarray | dict[str, np.ndarray] | None
     y_val: np.ndarray | None
     kind: str
     source: str
@@ -63,10 +66,60 @@ class Data:
     files: tuple[str, ...] = ()  # an image folder's files, relative to it, in sample order
 
     def describe(self) -> str:
-        val = f", {len(self.x_val)} validation" if self.x_val is not None else ""
         y = "no labels" if self.y is None else f"y {self.y.dtype}"
-        return (f"{self.source} ({self.kind}): {len(self.x)} training samples{val}, x "
-                f"{tuple(self.x.shape[1:])}, {y}")
+        val = f", {samples(self.x_val)} validation" if self.x_val is not None else ""
+        shape = ", ".join(f"{k} {tuple(v.shape[1:])}" for k, v in self.x.items()) \
+            if isinstance(self.x, dict) else f"{tuple(self.x.shape[1:])}"
+        return (f"{self.source} ({self.kind}): {samples(self.x)} training samples{val}, x "
+                f"{shape}, {y}")
+
+
+def samples(x) -> int:
+    """The number of samples in `x`: one array, or a dict of arrays by input name."""
+    if isinstance(x, dict):
+        return len(next(iter(x.values()))) if x else 0
+    return len(x)
+
+
+def _take(x, index):
+    """The samples `index` of `x` (an array, or a dict of arrays by input name)."""
+    return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
+
+
+def as_inputs(x):
+    """`x` as the arrays `Data` holds: a dict of arrays by input name stays a dict."""
+    if isinstance(x, dict):
+        return {str(k): np.asarray(v) for k, v in x.items()}
+    return np.asarray(x)
+
+
+def flat_arrays(*items) -> tuple:
+    """`items` with every dict of arrays spelled out as (name, array) pairs, sorted by name:
+    what a checkpoint hashes to recognise its data."""
+    out: list = []
+    for item in items:
+        if isinstance(item, dict):
+            for key in sorted(item):
+                out += [np.array(str(key)), item[key]]
+        else:
+            out.append(item)
+    return tuple(out)
+
+
+def _model_inputs(model) -> dict[str, Any]:
+    """The model's input tensors by name: the keys of a model called on a dict (keras-hub's
+    ``token_ids``, ``padding_mask``...), else each input layer's name."""
+    struct = getattr(model, "_inputs_struct", None)
+    if isinstance(struct, dict):
+        return {str(k): v for k, v in struct.items()}
+    inputs = list(getattr(model, "inputs", None) or [])
+    return {str(getattr(t, "name", f"input_{i}")): t for i, t in enumerate(inputs)}
+
+
+def _named(model) -> bool:
+    """The model takes a dict, or several inputs: its data must name them."""
+    return isinstance(getattr(model, "_inputs_struct", None), dict) or \
+        len(getattr(model, "inputs", None) or []) > 1
 
 
 def _model_input(model) -> tuple[tuple, str]:
@@ -271,36 +324,67 @@ def _check_lengths(x_len: int, y_len: int, names: tuple[str, str], where: str) -
 
 # ------------------------------------------------------------------ .npz
 
+def _npz_group(arrays: set[str], base: str, path: str) -> list[str]:
+    """The members holding `base` (``x`` or ``x_val``): the one array ``base``, or one array
+    ``base.<input name>`` per named input; [] when there is none."""
+    named = sorted(k for k in arrays if k.startswith(base + "."))
+    if base in arrays and named:
+        raise FormatError(f"{path}: has both {base} and {', '.join(named[:3])}; give the inputs "
+                          f"one way: one array {base}, or one array {base}.<input name> per "
+                          "named input", path=path)
+    if f"{base}." in named:
+        raise FormatError(f"{path}: has an array named '{base}.' without an input name; name "
+                          f"it {base}.<input name> (e.g. {base}.token_ids)", path=path)
+    return [base] if base in arrays else named
+
+
+def _npz_x(src, keys: list[str], base: str, path: str):
+    """One array, or a dict by input name; named arrays must hold as many samples each."""
+    if keys == [base]:
+        return src.read(base)
+    lengths = {k: src.shape(k)[0] for k in keys}
+    first = keys[0]
+    for k in keys[1:]:
+        if lengths[k] != lengths[first]:
+            raise ShapeError(f"{path}: {first} has {lengths[first]} samples but {k} has "
+                             f"{lengths[k]}; every input needs one entry per sample", path=path)
+    return {k[len(base) + 1:]: src.read(k) for k in keys}
+
+
 def _load_npz(path: str, labels: bool = True):
     from ..io.sources import NpzSource
 
     _open_regular(path).close()  # a FIFO or device is refused before the zip reader opens it
     with NpzSource(path) as src:  # the checks weights get: bombs, truncation, pickles, sizes
         arrays = set(src)
-        missing = [k for k in ("x", "y") if k not in arrays and (labels or k == "x")]
+        xs, xvs = _npz_group(arrays, "x", path), _npz_group(arrays, "x_val", path)
+        missing = [k for k in ("x", "y") if (not xs if k == "x" else k not in arrays)
+                   and (labels or k == "x")]
         if missing:
             raise FormatError(f"{path}: an .npz for training needs arrays 'x' and 'y'; it has "
                               f"{', '.join(sorted(arrays)) or 'none'}; save it with "
                               "np.savez(path, x=..., y=...)", path=path)
-        val = [k for k in ("x_val", "y_val") if k in arrays]
+        val = [k for k, there in (("x_val", xvs), ("y_val", "y_val" in arrays)) if there]
         if len(val) == 1:
             other = "y_val" if val == ["x_val"] else "x_val"
             raise FormatError(f"{path}: has {val[0]} but no {other}; validation data needs "
                               "both (or neither)", path=path)
-        keys = ["x"] + ["y"] * ("y" in arrays or labels) + val
-        for key in keys:
+        ys = ["y"] * ("y" in arrays or labels) + ["y_val"] * bool(val)
+        for key in xs + xvs + ys:
             _check_dtype(src.dtype(key), key, path)
             if not src.shape(key):
                 raise FormatError(f"{path}: {key} is a scalar; it needs one entry per sample "
                                   "(shape (samples, ...))", path=path)
-        if "y" in keys:
-            _check_lengths(src.shape("x")[0], src.shape("y")[0], ("x", "y"), path)
+        if "y" in ys:
+            _check_lengths(src.shape(xs[0])[0], src.shape("y")[0], (xs[0], "y"), path)
         if val:
-            _check_lengths(src.shape("x_val")[0], src.shape("y_val")[0], ("x_val", "y_val"),
+            _check_lengths(src.shape(xvs[0])[0], src.shape("y_val")[0], (xvs[0], "y_val"),
                            path)
-        got = {k: src.read(k) for k in keys}
+        x = _npz_x(src, xs, "x", path)
+        xv = _npz_x(src, xvs, "x_val", path) if val else None
+        got = {k: src.read(k) for k in ys}
         classes = _npz_classes(src, path) if "class_names" in arrays else ()
-    return got["x"], got.get("y"), got.get("x_val"), got.get("y_val"), classes
+    return x, got.get("y"), xv, got.get("y_val"), classes
 
 
 def _npz_classes(src, path: str) -> tuple[str, ...]:
@@ -648,10 +732,13 @@ def load_data(path: str, model, *, label: str | None = None, val: str | None = N
     """Reads training data and checks it against `model`.
 
     Args:
-        path: `.npz` (x, y[, x_val, y_val]), `.csv` (features + `label` column; UTF-8, a BOM
-            allowed), an image folder (one subfolder per class; scaled to [0, 1] and resized
-            to the model's input as `keras.utils.image_dataset_from_directory` does), or a
-            directory saved with ``tf.data.Dataset.save`` yielding (x, y).
+        path: `.npz` (x, y[, x_val, y_val]; a model with named inputs, such as a keras-hub
+            text model's ``token_ids`` and ``padding_mask``, takes one array
+            ``x.<input name>`` (``x_val.<input name>``) per input), `.csv` (features +
+            `label` column; UTF-8, a BOM allowed), an image folder (one subfolder per class;
+            scaled to [0, 1] and resized to the model's input as
+            `keras.utils.image_dataset_from_directory` does), or a directory saved with
+            ``tf.data.Dataset.save`` yielding (x, y).
         model: the model to train (input shape, head width).
         label: the CSV label column (default ``label``).
         val: a second data path for validation.
@@ -667,9 +754,10 @@ def load_data(path: str, model, *, label: str | None = None, val: str | None = N
         FormatError: contents that break the format (empty or ragged CSV, non-numeric or
             non-finite values, mixed label kinds, an .npz without x/y, object or string
             arrays, a zip bomb, an unreadable image, a damaged tf.data folder).
-        ShapeError: x that doesn't fit the model's input; labels beyond the head's width;
-            named classes (CSV names, image folders) whose number doesn't fit the head; x
-            and y of different lengths.
+        ShapeError: x that doesn't fit the model's input (named arrays that are not the
+            model's inputs, or plain x for a model with named inputs); labels beyond the
+            head's width; named classes (CSV names, image folders) whose number doesn't fit
+            the head; x and y of different lengths.
 
     Example:
     ```python
@@ -695,7 +783,7 @@ def load_data(path: str, model, *, label: str | None = None, val: str | None = N
         raise InputError(f"{path}: unknown kind of data; use an .npz (x, y), a .csv with a "
                          "label column, an image folder, or a saved tf.data directory", path=path)
     x, y, xv, yv, classes = loaded[:5]
-    if len(x) == 0:
+    if samples(x) == 0:
         raise FormatError(f"{path}: no training samples (x is empty); add samples", path=path)
     if val is not None:
         other = load_data(val, model, label=label, seed=seed)
@@ -703,10 +791,10 @@ def load_data(path: str, model, *, label: str | None = None, val: str | None = N
     elif val_split:
         if not 0 < val_split < 1:
             raise OptionError(f"--val-split must be between 0 and 1, got {val_split}")
-        order = np.random.default_rng(seed).permutation(len(x))
-        n_val = max(1, int(round(len(x) * val_split)))
-        xv, yv = x[order[:n_val]], y[order[:n_val]]
-        x, y = x[order[n_val:]], y[order[n_val:]]
+        order = np.random.default_rng(seed).permutation(samples(x))
+        n_val = max(1, int(round(samples(x) * val_split)))
+        xv, yv = _take(x, order[:n_val]), y[order[:n_val]]
+        x, y = _take(x, order[n_val:]), y[order[n_val:]]
     files = loaded[5] if len(loaded) > 5 and not val_split else ()  # a split reorders x
     data = Data(x, y, xv, yv, kind, path, classes, files)
     check_against_model(data, model, labels=labels)
@@ -749,11 +837,15 @@ def _check_classes(data: Data, model, width: int) -> None:
                      f"MODEL -o OUT --classes {n}")
 
 
-def check_against_model(data: Data, model, *, labels: bool = True) -> None:
-    """Refuses data that can't train `model`: non-numeric or non-finite values, x and y of
-    different lengths, sample shapes the model doesn't take (both shapes named), named
-    classes that don't fit the head, labels beyond the head's width. With ``labels=False``
-    (data to predict on) labels and classes are not checked (`y` may be None)."""
+def _parts(name: str, x) -> list[tuple[str, np.ndarray]]:
+    """(name, array) of each array in `x`: ``x.token_ids``... for a dict by input name."""
+    if isinstance(x, dict):
+        return [(f"{name}.{k}", v) for k, v in x.items()]
+    return [(name, x)]
+
+
+def _check_arrays(data: Data, labels: bool) -> None:
+    """Numbers only, finite, no scalars; as many samples in every array of a pair."""
     pairs = [("x", data.x, "y", data.y)]
     if data.x_val is not None or data.y_val is not None:
         pairs.append(("x_val", data.x_val, "y_val", data.y_val))
@@ -761,28 +853,60 @@ def check_against_model(data: Data, model, *, labels: bool = True) -> None:
         for name, arr in ((xn, x), (yn, y)):
             if name.startswith("y") and not labels:
                 continue  # data to predict on: labels, if any, are not used
-            if arr is None:
+            if arr is None or (isinstance(arr, dict) and not arr):
                 raise FormatError(f"{data.source}: {name} is missing; validation data needs "
                                   "both x and y")
-            _check_dtype(arr.dtype, name, data.source)
-            if arr.ndim == 0:
-                raise FormatError(f"{data.source}: {name} is a scalar; it needs one entry per "
-                                  "sample")
-            _check_finite(arr, name, data.source)
+            for part, a in _parts(name, arr):
+                _check_dtype(a.dtype, part, data.source)
+                if a.ndim == 0:
+                    raise FormatError(f"{data.source}: {part} is a scalar; it needs one entry "
+                                      "per sample")
+                _check_finite(a, part, data.source)
+        parts = _parts(xn, x)
+        for part, a in parts[1:]:
+            _check_lengths(len(parts[0][1]), len(a), (parts[0][0], part), data.source)
         if y is not None and labels:
-            _check_lengths(len(x), len(y), (xn, yn), data.source)
-        if len(x) == 0:
+            _check_lengths(samples(x), len(y), (parts[0][0], yn), data.source)
+        if samples(x) == 0:
             raise FormatError(f"{data.source}: {xn} holds no samples; add samples")
-    shape, _ = _model_input(model)
+
+
+def _check_shape(source: str, name: str, arr: np.ndarray, tensor) -> None:
+    shape = tuple(tensor.shape[1:])
+    got = tuple(arr.shape[1:])
+    if len(got) != len(shape) or any(w is not None and w != g for w, g in zip(shape, got)):
+        raise ShapeError(f"{source}: {name} samples have shape {got} but the model takes "
+                         f"{shape}")
+
+
+def _check_inputs(data: Data, model) -> None:
+    """Sample shapes against the model's inputs; named arrays must be the model's inputs,
+    all of them and only them."""
+    inputs = _model_inputs(model)
+    names = ", ".join(sorted(inputs))
     for name, arr in (("x", data.x), ("x_val", data.x_val)):
         if arr is None:
             continue
-        got = tuple(arr.shape[1:])
-        if len(got) != len(shape) or any(w is not None and w != g for w, g in zip(shape, got)):
-            raise ShapeError(f"{data.source}: {name} samples have shape {got} but the model "
-                             f"takes {shape}")
-    if not labels:
-        return
+        if not isinstance(arr, dict):
+            if _named(model):
+                raise ShapeError(f"{data.source}: {name} is one array but the model takes named "
+                                 f"inputs ({names}); save one array per input: "
+                                 + ", ".join(f"{name}.{k}" for k in sorted(inputs)))
+            _check_shape(data.source, name, arr, model.inputs[0])
+            continue
+        missing = sorted(set(inputs) - set(arr))
+        unknown = sorted(set(arr) - set(inputs))
+        if missing or unknown:
+            what = "; ".join(
+                ([f"missing {', '.join(f'{name}.{k}' for k in missing)}"] if missing else []) +
+                ([f"unknown {', '.join(f'{name}.{k}' for k in unknown)}"] if unknown else []))
+            raise ShapeError(f"{data.source}: {what}; the model's inputs are {names} (one "
+                             f"array {name}.<input name> each)")
+        for key, a in arr.items():
+            _check_shape(data.source, f"{name}.{key}", a, inputs[key])
+
+
+def _check_labels(data: Data, model) -> None:
     width = _head_width(model)
     _check_classes(data, model, width)
     out = tuple(model.outputs[0].shape[1:])
@@ -791,7 +915,10 @@ def check_against_model(data: Data, model, *, labels: bool = True) -> None:
             raise ShapeError(f"{data.source}: {name} rows have shape {tuple(arr.shape[1:])} but "
                              f"the model's output is {out}; give class indices, or rows "
                              "shaped like the output")
-        if arr is None or arr.dtype.kind not in "iu" or arr.ndim != 1:
+        if arr is None or arr.dtype.kind not in "iu" or arr.size == 0:
+            continue
+        per_step = arr.ndim > 1 and len(out) > 1 and _fits(tuple(arr.shape[1:]), out[:-1])
+        if arr.ndim != 1 and not per_step:  # one class index per sample, or per step (a LM)
             continue
         if arr.min() < 0 or (width > 1 and arr.max() >= width):
             raise ShapeError(f"{data.source}: {name} labels run {int(arr.min())}..{int(arr.max())}"
@@ -799,27 +926,42 @@ def check_against_model(data: Data, model, *, labels: bool = True) -> None:
                              " replace the head first (surgery head --classes N)")
 
 
-def train_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int,
-                   first_epoch: int, epochs: int):
+def check_against_model(data: Data, model, *, labels: bool = True) -> None:
+    """Refuses data that can't train `model`: non-numeric or non-finite values, x and y of
+    different lengths, sample shapes the model doesn't take (both shapes named), named
+    arrays that are not the model's inputs (or one array for a model with named inputs),
+    named classes that don't fit the head, labels beyond the head's width. With
+    ``labels=False`` (data to predict on) labels and classes are not checked (`y` may be
+    None)."""
+    _check_arrays(data, labels)
+    _check_inputs(data, model)
+    if labels:
+        _check_labels(data, model)
+
+
+def train_pipeline(x, y: np.ndarray, *, batch_size: int, seed: int, first_epoch: int,
+                   epochs: int):
     """A tf.data pipeline over epochs ``first_epoch..epochs-1``: each epoch's order is a
-    stateless shuffle seeded by ``(seed, epoch)``, batched, prefetched."""
+    stateless shuffle seeded by ``(seed, epoch)``, batched, prefetched. `x` is one array or
+    a dict of arrays by input name (batches then give the dict, as Keras's `fit` takes it)."""
     from ..io.tfimport import tensorflow
 
     tf = tensorflow()
-    n = len(x)
-    x_t, y_t = tf.constant(x), tf.constant(y)
+    n = samples(x)
+    x_t, y_t = tf.nest.map_structure(tf.constant, x), tf.constant(y)
 
     def epoch(e):
         order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack(
             [tf.cast(seed, tf.int64), e]))
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(
-            lambda idx: (tf.gather(x_t, idx), tf.gather(y_t, idx)))
+            lambda idx: (tf.nest.map_structure(lambda t: tf.gather(t, idx), x_t),
+                         tf.gather(y_t, idx)))
 
     return tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch).prefetch(
         tf.data.AUTOTUNE)
 
 
-def eval_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int):
+def eval_pipeline(x, y: np.ndarray, *, batch_size: int):
     from ..io.tfimport import tensorflow
 
     tf = tensorflow()

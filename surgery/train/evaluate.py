@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .data import Data, check_against_model, load_data
+from .data import Data, as_inputs, check_against_model, load_data, samples
 from ..errors import OptionError, OutputError, ShapeError, UnsupportedModelError
 from ..io.atomic import atomic_path
 from ..io.classnames import check_class_names, names_of_origin
@@ -195,7 +195,7 @@ def _read(model, data, *, label, labels: bool) -> Data:
         check_against_model(data, model, labels=labels)
         return data
     if isinstance(data, tuple) and len(data) == 2:
-        data = Data(np.asarray(data[0]), None if data[1] is None else np.asarray(data[1]),
+        data = Data(as_inputs(data[0]), None if data[1] is None else np.asarray(data[1]),
                     None, None, "arrays", "arrays")
         check_against_model(data, model, labels=labels)
         return data
@@ -216,7 +216,7 @@ def _names(model, width: int, given) -> tuple[str, ...]:
 
 def _outputs(model, x: np.ndarray, batch_size: int) -> np.ndarray:
     out = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
-    return out.reshape(len(x), -1) if out.ndim == 1 else out
+    return out.reshape(samples(x), -1) if out.ndim == 1 else out
 
 
 # ------------------------------------------------------------------ evaluate
@@ -257,7 +257,7 @@ def _outputs_and_loss(model, x: np.ndarray, y: np.ndarray, batch_size: int, name
         outs.append(np.asarray(out, np.float32))
         total += float(np.sum(np.asarray(per_sample), dtype=np.float64))
     out = np.concatenate(outs)
-    return out.reshape(len(x), -1), total / len(x)
+    return out.reshape(samples(x), -1), total / samples(x)
 
 
 def _truth_and_guess(name: str, from_logits: bool, y: np.ndarray, out: np.ndarray):

@@ -25,7 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .data import Data, check_against_model, eval_pipeline, load_data, train_pipeline
+from .data import (Data, as_inputs, check_against_model, eval_pipeline, flat_arrays, load_data,
+                   samples, train_pipeline)
 from ..errors import Interrupted, OptionError, SelectorError, SurgeryError, UnsupportedModelError
 from ..io.livemodels import framework_of
 from ..selection import select
@@ -102,6 +103,9 @@ def infer_loss(model, y: np.ndarray) -> tuple[str, list[str], bool]:
     """(loss name, metrics, from_logits) from the head's width and activation and the labels.
 
     A head without softmax/sigmoid outputs logits: its crossentropy takes ``from_logits``.
+    Integer labels with one class index per step of a sequence output (a causal LM's next
+    tokens, shape (samples, steps) for an output (samples, steps, vocabulary)) take the
+    sparse categorical crossentropy too.
     """
     head = _output_activation(model)
     width = int(model.outputs[0].shape[-1])
@@ -111,6 +115,10 @@ def infer_loss(model, y: np.ndarray) -> tuple[str, list[str], bool]:
             return "binary_crossentropy", ["accuracy"], head != "sigmoid"
         return "mean_squared_error", ["mean_absolute_error"], False
     if integer and y.ndim == 1:
+        return "sparse_categorical_crossentropy", ["accuracy"], head != "softmax"
+    out = tuple(model.outputs[0].shape[1:-1])  # a class index per step (a causal LM's tokens)
+    if integer and y.ndim > 1 and len(out) == y.ndim - 1 and \
+            all(d is None or d == g for d, g in zip(out, y.shape[1:])):
         return "sparse_categorical_crossentropy", ["accuracy"], head != "softmax"
     if y.ndim == 2 and y.shape[1] == width:
         one_hot = bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1))
@@ -328,11 +336,65 @@ def _with_dtypes(config: dict, original: dict) -> dict:
     return config
 
 
+def _float_policies(config: Any, policy, names: tuple = ("float32",)) -> None:
+    """Replaces, in place, every dtype policy named in `names` that a serialized layer holds
+    (a keras-hub backbone's ``dtype``, which its layers follow) with `policy(old)`, in a
+    fixed walk order; integer inputs keep theirs."""
+    stack = [config]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            old = item.get("dtype")
+            name = (old.get("config") or {}).get("name") if isinstance(old, dict) else old
+            if "name" in item and name in names:
+                item["dtype"] = policy(old)
+            stack.extend(v for k, v in item.items() if k != "dtype")
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _mixed_serialized(model, keras):
+    """A subclassed model that serializes (a keras-hub task), copied with the mixed policy
+    wherever its config holds a float32 one (a keras-hub head follows its backbone's policy,
+    and Keras's losses compute in float32)."""
+    from ..model.rebuild import carry_weights, rebuild_serialized, serialized_config
+
+    config = serialized_config(model)
+    if config is None:
+        raise UnsupportedModelError(f"{model.name}: --mixed-precision trains a copy with another "
+                                    "dtype policy, and this subclassed model has no config to "
+                                    "copy it from (no get_config); train it without "
+                                    "--mixed-precision")
+    name = _policy_name(keras)
+    _float_policies(config, lambda old: {"module": "keras", "class_name": "DTypePolicy",
+                                         "config": {"name": name}, "registered_name": None})
+    fresh = rebuild_serialized(model, config)
+    carry_weights(model, fresh)
+    return fresh
+
+
+def _float32_serialized(model, original: dict, keras):
+    """The trained subclassed model (trainable flags as trained) with the dtype policies of
+    `original` (its serialized config before mixed precision), weights carried by path."""
+    from ..model.rebuild import carry_weights, rebuild_serialized, serialized_config
+
+    config = serialized_config(model)
+    policies = []
+    _float_policies(original, lambda old: policies.append(old) or old)
+    _float_policies(config, lambda old: policies.pop(0) if policies else old,
+                    (_policy_name(keras),))
+    fresh = rebuild_serialized(model, config)
+    carry_weights(model, fresh)
+    return fresh
+
+
 def _mixed_copy(model, keras):
     """A copy computing in float16/bfloat16 (variables float32); the output layer stays
     float32 for a stable loss."""
-    from ..model.rebuild import iter_layer_configs, model_config
+    from ..model.rebuild import is_graph, iter_layer_configs, model_config
 
+    if not is_graph(model):
+        return _mixed_serialized(model, keras)
     config = model_config(model)
     layers = list(iter_layer_configs(config))
     policy = {"module": "keras", "class_name": "DTypePolicy",
@@ -431,6 +493,11 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
              keep_checkpoint: bool = False) -> FinetuneResult:
     """Fine-tunes the selected part of a Keras 3 model on real data.
 
+    A model with named inputs (a keras-hub text model) takes a dict of arrays by input name
+    (an `.npz` with ``x.token_ids``, ``x.padding_mask``...). A keras-hub task's preprocessor
+    is not applied during training (the data is preprocessed already: token ids, images as
+    arrays); the result keeps it.
+
     Args:
         model: a Keras 3 model (changed in place as training goes; the result holds a clean
             copy with the best weights).
@@ -488,7 +555,7 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
     ```
     """
     from ..io import tfimport
-    from ..model.rebuild import is_graph, model_config
+    from ..model.rebuild import is_graph, model_config, serialized_config
     from .outputs import TrainingCheckpoint
 
     _check_options(dict(epochs=epochs, batch_size=batch_size, seed=seed, early_stop=early_stop,
@@ -511,10 +578,11 @@ def finetune(model: Any, data: Any, *, train: Sequence[str] = (), freeze: Sequen
     settings = o.settings(keras)
     state = TrainingCheckpoint(checkpoint, model=model, settings=settings, resume=resume,
                                overwrite=overwrite, inputs=inputs,
-                               data_arrays=(data.x, data.y, data.x_val, data.y_val))
+                               data_arrays=flat_arrays(data.x, data.y, data.x_val, data.y_val))
     dist = _strategy(strategy)
     keras.utils.set_random_seed(seed)
-    original_config = model_config(model) if is_graph(model) else None
+    original_config = model_config(model) if is_graph(model) else \
+        serialized_config(model) if mixed_precision else None
     model, loss_desc = _compiled(model, data, o, keras, dist)
     tracker = _fit(model, data, o, state, verbose=verbose, callbacks=callbacks)
     result_model, adapters = _finish(model, o, state, original_config)
@@ -571,7 +639,7 @@ def _training_data(model, data, *, label, val, val_split, seed) -> Data:
     if isinstance(data, Data):
         check_against_model(data, model)
     elif isinstance(data, tuple) and len(data) == 2:
-        data = Data(np.asarray(data[0]), np.asarray(data[1]), None, None, "arrays", "arrays")
+        data = Data(as_inputs(data[0]), np.asarray(data[1]), None, None, "arrays", "arrays")
         check_against_model(data, model)
     else:
         data = load_data(data, model, label=label, val=val, val_split=val_split, seed=seed)
@@ -641,7 +709,7 @@ def _fit(model, data: Data, o: _Options, state, *, verbose: int, callbacks: Sequ
     """Runs `fit` from the checkpoint's first unfinished epoch; returns the `_Tracker`.
     Ctrl-C raises `Interrupted`, the last finished epoch's checkpoint kept."""
     first = state.restore(model)
-    steps = math.ceil(len(data.x) / o.batch_size)
+    steps = math.ceil(samples(data.x) / o.batch_size)
     if o.shuffle:
         train_ds = train_pipeline(data.x, data.y, batch_size=o.batch_size, seed=o.seed,
                                   first_epoch=first, epochs=o.epochs)
@@ -651,8 +719,11 @@ def _fit(model, data: Data, o: _Options, state, *, verbose: int, callbacks: Sequ
     val_ds = eval_pipeline(data.x_val, data.y_val, batch_size=o.batch_size) \
         if data.x_val is not None else None
     tracker = _Tracker(state, o.early_stop, val_ds is not None)
+    preprocessor = getattr(model, "preprocessor", None)
     try:
         if first < o.epochs:
+            if preprocessor is not None:  # a keras-hub task: the data is preprocessed already
+                model.preprocessor = None
             model.fit(train_ds, epochs=o.epochs, initial_epoch=first, steps_per_epoch=steps,
                       validation_data=val_ds, callbacks=[tracker, *callbacks], verbose=verbose,
                       shuffle=False)
@@ -660,6 +731,9 @@ def _fit(model, data: Data, o: _Options, state, *, verbose: int, callbacks: Sequ
         where = f"; checkpoint in {state.folder}, rerun with --resume" if state.folder else ""
         raise Interrupted(f"interrupted after epoch {len(state.epochs)}{where}; nothing was "
                           "written") from None
+    finally:
+        if preprocessor is not None:
+            model.preprocessor = preprocessor
     return tracker
 
 
@@ -667,7 +741,7 @@ def _finish(model, o: _Options, state, original_config: dict | None) -> tuple[An
     """(result model, LoRA adapters): the best epoch's weights in a clean model, LoRA merged
     (its adapters kept apart), or an uncompiled copy with the original dtype policies."""
     from ..model.lora import merge_lora
-    from ..model.rebuild import model_config
+    from ..model.rebuild import keras_module, model_config
 
     state.load_best(model)
     adapters = {}
@@ -677,6 +751,8 @@ def _finish(model, o: _Options, state, original_config: dict | None) -> tuple[An
         result_model = merge_lora(model)
     elif original_config is None:  # a subclassed model (keras-hub): Keras's own copy
         result_model = _clean_copy(model)
+    elif "layers" not in (original_config.get("config") or {}):  # subclassed, mixed precision
+        result_model = _float32_serialized(model, original_config, keras_module(model))
     else:
         result_model = _clean_copy(model, _with_dtypes(model_config(model), original_config))
     return result_model, adapters

@@ -158,7 +158,7 @@ def finetune_multiworker(model: Any, data: Any, *, train=(), freeze=(), bn="infe
                         lora_rank=None, lr=lr, layer_decay=None, l2sp=None, l2sp_head=None,
                         val_split=val_split, lr_mult=None, bn=bn, lora_select=(), val=val))
     from ..io import tfimport
-    from .data import Data, check_against_model, load_data, train_pipeline
+    from .data import Data, as_inputs, check_against_model, load_data, samples, train_pipeline
     from .finetune import (FinetuneResult, _clean_copy, _output_activation, infer_loss,
                            loss_object, set_trainable)
     from .learning_rates import _make
@@ -166,7 +166,7 @@ def finetune_multiworker(model: Any, data: Any, *, train=(), freeze=(), bn="infe
     tf = tfimport.tensorflow()
     keras = tfimport.keras()
     if isinstance(data, tuple):
-        data = Data(np.asarray(data[0]), np.asarray(data[1]), None, None, "arrays", "arrays")
+        data = Data(as_inputs(data[0]), np.asarray(data[1]), None, None, "arrays", "arrays")
         check_against_model(data, model)
     elif not isinstance(data, Data):
         data = load_data(data, model, label=label, val=val, val_split=val_split, seed=seed)
@@ -184,7 +184,7 @@ def finetune_multiworker(model: Any, data: Any, *, train=(), freeze=(), bn="infe
         # per-example losses (reduction None); from_logits honoured (see loss_object)
         loss_fn = loss_object(name, from_logits, reduction=None)
         opt.build(model.trainable_variables)
-    steps = math.ceil(len(data.x) / batch_size)
+    steps = math.ceil(samples(data.x) / batch_size)
     ds = train_pipeline(data.x, data.y, batch_size=batch_size, seed=seed, first_epoch=0,
                         epochs=epochs)
     options = tf.data.Options()

@@ -34,6 +34,7 @@ __all__ = [
     "EditError",
     "PartialLayerError",
     "RulesError",
+    "AmbiguousPort",
     "PlanError",
     "Interrupted",
     "RegexRefused",
@@ -115,6 +116,12 @@ class PartialLayerError(SurgeryError):
 
 class RulesError(SurgeryError):
     """A rules file or dict that can't be used (unknown key, wrong type, invalid regex)."""
+
+
+class AmbiguousPort(RulesError):
+    """A PyTorch <-> Keras port whose pairing the names and shapes don't decide (two same-shaped
+    layers in parallel, a Flatten whose order can't be told): the message names the layers, the
+    candidate modules and the rule that settles it."""
 
 
 class PlanError(SurgeryError):

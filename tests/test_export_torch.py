@@ -225,7 +225,7 @@ def test_readme_export_command(keras, tmp_path, monkeypatch):
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     lines = [line for block in re.findall(r"```sh\n(.*?)```", text, re.S)
              for line in block.splitlines() if line.startswith("surgery export") and
-             "--format torch" in line]
+             "--format torch -o lstm.safetensors" in line]
     assert len(lines) == 1
     monkeypatch.chdir(tmp_path)
     os.symlink(os.path.join(ROOT, "examples"), "examples")

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 from ..outcomes import Counts, Outcome
 from ..text import NAME_WIDTH, escape_text, shown
 
-__all__ = ["Entry", "TransplantReport", "group_paths", "ExportRow", "ExportReport"]
+__all__ = ["Entry", "TransplantReport", "group_paths", "ExportRow", "ExportReport", "port_lines"]
 
 STATUSES = (Outcome.COPIED, Outcome.CONVERTED, Outcome.SKIPPED, Outcome.MISSING,
             Outcome.MISMATCHED)
@@ -62,6 +62,9 @@ class TransplantReport:
         warnings: rules that matched nothing, with the closest keys.
         strict: whether strict checks applied.
         dry_run: True when nothing was changed.
+        port: for a port from PyTorch (``layout="torch"``), the inferred pairs
+            (`surgery.PortPair`: PyTorch module, Keras layer, transform, why), shown before the
+            table.
     """
 
     source: str
@@ -72,6 +75,7 @@ class TransplantReport:
     warnings: tuple[str, ...] = ()
     strict: bool = False
     dry_run: bool = False
+    port: tuple = ()
 
     def of(self, status: str) -> list[Entry]:
         """The entries with one report word (older spellings accepted)."""
@@ -131,12 +135,14 @@ class TransplantReport:
                 "strict": self.strict, "ok": self.ok, "counts": self.counts(),
                 "entries": [e.to_dict() for e in self.entries], "unused": list(self.unused),
                 "nonfinite": [{"source": k, "count": n} for k, n in self.nonfinite],
-                "warnings": list(self.warnings), "problems": self.problems}
+                "warnings": list(self.warnings), "problems": self.problems,
+                **({"port": [p.to_dict() for p in self.port]} if self.port else {})}
 
     def __str__(self) -> str:
         lines = [f"source: {shown(self.source, 4 * NAME_WIDTH)}",
                  f"target: {shown(self.target, 4 * NAME_WIDTH)}"
                  + ("  (dry run: nothing changed)" if self.dry_run else ""), ""]
+        lines += port_lines(self.port, "PyTorch module", "Keras layer")
         rows = []
         for label, group in group_paths(self.entries):
             e = group[0]
@@ -197,6 +203,8 @@ class ExportReport(Mapping):
         skipped: Keras variables a skip rule left out.
         notes: what the PyTorch module must be built with (BatchNorm eps other than 1e-5).
         warnings: renames or skips that matched nothing.
+        port: with a template (``like=``), the inferred pairs (`surgery.PortPair`: PyTorch
+            module, Keras layer, transform, why), shown before the rows.
     """
 
     source: str
@@ -205,6 +213,7 @@ class ExportReport(Mapping):
     skipped: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    port: tuple = ()
 
     def __getitem__(self, key: str) -> tuple:
         for row in self.rows:
@@ -221,10 +230,12 @@ class ExportReport(Mapping):
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "output": self.output,
                 "tensors": [r.to_dict() for r in self.rows], "skipped": list(self.skipped),
-                "notes": list(self.notes), "warnings": list(self.warnings)}
+                "notes": list(self.notes), "warnings": list(self.warnings),
+                **({"port": [p.to_dict() for p in self.port]} if self.port else {})}
 
     def __str__(self) -> str:
         lines = [f"source: {shown(self.source, 320)}", f"output: {shown(self.output, 320)}", ""]
+        lines += port_lines(self.port, "Keras layer", "PyTorch module", export=True)
         width = max([len(shown(r.key)) for r in self.rows] + [6])
         for r in self.rows:
             detail = f"<- {shown(r.source)} ({r.how}) {r.shape}" + (f"; {r.note}" if r.note
@@ -237,6 +248,20 @@ class ExportReport(Mapping):
         lines += ["", f"{len(self.rows)} PyTorch tensors written, {len(self.skipped)} Keras "
                       "variables skipped"]
         return "\n".join(escape_text(line) for line in lines)
+
+
+def port_lines(pairs, source: str, target: str, *, export: bool = False) -> list[str]:
+    """The lines that show a port's pairs before a report's table ([] without a port)."""
+    if not pairs:
+        return []
+    rows = [(shown(p.target_layer if export else p.source_module),
+             shown(p.source_module if export else p.target_layer), p.transform, p.reason)
+            for p in pairs]
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"paired by names and shapes ({len(rows)}; {source} -> {target}, transform, why):"]
+    lines += [f"  {a:<{width[0]}} -> {b:<{width[1]}}  {c:<{width[2]}}  {d}"
+              for a, b, c, d in rows]
+    return lines + [""]
 
 
 _NUM = re.compile(r"\d+")

@@ -141,7 +141,7 @@ to = "z"
     ('exports = []\n', 1, "unknown key 'exports'; export rules know export, rename, skip"),
     ('[[export]]\nsource = "fc/kernel"\nname = "linear_to_pytorch"\ntarget = "w"\n', 3,
      "unknown exporter 'linear_to_pytorch'; known: batchnorm_to_torch, conv_to_torch, copy, "
-     "gru_to_torch, linear_to_torch, lstm_to_torch, transpose"),
+     "gru_to_torch, linear_to_torch, lstm_to_torch, reshape, transpose"),
     ('[[export]]\nsource = "fc/kernel"\nname = "linear_to_torch"\ntargets = { w = "w" }\n', 3,
      "exporter 'linear_to_torch' maps one tensor; use target = \"...\", not targets"),
     ('[[export]]\nsource = "bn"\nname = "batchnorm_to_torch"\ntarget = "bn.weight"\n', 3,

@@ -138,6 +138,43 @@ CASES = [
      "writes over its input)"),
     (["transplant", "{cnn}", "{cnn}", "-o", "new.keras", "--inputs", "missing.npz"],
      _NO_INPUTS),
+    (["transplant", "{cnn}", "{cnn}", "-o", "new.keras", "--from", "torch", "--write-rules",
+      "{out}"], _EXISTS),
+    (["transplant", "{cnn}", "{cnn}", "--dry-run", "--from", "torch", "--write-rules",
+      "{cnn}"],
+     "error: {cnn}: this is the input {cnn}; write the output to another path (surgery never "
+     "writes over its input)"),
+    (["transplant", "{cnn}", "{cnn}", "-o", "new.keras", "--write-rules", "mapping.toml"],
+     "error: --write-rules writes the rules --from torch infers; add --from torch; see "
+     "'surgery transplant --help'"),
+    (["transplant", "{cnn}", "{cnn}", "-o", "new.keras", "--from", "onnx"],
+     "error: Invalid value for '--from': 'onnx' is not one of 'keras', 'torch'; see 'surgery "
+     "transplant --help'"),
+    (["export", "{cnn}", "-o", "new_dir", "--like", "t.safetensors"],
+     "error: --like applies to --format torch only; see 'surgery export --help'"),
+    (["export", "{cnn}", "--format", "torch", "-o", "new.safetensors", "--like",
+      "missing.safetensors"], "error: missing.safetensors: no such file or directory"),
+    (["export", "{cnn}", "--format", "torch", "-o", "new.safetensors", "--like",
+      "missing.safetensors", "--write-rules", "{out}"], _EXISTS),
+    (["export", "{cnn}", "--format", "torch", "-o", "new.safetensors", "--rules", "r.toml",
+      "--write-rules", "export.toml"],
+     "error: --write-rules writes the rules --like infers; add --like TEMPLATE.safetensors; "
+     "see 'surgery export --help'"),
+    # --max-memory: the plan pass names the largest tensor (block3_conv's 3x3x64x32 float32
+    # kernel) before anything is read or written
+    (["transplant", "{cnn}", "{cnn}", "-o", "new.keras", "--max-memory", "10KB"],
+     "error: {cnn}: tensor block3_conv/kernel needs 73.8 KB (73728 bytes: read as it is) at "
+     "once, more than --max-memory 10.0 KB allows; raise --max-memory to at least 73.8 KB"),
+    (["transplant", "{cnn}", "{cnn}", "-o", "new.keras", "--max-memory", "1.5x"],
+     "error: --max-memory '1.5x': not a memory size; give bytes (1500000000) or a size with a "
+     "unit: 800MB, 1.5GB (powers of 1000), 2GiB (powers of 1024)"),
+    (["convert", "{h5}", "-o", "new.keras", "--max-memory", "1KB"],
+     "error: {h5}: the model, loaded twice (as Keras 2 and as Keras 3, to compare them), needs "
+     "7.5 KB (7488 bytes: 2 x 3.8 KB) at once, more than --max-memory 1.0 KB allows; raise "
+     "--max-memory to at least 7.5 KB"),
+    (["export", "{cnn}", "--format", "torch", "-o", "new.safetensors", "--max-memory", "0"],
+     "error: --max-memory '0': not a memory size; give bytes (1500000000) or a size with a "
+     "unit: 800MB, 1.5GB (powers of 1000), 2GiB (powers of 1024)"),
     (["finetune", "{cnn}", "--data", "d.npz", "-o", "{out}"], _EXISTS),
     (["finetune", "{cnn}", "--data", "d.npz", "-o", "new.keras", "--epochs", "0"],
      "error: --epochs must be a whole number of at least 1, got 0"),

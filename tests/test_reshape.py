@@ -430,6 +430,58 @@ def test_identity_kernel(keras):
     np.testing.assert_allclose(got, x, atol=ATOL)
 
 
+# ------------------------------------------------------------------ tiled transposes
+
+@pytest.mark.parametrize("shape", [(700, 1300), (1, 5), (513, 1), (0, 4), (1024, 512)])
+def test_tiled_transpose_is_numpys(shape):
+    """The tiled copy behind linear_from_torch/linear_to_torch: numpy's own .T, on shapes of
+    one tile, several (ragged) tiles either way, and none."""
+    from surgery.reshape._checks import transposed
+
+    a = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    t = transposed(a)
+    assert t.flags.c_contiguous and t.shape == shape[::-1]
+    np.testing.assert_array_equal(t, a.T)
+    assert not np.shares_memory(t, a)
+
+
+def test_linear_layouts_over_many_tiles():
+    """Larger than one tile both ways: PyTorch's Linear layout and back, by numpy's .T."""
+    w = np.random.default_rng(1).standard_normal((600, 1100)).astype(np.float32)
+    np.testing.assert_array_equal(R.linear_from_torch(w), w.T)
+    np.testing.assert_array_equal(R.linear_to_torch(w), w.T)
+    k = R.reorder_flatten_rows(w.T, (10, 11, 10), source="channels_first",
+                               target="channels_last")
+    np.testing.assert_array_equal(k, w.T.reshape(10, 10, 11, 600).transpose(1, 2, 0, 3)
+                                  .reshape(-1, 600))
+
+
+
+@pytest.mark.parametrize("fs", [(4, 5, 3), (1, 1, 6), (2, 3, 1), (7, 7, 16)])
+def test_flatten_rows_reordered_in_place_as_by_copy(fs):
+    """The in-place row moves behind linear_from_torch(feature_shape=) give what the copying
+    reorder_flatten_rows gives, both ways, on rows that are all distinct; the public function
+    copies and leaves its input alone."""
+    from surgery.reshape.spatial import reordered_rows
+
+    n = int(np.prod(fs))
+    k = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    for source, target in (("channels_first", "channels_last"),
+                           ("channels_last", "channels_first"),
+                           ("channels_first", "channels_first")):
+        before = k.copy()
+        expected = R.reorder_flatten_rows(k, fs, source=source, target=target)
+        np.testing.assert_array_equal(k, before)
+        assert not np.shares_memory(expected, k)
+        mine = k.copy()
+        out = reordered_rows(mine, fs, source, target, own=True)
+        assert out is mine
+        np.testing.assert_array_equal(out, expected)
+    w = np.arange(3 * n, dtype=np.float32).reshape(3, n)  # a PyTorch Linear after flatten
+    np.testing.assert_array_equal(
+        R.linear_from_torch(w, feature_shape=fs),
+        R.reorder_flatten_rows(w.T, fs, source="channels_first", target="channels_last"))
+
 # ------------------------------------------------------------------ house rules
 
 def test_inputs_never_mutated_and_dtype_kept():

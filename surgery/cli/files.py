@@ -4,6 +4,7 @@ export."""
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import click
 
@@ -106,6 +107,45 @@ max_shard_size_option = click.option(
     "larger than SIZE gets a shard of its own. The shards and the index appear all, or none.")
 
 
+def _memory_size(ctx, param, value):
+    """--max-memory: bytes, or 800MB, 1.5GB, 2GiB (checked before TensorFlow)."""
+    from surgery.io.shards import parse_memory
+
+    return parse_memory(value, "--max-memory")
+
+
+def max_memory_option(what: str) -> Callable:
+    """--max-memory, with `what` one step holds on that command."""
+    return click.option("--max-memory", metavar="SIZE", callback=_memory_size,
+                        help=f"The most memory {what} may hold (800MB, 1.5GB, 2GiB, bytes): "
+                        "more is an error naming it, its size and the limit (exit 2), before "
+                        "anything is written.")
+
+
+def _refuse_memory_limit(max_memory: int | None) -> None:
+    """--max-memory bounds the file -> file paths only (before TensorFlow's import)."""
+    if max_memory is not None:
+        from surgery.errors import OptionError
+
+        raise OptionError("--max-memory applies to file -> file transplants (a .keras TARGET "
+                          "and a .keras or .weights.json OUT, without --verify), which hold one "
+                          "tensor at a time; this one loads the models into TensorFlow, whose "
+                          "memory it can't bound")
+
+
+def _check_convert_memory(model: str, max_memory: int | None) -> None:
+    """convert holds the whole model twice (as Keras 2 and as Keras 3, to compare them): its
+    size from the file's headers, against --max-memory, before TensorFlow's import."""
+    if max_memory is None:
+        return
+    from surgery.io.shards import check_memory, format_size, tensor_bytes
+
+    with surgery.open_weights(model) as src:
+        total = sum(tensor_bytes(v.shape, v.dtype) for v in src.variables())
+    check_memory([(model, "the model, loaded twice (as Keras 2 and as Keras 3, to compare "
+                   "them),", 2 * total, f"2 x {format_size(total)}")], max_memory)
+
+
 @main.command("transplant", epilog=_RULES_HELP)
 @click.argument("source")
 @click.argument("target")
@@ -123,12 +163,22 @@ max_shard_size_option = click.option(
 @atol_option("Tolerance for --verify.")
 @overwrite_option()
 @max_shard_size_option
+@max_memory_option("one tensor (or one adapter's inputs and outputs)")
 @click.option("--source-architecture", metavar="MODEL.keras|config.json",
               help="Names the variables of a bare .weights.h5 or .weights.json SOURCE.")
+@click.option("--from", "layout", type=click.Choice(["keras", "torch"]), default="keras",
+              show_default=True, help="torch: SOURCE is a PyTorch state dict (.safetensors, "
+              ".npz): the rules are inferred from names and shapes (the pairs are printed "
+              "before the table), --rules on top; an ambiguous pairing is an error naming the "
+              "rule that settles it.")
+@click.option("--write-rules", metavar="MAPPING.toml", help="With --from torch: write the "
+              "inferred rules as a commented TOML file (on --dry-run too); --rules "
+              "MAPPING.toml then repeats the port exactly.")
 @unsafe_option()
 @json_option("Print the report as JSON only.")
 def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, inputs, atol,
-                   overwrite, max_shard_size, source_architecture, unsafe, as_json) -> int:
+                   overwrite, max_shard_size, max_memory, source_architecture, layout,
+                   write_rules, unsafe, as_json) -> int:
     """Fill TARGET's architecture with SOURCE's weights and write OUT.
 
     SOURCE: .keras, .weights.h5, Keras 2 .h5, .npz, .safetensors, sharded weights
@@ -143,6 +193,8 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
       surgery transplant pretrained.keras new_model.keras -o filled.keras
       surgery transplant sample_models/cnn.keras gray.keras -o out.keras --rules gray.toml
       surgery transplant resnet.safetensors model.keras -o out.keras --rules torch.toml --strict
+      surgery transplant resnet.safetensors model.keras -o out.keras --from torch \\
+          --write-rules mapping.toml
       surgery transplant a.keras b.keras --dry-run --json
       surgery transplant big.keras new.keras -o out.weights.json --max-shard-size 2GB
     """
@@ -156,6 +208,7 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
     readers = [source, target, rules, source_architecture, inputs,
                surgery.load_rules(rules).files() if rules else ()]  # + files the rules read
     check_inputs_file(inputs)
+    _check_write_rules(write_rules, layout, readers + [output], overwrite)
     if not dry_run:  # before the slow part (TensorFlow's import)
         from surgery.io.atomic import check_output
 
@@ -166,8 +219,11 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
     try:
         streamable = (output or "").lower().endswith((".keras", ".weights.json"))
         if do_verify or not target.lower().endswith(".keras") or (output and not streamable):
+            _refuse_memory_limit(max_memory)
             model = surgery.load_model(target, safe_mode=not unsafe)
-            report = surgery.transplant(source, model, rules, strict=strict, dry_run=dry_run)
+            port = _port(source, model, rules, layout, unsafe)
+            report = surgery.transplant(source, model, port or rules, strict=strict,
+                                        dry_run=dry_run, layout=layout)
             verification = None
             if do_verify and not dry_run:
                 reference = surgery.load_model(source_path, safe_mode=not unsafe,
@@ -181,18 +237,66 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
                 surgery.save_model(model, output, overwrite=overwrite, inputs=readers,
                                    class_names=_target_class_names(target, output),
                                    max_shard_size=max_shard_size)
+            if write_rules:
+                from surgery.transfer.port import write_port_rules
+
+                write_port_rules(port, write_rules, inputs=readers + [output],
+                                 overwrite=overwrite)
         else:
             verification = None
-            report = surgery.transplant_file(source, target, output, rules, strict=strict,
-                                             dry_run=dry_run, overwrite=overwrite,
-                                             safe_mode=not unsafe, inputs=readers,
-                                             max_shard_size=max_shard_size)
+            port = _port(source, target, rules, layout, unsafe)
+            report = surgery.transplant_file(source, target, output, port or rules,
+                                             strict=strict, dry_run=dry_run,
+                                             overwrite=overwrite, safe_mode=not unsafe,
+                                             inputs=readers, max_shard_size=max_shard_size,
+                                             max_memory=max_memory,
+                                             layout=layout, write_rules=write_rules)
     except CheckFailed as e:
         if getattr(e, "report", None) is not None:
             emit_report(e.report, as_json, None)
         raise
-    emit_report(report, as_json, verification)
+    _emit_transplant(report, as_json, verification, port, dry_run, write_rules)
     return 0
+
+
+def _check_write_rules(path: str | None, layout: str, inputs: list, overwrite: bool) -> None:
+    """--write-rules goes with --from torch and names a writable file (before TensorFlow)."""
+    if path is None:
+        return
+    if layout != "torch":
+        raise click.UsageError("--write-rules writes the rules --from torch infers; add "
+                               "--from torch")
+    from surgery.io.atomic import check_output
+
+    check_output(path, inputs=inputs, overwrite=overwrite)
+
+
+def _port(source: str, target, rules: str | None, layout: str, unsafe: bool):
+    """The inferred `PortPlan` for --from torch (None for --from keras)."""
+    if layout != "torch":
+        return None
+    return surgery.port_rules(source, target, rules, safe_mode=not unsafe)
+
+
+def _emit_transplant(report, as_json: bool, verification, port, dry_run: bool,
+                     write_rules: str | None) -> None:
+    """The report (its pairs first); with --from torch, the rules on --dry-run (JSON: always,
+    as "rules") and where they were written."""
+    if port is None or not as_json:
+        emit_report(report, as_json, verification)
+    if port is None:
+        return
+    if as_json:
+        data = report.to_dict()
+        data["rules"] = port.rules
+        data["rules_file"] = write_rules
+        print_json(data)
+        return
+    if dry_run:
+        click.echo("\n" + port.to_toml().rstrip("\n"))
+    if write_rules:
+        click.echo(f"wrote {write_rules} (the inferred rules: --rules {write_rules} repeats "
+                   "this port)")
 
 
 @main.command("convert")
@@ -204,10 +308,11 @@ def transplant_cmd(source, target, output, rules, strict, dry_run, do_verify, in
               "random probe families.")
 @overwrite_option()
 @max_shard_size_option
+@max_memory_option("the model, loaded twice (as Keras 2 and as Keras 3, to compare them),")
 @unsafe_option()
 @json_option()
-def convert_cmd(model, output, atol, inputs, overwrite, max_shard_size, unsafe, as_json
-                ) -> int:
+def convert_cmd(model, output, atol, inputs, overwrite, max_shard_size, max_memory, unsafe,
+                as_json) -> int:
     """Convert a Keras 2 (tf_keras) .h5 model to a Keras 3 .keras, verified.
 
     The model is rebuilt as Keras 3 with its weights carried; both versions run on a probe
@@ -229,6 +334,7 @@ def convert_cmd(model, output, atol, inputs, overwrite, max_shard_size, unsafe, 
     check_inputs_file(inputs)
     _check_sharded(output, max_shard_size)
     check_output(output, inputs=[model, inputs], overwrite=overwrite)  # before TensorFlow
+    _check_convert_memory(model, max_memory)
     old = surgery.load_model(model, safe_mode=not unsafe, legacy=True)
     new = surgery.load_model(model, safe_mode=not unsafe)
     weights = surgery.diff(old, new)
@@ -259,14 +365,23 @@ def convert_cmd(model, output, atol, inputs, overwrite, max_shard_size, unsafe, 
               "loads it); savedmodel: Keras's model.export (signature 'serve'); torch: a "
               "PyTorch state dict with PyTorch key names and layouts (needs --rules).")
 @click.option("--rules", metavar="RULES.toml", help="torch: renames, exporters and skips that "
-              "name every PyTorch key (see the README).")
+              "name every PyTorch key (see the README); with --like, applied first.")
+@click.option("--like", metavar="TEMPLATE.safetensors", help="torch: a state dict saved from "
+              "the PyTorch module (any values; only its keys and shapes are read): the names "
+              "are inferred from names and shapes, and OUT has exactly its keys, shapes and "
+              "dtypes.")
+@click.option("--write-rules", metavar="EXPORT.toml", help="torch, with --like: write the "
+              "inferred export rules; --rules EXPORT.toml then repeats the export exactly.")
 @overwrite_option("Replace an existing output.")
 @unsafe_option()
 @click.option("--max-shard-size", metavar="SIZE", help="torch: write a Hugging Face sharded "
               "checkpoint (-o NAME.safetensors.index.json) with shards of at most SIZE "
               "(2GB, 500MB, bytes).")
+@max_memory_option("torch: the export (every PyTorch tensor until written, and the largest "
+                   "twice while converting)")
 @json_option("torch: print the export report as JSON only.")
-def export_cmd(model, output, fmt, rules, max_shard_size, overwrite, unsafe, as_json) -> int:
+def export_cmd(model, output, fmt, rules, like, write_rules, max_shard_size, max_memory,
+               overwrite, unsafe, as_json) -> int:
     """Export MODEL as a TF Hub module or SavedModel (verified against the model), or its
     weights as a PyTorch state dict.
 
@@ -276,18 +391,22 @@ def export_cmd(model, output, fmt, rules, max_shard_size, overwrite, unsafe, as_
       surgery export sample_models/cnn.keras -o cnn_savedmodel --format savedmodel
       surgery export sample_models/lstm.keras --format torch -o lstm.safetensors \\
           --rules examples/rules/torch_lstm_export.toml
+      surgery export model.keras --format torch --like template.safetensors \\
+          -o model.safetensors --write-rules export.toml
 
     \b
     torch writes .safetensors (or .npz) without torch or TensorFlow: load it with
     model.load_state_dict(safetensors.torch.load_file(OUT), strict=True).
     """
     if fmt == "torch":
-        return _export_torch(model, output, rules, overwrite, as_json, max_shard_size)
+        return _export_torch(model, output, rules, overwrite, as_json, max_shard_size, like,
+                             write_rules, max_memory)
     if max_shard_size:
         raise click.UsageError("--max-shard-size applies to --format torch only")
-    if rules or as_json:
-        raise click.UsageError(f"{'--rules' if rules else '--json'} applies to --format torch "
-                               "only")
+    for value, name in ((rules, "--rules"), (as_json, "--json"), (like, "--like"),
+                        (write_rules, "--write-rules"), (max_memory, "--max-memory")):
+        if value:
+            raise click.UsageError(f"{name} applies to --format torch only")
     from surgery.io.atomic import check_output_dir
 
     check_output_dir(output, inputs=[model], overwrite=overwrite)  # before the slow part
@@ -298,24 +417,39 @@ def export_cmd(model, output, fmt, rules, max_shard_size, overwrite, unsafe, as_
 
 
 def _export_torch(model: str, output: str, rules: str | None, overwrite: bool,
-                  as_json: bool, max_shard_size: str | None = None) -> int:
-    """`export --format torch`: the output and the rules checked before the model is read."""
+                  as_json: bool, max_shard_size: str | None = None, like: str | None = None,
+                  write_rules: str | None = None, max_memory: int | None = None) -> int:
+    """`export --format torch`: the output, the rules and the template checked before the
+    model is read."""
     from surgery.io.atomic import check_output
     from surgery.io.shards import check_sharded_output
     from surgery.transfer.export import load_export_rules
 
-    if not rules:
+    if not rules and not like:
         raise click.UsageError("--format torch needs --rules R.toml naming the PyTorch key of "
-                               "every variable (see examples/rules/torch_lstm_export.toml)")
+                               "every variable (see examples/rules/torch_lstm_export.toml), or "
+                               "--like TEMPLATE.safetensors to infer them")
+    if write_rules and not like:
+        raise click.UsageError("--write-rules writes the rules --like infers; add --like "
+                               "TEMPLATE.safetensors")
+    readers = [p for p in (model, rules, like) if p]
     if check_sharded_output(output, max_shard_size, kind="safetensors",
                             what="--max-shard-size") is None:
-        check_output(output, inputs=[model, rules], overwrite=overwrite)
-    spec = load_export_rules(rules)
-    report = surgery.export_state_dict(model, output, spec, overwrite=overwrite,
-                                       inputs=(rules,), max_shard_size=max_shard_size)
+        check_output(output, inputs=readers, overwrite=overwrite)
+    if write_rules:
+        check_output(write_rules, inputs=readers + [output], overwrite=overwrite)
+    spec = load_export_rules(rules) if rules else None
+    if like:
+        surgery.open_weights(like).close()  # a readable state dict, before TensorFlow
+    report = surgery.export_state_dict(model, output, spec, like=like, write_rules=write_rules,
+                                       overwrite=overwrite, inputs=(rules,) if rules else (),
+                                       max_shard_size=max_shard_size, max_memory=max_memory)
     emit(report, as_json)
     if not as_json:
         click.echo(f"wrote {output} (torch state dict, {len(report)} tensors)")
+        if write_rules:
+            click.echo(f"wrote {write_rules} (the inferred export rules: --rules "
+                       f"{write_rules} repeats this export)")
     return 0
 
 

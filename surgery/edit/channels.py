@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import EditError, OptionError
+from ..io.configs import model_config
 from ..io.sources import open_weights
 from ..layertypes import LayerType, classes, layer_type
 from .core import EditResult, apply_edits, edit_nested, find_layer, graph, shared_layers
@@ -82,8 +83,13 @@ class _Flow:
     def __init__(self, model, nested: bool):
         self.model = model
         self.nested = nested
-        self.succ, self.pred = graph(model)
-        self.shared = shared_layers(model)
+        live = _live_graph(model)
+        if live is not None:
+            self.succ, self.pred, self.shared = live
+        else:
+            config = None if type(model).__name__ == "Sequential" else model_config(model)
+            self.succ, self.pred = graph(model, config)  # one config for both: slow to get
+            self.shared = shared_layers(model, config)
         self.layers = {l.name: l for l in model.layers}
         self.outputs = {t._keras_history[0].name for t in model.outputs
                         if hasattr(t, "_keras_history")} if nested else set()
@@ -112,6 +118,49 @@ class _Flow:
         tensors = self.layers[name].input
         tensors = tensors if isinstance(tensors, (list, tuple)) else [tensors]
         return [t._keras_history[0].name for t in tensors]
+
+
+def _live_graph(model) -> tuple[dict, dict, set] | None:
+    """`core.graph` and `core.shared_layers` of a Keras 3 Functional model, read from its live
+    nodes instead of its config: the same nodes (each layer's calls inside this model, with
+    an input) and the same tensors in the same order (its arguments, depth first, as the
+    config serializes them). A 100-layer model's config costs more than the whole walk.
+    None for a model without those nodes (Sequential, tf_keras): then the config is read."""
+    own, operations = getattr(model, "_nodes", None), getattr(model, "operations", None)
+    if type(model).__name__ == "Sequential" or own is None or operations is None:
+        return None
+    try:
+        from keras.src.ops.function import make_node_key
+    except ImportError:  # pragma: no cover - another Keras: read the config
+        return None
+    succ: dict[str, list[str]] = {}
+    pred: dict[str, list[str]] = {}
+    shared: set[str] = set()
+    for op in operations:
+        calls = [node for i, node in enumerate(getattr(op, "_inbound_nodes", ()))
+                 if make_node_key(op, i) in own and node.input_tensors]
+        if len(calls) > 1:
+            shared.add(op.name)
+        for node in calls:
+            found: list[str] = []
+            _tensor_sources((node.arguments.args, node.arguments.kwargs), found)
+            for producer in dict.fromkeys(found):
+                succ.setdefault(producer, []).append(op.name)
+                pred.setdefault(op.name, []).append(producer)
+    return succ, pred, shared
+
+
+def _tensor_sources(value, found: list[str]) -> None:
+    """The layer names of the Keras tensors in nested call arguments, depth first."""
+    history = getattr(value, "_keras_history", None)
+    if history is not None:
+        found.append(history[0].name)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _tensor_sources(v, found)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _tensor_sources(v, found)
 
 
 def _topological(names: list[str], pred: dict[str, list[str]]) -> list[str]:

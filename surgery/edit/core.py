@@ -86,9 +86,11 @@ def find_layer(model, name: str) -> Any:
                         f"{', '.join(closest_paths(name, layer_names(model), 5))}", layer=name)
 
 
-def graph(model) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+def graph(model, config: Mapping | None = None
+          ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """(consumers, inputs): top-level layer name -> the layers reading its output / the layers
-    whose outputs it reads, from the model's config (read once)."""
+    whose outputs it reads, from the model's config (read once; `config`: `model_config`'s,
+    when the caller has it)."""
     succ: dict[str, list[str]] = {}
     pred: dict[str, list[str]] = {}
     if type(model).__name__ == "Sequential":
@@ -97,18 +99,19 @@ def graph(model) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
             succ.setdefault(a, []).append(b)
             pred.setdefault(b, []).append(a)
         return succ, pred
-    for lc in model_config(model)["config"]["layers"]:
+    for lc in (config or model_config(model))["config"]["layers"]:
         for producer in dict.fromkeys(_producers(lc)):
             succ.setdefault(producer, []).append(lc["name"])
             pred.setdefault(lc["name"], []).append(producer)
     return succ, pred
 
 
-def shared_layers(model) -> set[str]:
-    """Names of the top-level layers called more than once (shared layers)."""
+def shared_layers(model, config: Mapping | None = None) -> set[str]:
+    """Names of the top-level layers called more than once (shared layers); `config`: as in
+    `graph`."""
     if type(model).__name__ == "Sequential":
         return set()
-    return {lc["name"] for lc in model_config(model)["config"]["layers"]
+    return {lc["name"] for lc in (config or model_config(model))["config"]["layers"]
             if len(lc.get("inbound_nodes") or []) > 1}
 
 

@@ -1,16 +1,26 @@
 """Writing a `.keras` archive without Keras: the target's config, new weights streamed in.
 
 The zip is written by hand (stored members, as Keras writes them) so that h5py can write
-``model.weights.h5`` directly inside the archive: one pass over the data plus a CRC pass, no
-extra copy of the weights file. The template's HDF5 tree (groups, ``vars`` name attributes)
-is reproduced; replaced datasets are written from the stream, the others copied one at a time.
+``model.weights.h5`` directly inside the archive: one pass over the data, no extra copy of the
+weights file. The template's HDF5 tree (groups, ``vars`` name attributes) is reproduced;
+replaced datasets are written from the stream, the others copied, one tensor at a time.
+
+The member's CRC-32 is not a second pass over the file on the critical path: each large dataset
+is checksummed by a worker thread (from the page cache) while the next tensor is read, only
+the rest (HDF5 headers, small datasets) is read back at the end, and the pieces are combined
+(`crc32_combine`). A second thread starts
+the disk writes while the next tensors are read (`Writeback`), so that the fsync before
+publishing finds little left to do.
 """
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
 import time
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
 import h5py
@@ -21,10 +31,167 @@ from .atomic import atomic_path
 from ..errors import FormatError, OutputError
 from .h5layout import guard
 
-__all__ = ["write_keras_archive"]
+__all__ = ["write_keras_archive", "crc32_combine", "Writeback"]
 
 _ZIP64_LIMIT = 0xFFFFFFFF
 _CHUNK = 16 * 1024 * 1024
+_REGION = 1 << 20  # datasets at least this large are checksummed by the worker
+_READ = 1 << 20  # the worker's reads: small, so that it holds no tensor's worth of memory
+_FLUSH = 64 * 1024 * 1024  # bytes written between two writeback starts
+_POLY = 0xEDB88320  # CRC-32, reflected
+
+
+def _multmodp(a: int, b: int) -> int:
+    """a(x) * b(x) modulo the CRC-32 polynomial, bits reflected (zlib's multmodp); a != 0."""
+    m, p = 1 << 31, 0
+    while True:
+        if a & m:
+            p ^= b
+            if (a & (m - 1)) == 0:
+                return p
+        m >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+
+
+def _powers() -> list[int]:
+    table, p = [], 1 << 30  # x^1
+    for _ in range(32):
+        table.append(p)
+        p = _multmodp(p, p)  # x^(2^k)
+    return table
+
+
+_X2N = _powers()
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC-32 of A + B from ``crc32(A)``, ``crc32(B)`` and ``len(B)`` (zlib's
+    crc32_combine, which Python's zlib does not expose)."""
+    p, k = 1 << 31, 3  # x^0; the table index of x^(8 * 2^0): one byte is 8 bits
+    while len2:
+        if len2 & 1:
+            p = _multmodp(_X2N[k & 31], p)
+        len2 >>= 1
+        k += 1
+    return _multmodp(p, crc1) ^ crc2
+
+
+class _Checksum:
+    """The CRC-32 of an HDF5 file being written inside an open file, without a second pass
+    on the critical path: as soon as h5py has written a large dataset, a worker thread
+    checksums its bytes (read back from the page cache, one chunk at a time: no tensor is
+    kept for it) while the next tensor is read; `value` reads the rest of the file (HDF5
+    headers, small datasets) and combines the pieces (`crc32_combine`)."""
+
+    def __init__(self, f, start: int):
+        self._f, self._start = f, start  # the open output and where the HDF5 file begins
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="surgery-crc")
+        self._regions: list[tuple[int, int, Future]] = []  # (offset, size, crc)
+
+    def written(self, ds: h5py.Dataset) -> None:
+        """Starts checksumming the storage of `ds`, just written: one contiguous block."""
+        if ds.chunks is not None or ds.nbytes < _REGION:
+            return
+        offset, size = ds.id.get_offset(), ds.id.get_storage_size()
+        if offset is None or size < _REGION:
+            return
+        self._f.flush()  # the block is in the file, not in Python's buffer
+        self._regions.append((offset, size, self._pool.submit(
+            _pread_crc, self._f.fileno(), self._start + offset, size)))
+
+    def value(self, size: int) -> int:
+        """The CRC-32 of the `size` bytes of the HDF5 file: the recorded regions combined
+        with the bytes between them."""
+        crc, pos = 0, 0
+        for offset, n, future in sorted(self._regions, key=lambda r: r[0]):
+            if offset < pos or offset + n > size:  # not as recorded: read everything
+                return _crc_of(self._f, self._start, 0, size, 0)
+            crc = crc32_combine(_crc_of(self._f, self._start, pos, offset, crc),
+                                future.result(), n)
+            pos = offset + n
+        return _crc_of(self._f, self._start, pos, size, crc)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._regions = []
+
+
+def _pread_crc(fd: int, begin: int, size: int) -> int:
+    """The CRC-32 of `size` bytes of file `fd` from `begin` (pread: the file position, which
+    the writer uses, is not touched)."""
+    crc, done = 0, 0
+    while done < size:
+        chunk = os.pread(fd, min(_READ, size - done), begin + done)
+        if not chunk:
+            raise OutputError("short read while checksumming the weights")
+        crc = zlib.crc32(chunk, crc)
+        done += len(chunk)
+    return crc
+
+
+def _crc_of(f, start: int, begin: int, end: int, crc: int) -> int:
+    """`crc` continued over bytes [begin, end) of `f` (from `start`), read in chunks."""
+    f.seek(start + begin)
+    remaining = end - begin
+    while remaining:
+        chunk = f.read(min(_CHUNK, remaining))
+        if not chunk:
+            raise OutputError(f"{getattr(f, 'name', 'output')}: short read while checksumming")
+        crc = zlib.crc32(chunk, crc)
+        remaining -= len(chunk)
+    return crc
+
+
+class Writeback:
+    """Starts writing a file's new data to disk while the program goes on: a thread runs
+    fdatasync each time another `_FLUSH` bytes were written, so that the fsync before the file
+    is published (`atomic_path`, `atomic_set`) finds little left. A head start only: that
+    fsync is still what makes the file durable.
+
+    Example:
+    ```python
+    with open(tmp, "wb") as f:
+        writeback = Writeback(f.fileno())
+        try:
+            for chunk in chunks:
+                f.write(chunk)
+                writeback.wrote(len(chunk))
+        finally:
+            writeback.close()
+    ```
+    """
+
+    def __init__(self, fd: int):
+        self._fd, self._pending, self._stop = fd, 0, False
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="surgery-writeback",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        sync = getattr(os, "fdatasync", os.fsync)
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop:
+                return
+            try:
+                sync(self._fd)
+            except OSError:  # the final fsync reports what matters
+                return
+
+    def wrote(self, nbytes: int) -> None:
+        """Counts bytes just written; starts a writeback past `_FLUSH` of them."""
+        self._pending += nbytes
+        if self._pending >= _FLUSH:
+            self._pending = 0
+            self._wake.set()
+
+    def close(self) -> None:
+        """Stops the thread (before the file is closed)."""
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
 
 
 class _Window(Span):
@@ -93,7 +260,8 @@ def _end(count: int, cd_offset: int, cd_size: int) -> bytes:
                              min(cd_offset, _ZIP64_LIMIT), 0)
 
 
-def _copy_tree(src: h5py.Group, dst: h5py.Group, replaced: set[str], where: str) -> None:
+def _copy_tree(src: h5py.Group, dst: h5py.Group, replaced: set[str], where: str,
+               checksum: _Checksum, writeback: Writeback) -> None:
     for key, value in src.attrs.items():
         dst.attrs[key] = value
     for name in src:
@@ -103,14 +271,40 @@ def _copy_tree(src: h5py.Group, dst: h5py.Group, replaced: set[str], where: str)
                               "refusing to copy it")
         obj = src[name]
         if isinstance(obj, h5py.Group):
-            _copy_tree(obj, dst.create_group(name), replaced, where)
+            _copy_tree(obj, dst.create_group(name), replaced, where, checksum, writeback)
             continue
         if obj.name in replaced:
             ds = dst.create_dataset(name, shape=obj.shape, dtype=obj.dtype)
         else:
-            ds = dst.create_dataset(name, data=obj[()])
+            data = np.asarray(obj[()])
+            ds = dst.create_dataset(name, data=data)
+            checksum.written(ds)
+            writeback.wrote(data.nbytes)
+            del data
         for key, value in obj.attrs.items():
             ds.attrs[key] = value
+
+
+def _write_weights(template: Any, window: _Window, replaced: set[str],
+                   values: Iterable[tuple[str, np.ndarray]], checksum: _Checksum,
+                   fd: int, output: str) -> None:
+    """The weights file, inside the archive: the template's tree, then `values` streamed in,
+    one tensor alive at a time."""
+    writeback = Writeback(fd)
+    try:
+        with guard(template.name), h5py.File(window, "w") as out:
+            _copy_tree(template._h5, out, replaced, template.name, checksum, writeback)
+            for key, array in values:
+                ds = out[key]
+                ds[...] = array
+                checksum.written(ds)
+                writeback.wrote(array.nbytes)
+                del array  # released before the next tensor is read
+    except OSError as e:
+        raise OutputError(f"{output}: can't write the weights ({e}); nothing was "
+                          "written", path=output) from None
+    finally:
+        writeback.close()
 
 
 def write_keras_archive(template: Any, output: str, replaced: set[str],
@@ -130,8 +324,12 @@ def write_keras_archive(template: Any, output: str, replaced: set[str],
         OutputError: the output can't be written; nothing is left behind.
     """
     with KerasArchive(template.name) as archive:
-        members = [(name, archive._zip.read(name)) for name in ("metadata.json", "config.json")
-                   if name in archive.members]
+        names = ["metadata.json", "config.json"] + [  # assets: a keras-hub tokenizer's vocabulary
+            n for n in archive.members if n.startswith("assets/") and not n.endswith("/")]
+        if any(archive.info(n).file_size >= _ZIP64_LIMIT for n in names if n in archive.members):
+            raise OutputError(f"{output}: {template.name} holds an asset of 4 GiB or more; "
+                              "save the model with Keras", path=output)
+        members = [(name, archive._zip.read(name)) for name in names if name in archive.members]
         h5_size = archive.info("model.weights.h5").file_size
     zip64 = h5_size > 3 * 1024 ** 3
     with atomic_path(output, inputs=inputs, overwrite=overwrite) as tmp:
@@ -146,28 +344,17 @@ def write_keras_archive(template: Any, output: str, replaced: set[str],
             h5_name = b"model.weights.h5"
             f.write(_local_header(h5_name, 0, 0, zip64))
             window = _Window(f, f.tell())
+            checksum = _Checksum(f, window._start)
             try:
-                with guard(template.name), h5py.File(window, "w") as out:
-                    _copy_tree(template._h5, out, replaced, template.name)
-                    for key, array in values:
-                        out[key][...] = array
-            except OSError as e:
-                raise OutputError(f"{output}: can't write the weights ({e}); nothing was "
-                                  "written", path=output) from None
-            result = check()
-            size = window.size
-            if size >= _ZIP64_LIMIT and not zip64:
-                raise OutputError(f"{output}: the weights grew past 4 GiB; save with Keras",
-                                  path=output)
-            crc = 0
-            f.seek(window._start)
-            remaining = size
-            while remaining:
-                chunk = f.read(min(_CHUNK, remaining))
-                if not chunk:
-                    raise OutputError(f"{output}: short read while checksumming", path=output)
-                crc = zlib.crc32(chunk, crc)
-                remaining -= len(chunk)
+                _write_weights(template, window, replaced, values, checksum, f.fileno(), output)
+                result = check()
+                size = window.size
+                if size >= _ZIP64_LIMIT and not zip64:
+                    raise OutputError(f"{output}: the weights grew past 4 GiB; save with Keras",
+                                      path=output)
+                crc = checksum.value(size)
+            finally:
+                checksum.close()
             f.seek(h5_offset)
             f.write(_local_header(h5_name, crc, size, zip64))
             central.append((h5_name, crc, size, h5_offset))

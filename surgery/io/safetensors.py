@@ -22,10 +22,11 @@ from ..entries import VariableInfo
 from ..errors import FormatError, OutputError
 from .sources import WeightSource
 
-__all__ = ["SafetensorsSource", "write_safetensors", "DTYPES"]
+__all__ = ["SafetensorsSource", "write_safetensors", "read_into", "DTYPES"]
 
 _MAX_HEADER = 100 * 1024 * 1024
 _MAX_DIMS = 32
+_MAX_READ = 1 << 30  # bytes per read call
 
 
 def _bfloat16():
@@ -123,12 +124,29 @@ class SafetensorsSource(WeightSource):
 
     def _read(self, info: VariableInfo) -> np.ndarray:
         begin, end = info.key
-        with open(self._path, "rb") as f:
-            f.seek(begin)
-            data = f.read(end - begin)
-        if len(data) != end - begin:
+        array = np.empty(info.shape, dtype=_np_dtype(info.dtype))
+        with open(self._path, "rb", buffering=0) as f:
+            got = read_into(f.fileno(), array, begin)
+        if got != end - begin:
             raise FormatError(f"{self._path}: {info.path} is truncated", path=self._path)
-        return np.frombuffer(data, dtype=_np_dtype(info.dtype)).reshape(info.shape).copy()
+        return array
+
+
+def read_into(fd: int, array: np.ndarray, offset: int) -> int:
+    """Fills the new C-contiguous `array` with the bytes of the open file `fd` from `offset`
+    on, read straight into its memory (no intermediate bytes object: one tensor's worth of
+    memory, not two). Returns the number of bytes read: less than `array.nbytes` at the end
+    of the file. Loops over short reads (Linux reads at most ~2 GiB at a time)."""
+    view = memoryview(array.reshape(-1).view(np.uint8))
+    got = 0
+    with open(fd, "rb", buffering=0, closefd=False) as f:
+        f.seek(offset)
+        while got < len(view):
+            n = f.readinto(view[got:got + _MAX_READ])
+            if not n:
+                break
+            got += n
+    return got
 
 
 def write_safetensors(tensors: Mapping[str, np.ndarray], path: str, *,
@@ -160,5 +178,5 @@ def write_safetensors(tensors: Mapping[str, np.ndarray], path: str, *,
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
-        for a in arrays:
-            f.write(a.tobytes())
+        for a in arrays:  # written from the array's memory, no bytes copy
+            f.write(memoryview(a.reshape(-1).view(np.uint8)))

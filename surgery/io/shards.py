@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import posixpath
 import re
@@ -50,12 +51,13 @@ from ..entries import VariableInfo
 from ..errors import FormatError, InputError, OptionError, OutputError, SurgeryError
 from .h5layout import VirtualGroup, guard, keras3_entries, open_h5
 from .kerasfile import _check_against, _H5Source, read_architecture
-from .safetensors import SafetensorsSource, _np_dtype
+from .safetensors import SafetensorsSource, _np_dtype, read_into
 from .sources import WeightSource
 
 __all__ = ["SafetensorsIndexSource", "KerasShardedSource", "read_index", "index_files",
            "check_sharded_output", "parse_size", "write_keras_shards",
-           "write_safetensors_sharded", "ShardedOutput", "INDEX_SUFFIXES"]
+           "write_safetensors_sharded", "ShardedOutput", "INDEX_SUFFIXES", "format_size",
+           "tensor_bytes", "check_memory", "parse_memory", "MemoryLimit"]
 
 INDEX_SUFFIXES = (".safetensors.index.json", ".weights.json")
 _AGAIN = "the index and its shards come from different saves; save or download them again"
@@ -245,6 +247,77 @@ def parse_size(value: Any, what: str = "max_shard_size") -> int:
     return n
 
 
+class MemoryLimit(int):
+    """A memory limit in bytes that remembers the option it was given as, for messages
+    (``--max-memory`` on the command line, ``max_memory`` in Python)."""
+
+    option: str
+
+    def __new__(cls, n: int, option: str = "max_memory") -> "MemoryLimit":
+        limit = super().__new__(cls, n)
+        limit.option = option
+        return limit
+
+
+def parse_memory(value: Any, what: str = "max_memory") -> MemoryLimit | None:
+    """A memory limit in bytes, or None for none: an int of bytes, or a size as `parse_size`
+    reads it (``"800MB"``, ``"1.5GB"``, ``"2GiB"``); a `MemoryLimit` is returned as it is.
+
+    Raises:
+        OptionError: anything else (a float, a size under one byte, no unit it knows).
+    """
+    if value is None or isinstance(value, MemoryLimit):
+        return value
+    try:
+        return MemoryLimit(parse_size(value, what), what)
+    except OptionError:
+        raise OptionError(f"{what} {value!r}: not a memory size; give bytes (1500000000) or a "
+                          "size with a unit: 800MB, 1.5GB (powers of 1000), 2GiB (powers of "
+                          "1024)") from None
+
+
+def format_size(n: int) -> str:
+    """Bytes as a message shows them: ``411.1 MB`` (powers of 1000, as `parse_size` reads
+    them; rounded up, so that "at least" holds)."""
+    for unit, scale in (("GB", 10 ** 9), ("MB", 10 ** 6), ("KB", 10 ** 3)):
+        if n >= scale:
+            return f"{math.ceil(n * 10 / scale) / 10:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def tensor_bytes(shape: Iterable[int], dtype: str) -> int:
+    """The bytes of one tensor in memory (8 per value for a dtype numpy does not know)."""
+    try:
+        size = 2 if str(dtype) == "bfloat16" else np.dtype(dtype).itemsize
+    except TypeError:
+        size = 8
+    return math.prod(int(d) for d in shape) * size
+
+
+def check_memory(needs: Iterable[tuple[str, str, int, str]], limit: int | None) -> None:
+    """Refuses work whose largest step needs more memory than `limit` allows, before anything
+    is read or written.
+
+    Args:
+        needs: for every step of the work: (the file it reads, what holds the memory:
+            ``tensor fc1/kernel``, the bytes held at once, how they add up).
+        limit: bytes (`parse_memory`; a `MemoryLimit` names its option), or None for none.
+
+    Raises:
+        OptionError: the largest need (the first of equal ones), named with its file, its
+            size, how it adds up and the limit.
+    """
+    if limit is None:
+        return
+    what = getattr(limit, "option", "max_memory")
+    worst = max(needs, key=lambda need: need[2], default=None)
+    if worst is not None and worst[2] > limit:
+        path, name, n, detail = worst
+        raise OptionError(f"{path}: {name} needs {format_size(n)} ({n} bytes: {detail}) at "
+                          f"once, more than {what} {format_size(limit)} allows; raise {what} "
+                          f"to at least {format_size(n)}", path=path)
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardedOutput:
     """What a sharded write produced: the index, its shards in order, the tensor bytes in
@@ -404,8 +477,10 @@ def _write_keras_files(root: Any, plan: _KerasPlan, files: _OpenShards, replaced
             else parent.create_dataset(leaf, data=data)
         for key, value in ds_attrs.items():
             new.attrs[key] = value
+        data = None  # one tensor at a time: released before the next is read
     for key, array in values:
         files.get(plan.shard_of[key])[key][...] = array
+        del array
 
 
 def write_keras_shards(root: Any, index: str, max_shard_size: int, *,
@@ -612,13 +687,14 @@ class SafetensorsIndexSource(WeightSource):
                 raise FormatError(f"{file}: tensor {_short(info.path)} is truncated or the shard "
                                   "was replaced after the index was opened; open it again",
                                   path=file, variable=info.path)
-            data = os.pread(fd, end - begin, begin)
+            array = np.empty(info.shape, dtype=_np_dtype(info.dtype))
+            got = read_into(fd, array, begin)  # into the array: no second copy
         finally:
             os.close(fd)
-        if len(data) != end - begin:
+        if got != end - begin:
             raise FormatError(f"{file}: tensor {_short(info.path)} is truncated", path=file,
                               variable=info.path)
-        return np.frombuffer(data, dtype=_np_dtype(info.dtype)).reshape(info.shape).copy()
+        return array
 
 
 # ------------------------------------------------------------------------------- Keras

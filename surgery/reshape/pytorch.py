@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OptionError
-from ._checks import as_array, need, need_rank
+from ._checks import as_array, need, need_rank, transposed
+from .spatial import reordered_rows
 
 __all__ = ["conv_from_torch", "conv_to_torch", "linear_from_torch", "linear_to_torch",
            "batchnorm_from_torch", "batchnorm_to_torch", "batchnorm_config_from_torch"]
@@ -74,17 +75,28 @@ def conv_to_torch(kernel, *, kind: str = "conv") -> np.ndarray:
     return k.transpose((n + 1, n) + tuple(range(n))).copy()
 
 
-def linear_from_torch(weight) -> np.ndarray:
+def linear_from_torch(weight, *, feature_shape=None) -> np.ndarray:
     """``nn.Linear`` weight (out, in) -> Keras Dense kernel (in, out).
+
+    Args:
+        weight: the PyTorch weight.
+        feature_shape: for a Linear after ``torch.flatten`` of a (channels-first) map, that
+            map's (height, width, channels): the kernel's rows are reordered for a Keras Dense
+            after Flatten of the channels-last map (`reorder_flatten_rows`), in place in the
+            new kernel, without a second copy.
 
     Example:
     ```python
     kernel = linear_from_torch(state["fc.weight"])
+    kernel = linear_from_torch(state["classifier.0.weight"], feature_shape=(7, 7, 512))
     ```
     """
     w = as_array(weight, "linear_from_torch")
     need_rank(w, (2,), "linear_from_torch", "a PyTorch Linear weight (out, in)")
-    return w.T.copy()
+    kernel = transposed(w)
+    if feature_shape is None:
+        return kernel
+    return reordered_rows(kernel, feature_shape, "channels_first", "channels_last", own=True)
 
 
 def linear_to_torch(kernel) -> np.ndarray:
@@ -97,7 +109,7 @@ def linear_to_torch(kernel) -> np.ndarray:
     """
     k = as_array(kernel, "linear_to_torch")
     need_rank(k, (2,), "linear_to_torch", "a Keras Dense kernel (in, out)")
-    return k.T.copy()
+    return transposed(k)
 
 
 def batchnorm_from_torch(weight, bias, running_mean, running_var):

@@ -165,7 +165,15 @@ def reorder_flatten_rows(kernel, feature_shape: Sequence[int], *, source: str,
                                         source="channels_first", target="channels_last")
     ```
     """
-    k = as_array(kernel, "reorder_flatten_rows")
+    return reordered_rows(as_array(kernel, "reorder_flatten_rows"), feature_shape, source,
+                          target)
+
+
+def reordered_rows(k: np.ndarray, feature_shape: Sequence[int], source: str, target: str, *,
+                   own: bool = False) -> np.ndarray:
+    """`reorder_flatten_rows` of the array `k`; with `own` (a new C-contiguous array the
+    caller made, as `linear_from_torch` does) its rows are moved in place, one cycle at a time
+    (one row of scratch memory, not a second kernel)."""
     need_rank(k, (2,), "reorder_flatten_rows", "a Dense kernel (inputs, units)")
     h, w, c = _feature_shape(feature_shape, "reorder_flatten_rows")
     for name, value in (("source", source), ("target", target)):
@@ -177,7 +185,31 @@ def reorder_flatten_rows(kernel, feature_shape: Sequence[int], *, source: str,
          f"{(h, w, c)} flattens to {h * w * c}")
     units = k.shape[1]
     if source == target:
-        return k.copy()
-    if source == "channels_first":
-        return k.reshape(c, h, w, units).transpose(1, 2, 0, 3).reshape(-1, units).copy()
-    return k.reshape(h, w, c, units).transpose(2, 0, 1, 3).reshape(-1, units).copy()
+        return k if own else k.copy()
+    if own and k.flags.c_contiguous and k.flags.writeable:
+        order = np.arange(h * w * c).reshape((c, h, w) if source == "channels_first" else
+                                             (h, w, c))
+        order = order.transpose((1, 2, 0) if source == "channels_first" else (2, 0, 1))
+        return _permute_rows(k, order.reshape(-1).tolist())
+    if source == "channels_first":  # one copy (rows move whole), not two
+        return k.reshape(c, h, w, units).transpose(1, 2, 0, 3).copy().reshape(-1, units)
+    return k.reshape(h, w, c, units).transpose(2, 0, 1, 3).copy().reshape(-1, units)
+
+
+def _permute_rows(a: np.ndarray, order: list[int]) -> np.ndarray:
+    """``a[i] = a[order[i]]`` for every row i at once, in place: each cycle of the permutation
+    is walked with its first row kept aside."""
+    done = [False] * len(order)
+    row = np.empty(a.shape[1:], a.dtype)  # the cycle's first row, kept aside
+    for start in range(len(order)):
+        if done[start]:
+            continue
+        row[...] = a[start]
+        i = start
+        while order[i] != start:
+            a[i] = a[order[i]]
+            done[i] = True
+            i = order[i]
+        a[i] = row
+        done[i] = True
+    return a

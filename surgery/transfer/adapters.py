@@ -309,11 +309,9 @@ def _conv_to_torch(a, target, opts):
 
 @_single
 def _linear_from_torch(a, target, opts):
-    kernel = R.linear_from_torch(a)
     if "feature_shape" not in opts:
-        return Adapted({"": kernel}, False, "PyTorch Linear -> Keras Dense")
-    kernel = R.reorder_flatten_rows(kernel, opts["feature_shape"], source="channels_first",
-                                    target="channels_last")
+        return Adapted({"": R.linear_from_torch(a)}, False, "PyTorch Linear -> Keras Dense")
+    kernel = R.linear_from_torch(a, feature_shape=opts["feature_shape"])  # reordered in place
     return Adapted({"": kernel}, False, "PyTorch Linear after flatten (NCHW) -> Keras Dense "
                                         "after Flatten (NHWC)")
 

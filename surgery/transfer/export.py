@@ -100,6 +100,7 @@ _EXPORTERS = {e.name: e for e in [
     _Exporter("linear_to_torch", get_adapter("linear_to_torch").options),
     _Exporter("conv_to_torch", get_adapter("conv_to_torch").options),
     _Exporter("transpose", get_adapter("transpose").options),
+    _Exporter("reshape", {"shape": "the PyTorch shape, a list (same values)"}),
     _Exporter("lstm_to_torch", {}, ("kernel", "recurrent_kernel", "bias"),
               ("w_ih", "w_hh", "b_ih", "b_hh"), 2, _recurrent(R.lstm_to_torch, 4, "LSTM"),
               ("kernel", "recurrent_kernel")),
@@ -222,8 +223,9 @@ def _export_rule(item: Any, index: int, where: Where) -> ExportRule:
     return ExportRule(item["source"], name, pairs, options, at)
 
 
-def export_state_dict(model: Any, path: str, rules: Any, *, overwrite: bool = False,
-                      inputs: tuple = (), max_shard_size: Any = None) -> ExportReport:
+def export_state_dict(model: Any, path: str, rules: Any = None, *, like: Any = None,
+                      write_rules: Any = None, overwrite: bool = False, inputs: tuple = (),
+                      max_shard_size: Any = None, max_memory: Any = None) -> ExportReport:
     """Writes `model`'s weights with PyTorch key names and layouts to `path`.
 
     Args:
@@ -232,8 +234,18 @@ def export_state_dict(model: Any, path: str, rules: Any, *, overwrite: bool = Fa
         path: `.safetensors` or `.npz`; never one of the inputs. With `max_shard_size`, a
             Hugging Face ``NAME.safetensors.index.json`` and its shards, written as a set.
         max_shard_size: the largest shard (bytes, or "2GB", "500MB").
-        rules: a TOML path or dict (module docstring).
-        overwrite: replace an existing `path`.
+        max_memory: the most memory the export may hold (bytes, or "800MB", "1.5GB"): it
+            holds every PyTorch tensor until it writes them (and the largest one twice while
+            converting it); more is refused (`OptionError`) before anything is read.
+        rules: a TOML path or dict (module docstring); with `like`, your rules applied
+            first (the variables and keys they cover are left out of inference).
+        like: a PyTorch state dict saved from the module to fill (`.safetensors`, `.npz`;
+            any values, never read): its keys and shapes decide the names, inferred from
+            names and shapes (`surgery.port_rules(..., direction="to_torch")`), and the output
+            has exactly its keys, shapes and dtypes (checked before writing).
+        write_rules: with `like`, a TOML file to write the inferred export rules to (after
+            the output; atomically, never over an input): ``rules=write_rules`` repeats it.
+        overwrite: replace an existing `path` (and `write_rules`).
         inputs: other files the caller read (never written).
 
     Returns:
@@ -255,10 +267,11 @@ def export_state_dict(model: Any, path: str, rules: Any, *, overwrite: bool = Fa
     from ..io.atomic import atomic_path, check_output
     from ..io.sources import open_weights
 
-    from ..io.shards import check_sharded_output, write_safetensors_sharded
+    from ..io.shards import check_sharded_output, parse_memory, write_safetensors_sharded
 
     path = os.fspath(path)
-    readers = [p for p in (model, rules, *inputs) if isinstance(p, (str, os.PathLike))]
+    memory = parse_memory(max_memory)
+    readers = [p for p in (model, rules, like, *inputs) if isinstance(p, (str, os.PathLike))]
     sharded = check_sharded_output(path, max_shard_size, kind="safetensors",
                                    what="max_shard_size")
     if sharded is None:
@@ -266,25 +279,120 @@ def export_state_dict(model: Any, path: str, rules: Any, *, overwrite: bool = Fa
             raise OutputError(f"{path}: a PyTorch state dict is written as .safetensors or "
                               ".npz; give the output one of those names", path=path)
         check_output(path, inputs=readers, overwrite=overwrite)  # before reading anything
-    spec = load_export_rules(rules)
+    port = _port(model, rules, like, write_rules, readers + [path], overwrite)
+    spec = load_export_rules(port.rules if port is not None else rules)
     src = open_weights(model)
     try:
+        _check_memory(src, memory)
         out, report = _convert(src, spec, path)
     finally:
         if src is not model:
             src.close()
+    if port is not None:
+        out, report = _like_template(out, report, like, port)
     if sharded is not None:
         write_safetensors_sharded(out, path, sharded, inputs=readers, overwrite=overwrite)
-        return report
-    with atomic_path(path, inputs=readers, overwrite=overwrite) as tmp:
-        if path.lower().endswith(".npz"):
-            with open(tmp, "wb") as f:
-                np.savez(f, **out)
-        else:
-            from ..io.safetensors import write_safetensors
+    else:
+        with atomic_path(path, inputs=readers, overwrite=overwrite) as tmp:
+            if path.lower().endswith(".npz"):
+                with open(tmp, "wb") as f:
+                    np.savez(f, **out)
+            else:
+                from ..io.safetensors import write_safetensors
 
-            write_safetensors(out, tmp)
+                write_safetensors(out, tmp)
+    if write_rules is not None:
+        from .port import write_port_rules
+
+        write_port_rules(port, write_rules, inputs=readers + [path], overwrite=overwrite)
     return report
+
+
+def _port(model: Any, rules: Any, like: Any, write_rules: Any, inputs: list,
+          overwrite: bool) -> Any:
+    """The `PortPlan` a template asks for (None without one), and the checks of
+    `write_rules` (before anything is read)."""
+    from ..io.atomic import check_output
+    from .port import PortPlan, port_rules
+
+    if like is None:
+        if write_rules is not None:
+            raise OptionError("write_rules writes the rules a template infers: give like="
+                              "TEMPLATE (--like)")
+        if rules is None:
+            raise RulesError("exporting a PyTorch state dict needs rules naming every "
+                             "PyTorch key, or like=TEMPLATE (a state dict saved from the "
+                             "PyTorch module) to infer them")
+        return None
+    if write_rules is not None:
+        check_output(write_rules, inputs=inputs, overwrite=overwrite)
+    if isinstance(rules, PortPlan):
+        return rules
+    return port_rules(like, model, rules, direction="to_torch")
+
+
+def _np_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _floating(name: str) -> bool:
+    try:
+        return _np_dtype(name).kind == "f" or name == "bfloat16"
+    except TypeError:
+        return False
+
+
+def _like_template(out: dict, report: ExportReport, like: Any, port: Any
+                   ) -> tuple[dict, ExportReport]:
+    """`out` in the template's key order, checked against its keys, shapes and dtypes (a
+    floating dtype cast to the template's, and the row says so); the report with the pairs."""
+    from dataclasses import replace
+
+    from ..io.sources import open_weights
+
+    with open_weights(like) as template:
+        infos = template.variables()
+        name = template.name
+    missing = [i.path for i in infos if i.path not in out]
+    extra = [k for k in out if k not in {i.path for i in infos}]
+    if missing or extra:
+        raise RulesError(f"{name}: the export doesn't write the template's keys: missing "
+                         f"{', '.join(missing[:5]) or 'none'}, extra "
+                         f"{', '.join(extra[:5]) or 'none'}; fix the rules (--rules) so that "
+                         "they write exactly the template's keys")
+    notes = {}
+    for info in infos:
+        a = out[info.path]
+        if tuple(a.shape) != tuple(info.shape):
+            raise ShapeError(f"{info.path}: the export makes {tuple(a.shape)} but the template "
+                             f"has {tuple(info.shape)}; fix the rule that writes it",
+                             variable=info.path, shapes=(tuple(a.shape), tuple(info.shape)))
+        if str(a.dtype) != info.dtype:
+            if a.dtype.kind != "f" or not _floating(info.dtype):
+                raise ShapeError(f"{info.path}: the export makes {a.dtype} but the template "
+                                 f"has {info.dtype}; fix the rule that writes it",
+                                 variable=info.path)
+            out[info.path] = a.astype(_np_dtype(info.dtype))
+            notes[info.path] = f"cast {a.dtype} -> {info.dtype} (the template's)"
+    rows = tuple(replace(r, note="; ".join(n for n in (r.note, notes.get(r.key)) if n))
+                 for r in report.rows)
+    return {i.path: out[i.path] for i in infos}, replace(report, rows=rows, port=port.pairs)
+
+
+def _check_memory(src: Any, limit: int | None) -> None:
+    """The export holds every tensor it writes until it writes them, and reads the largest
+    while those are held: that, from the variables' shapes, against `limit`."""
+    from ..io.shards import check_memory, format_size, tensor_bytes
+
+    sizes = [tensor_bytes(v.shape, v.dtype) for v in src.variables()]
+    total, largest = sum(sizes), max(sizes, default=0)
+    check_memory([(src.name, f"the export of its {len(sizes)} tensors", total + largest,
+                   f"{format_size(total)} held until written + the largest, "
+                   f"{format_size(largest)}, read again while converting")], limit)
 
 
 def _convert(src, spec: ExportRules, path: str) -> tuple[dict[str, np.ndarray], ExportReport]:
@@ -374,7 +482,8 @@ def _run(src, rule: ExportRule, reads: dict[str, str]) -> Iterator[tuple[str, np
             return
         adapter = get_adapter(rule.name)
         try:
-            result = adapter.fn({"": a}, {"": a.shape}, opts)
+            shape = tuple(opts.get("shape", a.shape)) if rule.name == "reshape" else a.shape
+            result = adapter.fn({"": a}, {"": shape}, opts)
         except (ShapeError, OptionError) as e:
             raise type(e)(f"{rule.at}: export '{rule.name}' of {rule.source!r} {a.shape} with "
                           f"{_given(opts)}: {e}", variable=rule.source) from None

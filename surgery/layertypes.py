@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
-__all__ = ["VariableSpec", "VariableRole", "LayerType", "REGISTRY", "VARIABLE_ROLES",
+__all__ = ["SUBLAYER_ATTRIBUTES", "VariableSpec", "VariableRole", "LayerType", "REGISTRY", "VARIABLE_ROLES",
            "layer_type", "variable_specs", "variable_role", "rnn_cell", "register", "classes"]
 
 
@@ -309,3 +309,32 @@ def variable_specs(class_name: str, config: Mapping, count: int) -> list[Variabl
         if len(specs) == count:
             return specs
     return [VariableSpec(f"var{i}") for i in range(count)]
+
+
+_ATTENTION = (("query_dense", "EinsumDense"), ("key_dense", "EinsumDense"),
+              ("value_dense", "EinsumDense"), ("_softmax", "Softmax"),
+              ("_dropout_layer", "Dropout"), ("output_dense", "EinsumDense"))
+_FEEDFORWARD = (("_feedforward_intermediate_dense", "Dense"),
+                ("_feedforward_output_dense", "Dense"))
+# The sublayers Keras's (3.15) and keras-hub's (0.32) layers hold by attribute: a weights file
+# names them only by attribute (``_self_attention_layer``), sorted, with no class. Here in the
+# order the live layer tracks them (the live model's order), with their classes.
+SUBLAYER_ATTRIBUTES: dict[str, tuple[tuple[str, str], ...]] = {
+    "MultiHeadAttention": _ATTENTION,
+    "CachedMultiHeadAttention": _ATTENTION,
+    "TransformerEncoder": (
+        ("_self_attention_layer", "MultiHeadAttention"),
+        ("_self_attention_layer_norm", "LayerNormalization"),
+        ("_self_attention_dropout", "Dropout"),
+        ("_feedforward_layer_norm", "LayerNormalization")) + _FEEDFORWARD + (
+        ("_feedforward_dropout", "Dropout"),),
+    "TransformerDecoder": (
+        ("_self_attention_layer", "CachedMultiHeadAttention"),
+        ("_self_attention_layer_norm", "LayerNormalization"),
+        ("_self_attention_dropout", "Dropout"),
+        ("_cross_attention_layer", "CachedMultiHeadAttention"),
+        ("_cross_attention_layer_norm", "LayerNormalization"),
+        ("_cross_attention_dropout", "Dropout")) + _FEEDFORWARD + (
+        ("_feedforward_layer_norm", "LayerNormalization"),
+        ("_feedforward_dropout", "Dropout")),
+}

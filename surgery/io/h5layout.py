@@ -31,7 +31,8 @@ import numpy as np
 
 from ..entries import LayerInfo, VariableInfo
 from ..errors import FormatError
-from ..layertypes import REGISTRY, VariableSpec, layer_type, rnn_cell, variable_specs
+from ..layertypes import (REGISTRY, SUBLAYER_ATTRIBUTES, VariableSpec, layer_type, rnn_cell,
+                          variable_specs)
 from .keras2 import keras3_layer_name, keras3_variable_name
 
 __all__ = [
@@ -480,40 +481,13 @@ def _by_class_order(container: h5py.Group, layer_configs: list) -> dict[str, h5p
 
 _FIRST = {"cell": 0, "layer": 1, "forward_layer": 2, "backward_layer": 3}
 
-_ATTENTION = (("query_dense", "EinsumDense"), ("key_dense", "EinsumDense"),
-              ("value_dense", "EinsumDense"), ("_softmax", "Softmax"),
-              ("_dropout_layer", "Dropout"), ("output_dense", "EinsumDense"))
-_FEEDFORWARD = (("_feedforward_intermediate_dense", "Dense"),
-                ("_feedforward_output_dense", "Dense"))
-# The sublayers Keras's (3.15) and keras-hub's (0.32) layers hold by attribute: a weights file
-# names them only by attribute (``_self_attention_layer``), sorted, with no class. Here in the
-# order the live layer tracks them (the live model's order), with their classes.
-_ATTRIBUTES: dict[str, tuple[tuple[str, str], ...]] = {
-    "MultiHeadAttention": _ATTENTION,
-    "CachedMultiHeadAttention": _ATTENTION,
-    "TransformerEncoder": (
-        ("_self_attention_layer", "MultiHeadAttention"),
-        ("_self_attention_layer_norm", "LayerNormalization"),
-        ("_self_attention_dropout", "Dropout"),
-        ("_feedforward_layer_norm", "LayerNormalization")) + _FEEDFORWARD + (
-        ("_feedforward_dropout", "Dropout"),),
-    "TransformerDecoder": (
-        ("_self_attention_layer", "CachedMultiHeadAttention"),
-        ("_self_attention_layer_norm", "LayerNormalization"),
-        ("_self_attention_dropout", "Dropout"),
-        ("_cross_attention_layer", "CachedMultiHeadAttention"),
-        ("_cross_attention_layer_norm", "LayerNormalization"),
-        ("_cross_attention_dropout", "Dropout")) + _FEEDFORWARD + (
-        ("_feedforward_layer_norm", "LayerNormalization"),
-        ("_feedforward_dropout", "Dropout")),
-}
 
 
 def _ordered(children, cls: str = "") -> list:
     """Wrapper parts first (forward before backward), then a known class's attribute
-    sublayers in its live order (`_ATTRIBUTES`), then the others by name (Keras's save
+    sublayers in its live order (`SUBLAYER_ATTRIBUTES`), then the others by name (Keras's save
     order)."""
-    known = [attr for attr, _ in _ATTRIBUTES.get(cls, ())]
+    known = [attr for attr, _ in SUBLAYER_ATTRIBUTES.get(cls, ())]
     return sorted(children, key=lambda item: (
         _FIRST.get(item[0], 9), known.index(item[0]) if item[0] in known else len(known),
         item[0]))
@@ -521,7 +495,7 @@ def _ordered(children, cls: str = "") -> list:
 
 def _attribute_class(cls: str, attr: str) -> dict | None:
     """``{"class_name": ...}`` of the sublayer a known class holds as `attr`, else None."""
-    found = dict(_ATTRIBUTES.get(cls, ())).get(attr)
+    found = dict(SUBLAYER_ATTRIBUTES.get(cls, ())).get(attr)
     return {"class_name": found} if found else None
 
 
@@ -627,9 +601,9 @@ def _natural(key: str) -> tuple:
 def _class_from_key(key: str) -> dict | None:
     """``{"class_name": ...}`` of a layer whose group Keras named after its class
     (``batch_normalization_3``, ``transformer_encoder_1``), when the registry or
-    `_ATTRIBUTES` knows that class; None otherwise."""
+    `SUBLAYER_ATTRIBUTES` knows that class; None otherwise."""
     base = re.sub(r"_\d+$", "", key)
-    for name in (*REGISTRY, *_ATTRIBUTES):
+    for name in (*REGISTRY, *SUBLAYER_ATTRIBUTES):
         if snake_case(name) in (key, base):
             return {"class_name": name}
     return None

@@ -475,3 +475,31 @@ def test_numeric_check_takes_bfloat16_and_refuses_text():
     with pytest.raises(ShapeError) as e:
         R.linear_from_torch(np.array([["a", "b"]]))
     assert str(e.value) == "linear_from_torch: expected a numeric array, got dtype <U1"
+
+
+def _bn_warning(keras, renames, state, tmp_path):
+    path = str(tmp_path / "bn.npz")
+    np.savez(path, **state)
+    model = keras.Sequential([keras.Input((4, 4, 3)),
+                              keras.layers.BatchNormalization(epsilon=1e-3, name="bn")])
+    report = surgery.transplant(path, model, {"rename": [
+        {"from": f"^bn1\\.{k}$", "to": f"bn/{v}"} for k, v in renames]})
+    return report.warnings, model
+
+
+@pytest.mark.parametrize("renames, named", [
+    ([("running_mean", "moving_mean")], "bn1.running_mean"),     # the mean alone is still one
+    ([("running_mean", "moving_mean"), ("running_var", "moving_variance")], "bn1.running_var"),
+    ([("running_var", "moving_variance"), ("running_mean", "moving_mean")], "bn1.running_var"),
+])
+def test_batchnorm_statistics_warning_names_the_copied_key(keras, tmp_path, renames, named):
+    """PyTorch statistics renamed into a BatchNorm with Keras's epsilon: one warning for the
+    layer, naming the variance when it is copied, else the mean (matching.py's choice)."""
+    rng = np.random.default_rng(3)
+    state = {f"bn1.{k}": rng.uniform(.1, .5, 3).astype("float32")
+             for k in ("running_mean", "running_var")}
+    warnings, model = _bn_warning(keras, renames, state, tmp_path)
+    assert len(warnings) == 1 and warnings[0].startswith(f"bn: {named} is copied from a "
+                                                         "PyTorch BatchNorm")
+    np.testing.assert_array_equal(model.get_layer("bn").moving_mean.numpy(),
+                                  state["bn1.running_mean"])

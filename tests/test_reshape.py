@@ -423,6 +423,17 @@ def test_net2wider_refuses_fewer_units():
                             "Net2Wider only grows (use delete_channels to shrink)")
 
 
+@pytest.mark.parametrize("bn, shapes", [
+    ((rand(4), rand(4), rand(4)), "[(4,), (4,), (4,)]"),                     # three, not four
+    ((rand(4), rand(4), rand(4), rand(5)), "[(4,), (4,), (4,), (5,)]"),      # one of another width
+])
+def test_net2wider_refuses_batchnorm_arrays_that_dont_fit(bn, shapes):
+    with pytest.raises(ShapeError) as e:
+        R.net2wider(rand(5, 4), rand(4), rand(4, 3), 6, bn=bn)
+    assert str(e.value) == ("net2wider: bn must be (gamma, beta, moving_mean, moving_variance), "
+                            f"each (4,); got {shapes}")
+
+
 def test_identity_kernel(keras):
     x = rand(1, 6, 6, 3)
     got = run(keras.layers.Conv2D(3, 3, padding="same"), x,

@@ -425,3 +425,4 @@ def test_keras_sources_with_moving_statistics_do_not_warn(keras):
     src = _bn_model(keras, 1e-3)
     report = surgery.transplant(src, _bn_model(keras, 1e-3), strict=True)
     assert report.ok and report.warnings == ()
+

@@ -269,11 +269,12 @@ def batchnorm_stat_warnings(plan: TransplantPlan, targets: Sequence[VariableInfo
     by_path = {t.path: t for t in targets}
     found: dict[str, str] = {}  # layer -> the source key to name (running_var first)
     for step in plan.steps:
-        t = by_path[step.target]
-        if step.action == Outcome.COPIED and step.sources[0].endswith(_TORCH_BN_STATS) and \
-                t.layer_class.endswith("BatchNormalization") and \
-                (t.layer not in found or step.sources[0].endswith(".running_var")):
-            found[t.layer] = step.sources[0]
+        if step.action != Outcome.COPIED:
+            continue
+        t, (key,) = by_path[step.target], step.sources  # a copy reads one source tensor
+        if key.endswith(_TORCH_BN_STATS) and t.layer_class.endswith("BatchNormalization") and \
+                (t.layer not in found or key.endswith(".running_var")):
+            found[t.layer] = key
     out = []
     for layer, key in found.items():
         epsilon = epsilon_of(layer)

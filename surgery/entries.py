@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["VariableInfo", "LayerInfo"]
+__all__ = ["VariableInfo", "LayerInfo", "shape_size"]
+
+
+def shape_size(shape) -> int:
+    """Number of scalars of a shape, in Python ints (no int64 overflow on hostile shapes)."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 @dataclass(frozen=True)
@@ -43,10 +51,7 @@ class VariableInfo:
     @property
     def size(self) -> int:
         """Number of scalars."""
-        n = 1
-        for d in self.shape:
-            n *= int(d)
-        return n
+        return shape_size(self.shape)
 
     @property
     def name(self) -> str:

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 import surgery
 from surgery.cli import main
+from tests.test_keras_hub import _resnet
 from tests.conftest import ROOT
 
 keras_hub = pytest.importorskip("keras_hub")
@@ -58,16 +59,6 @@ def _gpt2(keras, seed=4):
         max_sequence_length=32, dropout=0.0, name="gpt2_backbone")
     return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None,
                                          name="gpt2_causal_lm")
-
-
-def _resnet(keras, seed=5):
-    keras.utils.set_random_seed(seed)
-    backbone = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 16],
-        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
-        use_pre_activation=False, image_shape=(16, 16, 3), name="res_net_backbone")
-    return keras_hub.models.ResNetImageClassifier(backbone=backbone, num_classes=4,
-                                                  preprocessor=None, name="res_net_classifier")
 
 
 def _two_inputs(keras, seed=2):
@@ -112,7 +103,7 @@ def files(tmp_path_factory, keras):
     with its dict data as an `.npz`."""
     folder = tmp_path_factory.mktemp("hub_more")
     live = {"bert": _bert(keras), "bert_pre": _bert(keras, seed=2, preprocessor=True),
-            "gpt2": _gpt2(keras), "resnet": _resnet(keras), "two": _two_inputs(keras),
+            "gpt2": _gpt2(keras), "resnet": _resnet(keras, 5), "two": _two_inputs(keras),
             "nested": _nested(keras)}
     out = {"live": live}
     for name, model in live.items():

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..entries import shape_size
 from ..errors import SurgeryError
 from ..layertypes import layer_type
 
@@ -38,10 +39,7 @@ class StateVariable:
 
     @property
     def size(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= int(d)
-        return n
+        return shape_size(self.shape)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "kind": self.kind, "shape": list(self.shape),

@@ -599,4 +599,5 @@ def delete_channels(model: Any, layer: str, channels: Sequence[int], *, couple: 
     _walk(flow, couple)
     replace, changes = _narrowed(flow, layer)
     return apply_edits(model, operation=f"delete {len(chans)} channels of {layer}",
-                       replace=replace, changes=tuple(changes), fill=_fill(flow))
+                       replace=replace, changes=tuple(changes), fill=_fill(flow),
+                       filled=set(replace))

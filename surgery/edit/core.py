@@ -10,7 +10,7 @@ in to insert), and weights travel one tensor at a time by canonical path.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from ..model.rebuild import keras_module, model_config
 from ..outcomes import Outcome
 from ..results import EditResult  # re-exported: edit code builds it from here
 from ..selection import closest_paths
+from .carry import Deferred, carry_weights
 
 __all__ = ["EditReport", "EditResult", "apply_edits", "layer_names", "find_layer",
            "graph", "params", "model_config", "shared_layers", "edit_nested"]
@@ -141,10 +142,11 @@ def _without_build(node):
     return node
 
 
-def _fresh(layer, k):
+def _fresh(layer, k, deferred: Deferred | None = None):
     if type(layer).__name__ == "InputLayer":
         return layer
-    return layer.__class__.from_config(_without_build(layer.get_config()))
+    new = layer.__class__.from_config(_without_build(layer.get_config()))
+    return deferred.defer(new) if deferred is not None else new
 
 
 def apply_edits(model: Any, *, operation: str, delete: set[str] = frozenset(),
@@ -152,7 +154,8 @@ def apply_edits(model: Any, *, operation: str, delete: set[str] = frozenset(),
                 insert_after: Mapping[str, Any] | None = None,
                 insert_before: Mapping[str, Any] | None = None,
                 input_shape: tuple | None = None, changes: tuple[str, ...] = (),
-                fill: Callable[[Any, Any], list[str]] | None = None) -> EditResult:
+                fill: Callable[[Any, Any], list[str]] | None = None,
+                filled: Iterable[str] = ()) -> EditResult:
     """Builds the edited model and carries the weights.
 
     Args:
@@ -164,6 +167,8 @@ def apply_edits(model: Any, *, operation: str, delete: set[str] = frozenset(),
         input_shape: a new input shape (without the batch axis).
         fill: ``fill(old_model, new_model) -> converted paths``, run after carrying, for
             edits that compute new values (Net2Net).
+        filled: names of `replace` layers that `fill` writes whole: built, like the fresh
+            copies, without drawing initial values (see `surgery.edit.carry`).
     """
     k = keras_module(model)
     replace = dict(replace or {})
@@ -173,16 +178,22 @@ def apply_edits(model: Any, *, operation: str, delete: set[str] = frozenset(),
     for name in [*delete, *replace, *insert_after, *insert_before]:
         if name not in known:
             find_layer(model, name)  # raises with the closest names
-    if type(model).__name__ == "Sequential":
-        new = _edit_sequential(model, k, delete, replace, insert_after, insert_before,
-                               input_shape)
-    else:
-        new = _edit_functional(model, k, delete, replace, insert_after, insert_before,
-                               input_shape)
-    return _carry(model, new, operation, changes, fill, skip=set(replace))
+    deferred = Deferred(k)
+    for name in filled:
+        deferred.defer(replace[name])
+    try:
+        if type(model).__name__ == "Sequential":
+            new = _edit_sequential(model, k, delete, replace, insert_after, insert_before,
+                                   input_shape, deferred)
+        else:
+            new = _edit_functional(model, k, delete, replace, insert_after, insert_before,
+                                   input_shape, deferred)
+    finally:
+        deferred.restore()
+    return _carry(model, new, operation, changes, fill, set(replace), deferred)
 
 
-def _edit_sequential(model, k, delete, replace, after, before, input_shape):
+def _edit_sequential(model, k, delete, replace, after, before, input_shape, deferred):
     layers = []
     shape = input_shape or tuple(model.inputs[0].shape[1:])
     dtype = model.inputs[0].dtype
@@ -193,7 +204,7 @@ def _edit_sequential(model, k, delete, replace, after, before, input_shape):
             layers.append(before[name])
         if name in delete:
             continue
-        layers.append(replace[name] if name in replace else _fresh(layer, k))
+        layers.append(replace[name] if name in replace else _fresh(layer, k, deferred))
         if name in after:
             layers.append(after[name])
     try:
@@ -204,14 +215,14 @@ def _edit_sequential(model, k, delete, replace, after, before, input_shape):
                         ) from None
 
 
-def _edit_functional(model, k, delete, replace, after, before, input_shape):
+def _edit_functional(model, k, delete, replace, after, before, input_shape, deferred):
     if len(model.inputs) != 1 and input_shape is not None:
         raise EditError(f"{model.name}: a new input shape needs a model with one input")
 
     def clone(layer):
         if layer.name in replace:
             return replace[layer.name]
-        return _fresh(layer, k)
+        return _fresh(layer, k, deferred)
 
     def call(layer, *args, **kwargs):
         if layer.name in before:
@@ -244,22 +255,16 @@ def _edit_functional(model, k, delete, replace, after, before, input_shape):
                         ) from None
 
 
-def _carry(old, new, operation, changes, fill, skip) -> EditResult:
-    from ..transfer.transplant import transplant
-
-    report = transplant(old, new, {"match": "exact", "skip": sorted(skip)} if skip else
-                        {"match": "exact"})
+def _carry(old, new, operation, changes, fill, skip, deferred) -> EditResult:
+    walk, copied, left = carry_weights(old, new, skip)
     converted = fill(old, new) if fill else []
-    initialized = []
-    for e in report.entries:
-        if e.status == Outcome.COPIED or e.path in converted:
-            continue
-        why = {Outcome.SKIPPED: "replaced layer", Outcome.MISSING: "new layer",
-               Outcome.MISMATCHED: f"shape {e.source_shape} -> {e.target_shape}"}[e.status]
-        initialized.append((e.path, why))
-    copied = tuple(e.path for e in report.copied if e.path not in converted)
-    return EditResult(new, EditReport(operation, tuple(changes), copied, tuple(converted),
-                                      tuple(initialized), params(old), params(new)))
+    done = set(converted)
+    deferred.initialize_rest(walk, set(copied) | done)
+    initialized = [(path, why) for path, why in left if path not in done]
+    copied = [path for path in copied if path not in done]
+    return EditResult(new, EditReport(operation, tuple(changes), tuple(copied),
+                                      tuple(converted), tuple(initialized), params(old),
+                                      params(new)))
 
 
 def is_graph_model(layer) -> bool:

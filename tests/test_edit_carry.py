@@ -98,3 +98,22 @@ def test_delete_channels_writes_every_variable_of_the_narrowed_layers():
     assert report.initialized == ()
     assert new.get_layer("conv").get_config()["bias_initializer"] == \
         model.get_layer("conv").get_config()["bias_initializer"]
+
+
+def test_layers_that_build_sublayers_keep_their_initializers():
+    # MultiHeadAttention builds EinsumDense sublayers from its own initializers: it is built
+    # as Keras builds it, and its sublayers keep glorot_uniform for a later reinit
+    inp = keras.Input((5, 8))
+    x = L.MultiHeadAttention(2, 4, name="mha")(inp, inp)
+    x = L.LayerNormalization(name="ln")(x)
+    x = L.Dense(8, name="extra")(x)
+    out = L.Dense(3, name="head")(L.GlobalAveragePooling1D()(x))
+    model = keras.Model(inp, out)
+    new, report = edit.delete_layer(model, "extra")
+    assert report.initialized == ()
+    mha = new.get_layer("mha")
+    for sub in (mha._query_dense, mha._key_dense, mha._value_dense, mha._output_dense):
+        assert type(sub.kernel_initializer).__name__ == "GlorotUniform", sub.name
+    x = np.random.default_rng(2).normal(size=(2, 5, 8)).astype("float32")
+    reference = keras.Model(model.input, model.get_layer("mha").output)
+    np.testing.assert_array_equal(keras.Model(new.input, mha.output)(x), reference(x))

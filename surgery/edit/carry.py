@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import EditError
 from ..io.livemodels import walk_model
+from ..layertypes import layer_type
 
 __all__ = ["Deferred", "carry_weights"]
 
@@ -27,14 +28,12 @@ def _is_initializer(value: Any) -> bool:
                for c in type(value).__mro__)
 
 
-class _Constant:
-    """The stand-in initializer: zeros, no random draw."""
-
-    def __init__(self, k):
-        self._zeros = k.initializers.Zeros()
-
-    def __call__(self, shape, dtype=None):
-        return self._zeros(shape, dtype=dtype)
+def _leaf(layer: Any) -> bool:
+    """A built-in Keras layer whose variables are its own (Dense, Conv, BatchNormalization,
+    ...: registered with variables, no cell, no wrapped layer, no sublayers to build)."""
+    entry = layer_type(type(layer).__name__)
+    return entry is not None and bool(entry.variables) and entry.cell is None and \
+        not entry.wrapper and type(layer).__module__.startswith("keras.src.layers.")
 
 
 class Deferred:
@@ -46,15 +45,15 @@ class Deferred:
         self.layers: dict[int, tuple[Any, dict[str, Any]]] = {}
 
     def defer(self, layer: Any) -> Any:
-        """Swaps the initializers of an unbuilt built-in Keras layer (its own attributes:
-        sublayers keep theirs) for the stand-in; other layers are left as they are."""
-        if getattr(layer, "built", True) or \
-                not type(layer).__module__.startswith("keras.src.layers."):
+        """Swaps the initializers of an unbuilt built-in Keras layer that holds its variables
+        itself (`_leaf`) for the stand-in (zeros: no random draw); other layers are left as
+        they are."""
+        if getattr(layer, "built", True) or not _leaf(layer):
             return layer
         real = {name: value for name, value in vars(layer).items() if _is_initializer(value)}
         if real:
             if self._stand_in is None:
-                self._stand_in = _Constant(self._k)
+                self._stand_in = self._k.initializers.Zeros()
             for name in real:
                 object.__setattr__(layer, name, self._stand_in)
             self.layers[id(layer)] = (layer, real)

@@ -26,7 +26,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from surgery.train import data as datasets
+from surgery.train import data_safety
 from surgery.train.data import load_data
 from surgery.errors import FormatError, InputError, ShapeError
 from tests.conftest import leftovers
@@ -376,7 +376,7 @@ def test_finetune_api_refuses_non_finite_arrays(models):
 
 
 def test_too_many_entries_are_refused(models, tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "MAX_DATA_ENTRIES", 5)
+    monkeypatch.setattr(data_safety, "MAX_DATA_ENTRIES", 5)
     folder = image_folder(tmp_path / "img", classes=("a", "b", "c"))
     with pytest.raises(InputError) as e:
         load_data(folder, models["image"][0])

@@ -23,13 +23,18 @@ Benchmarks:
 - adapters (issue #21): PyTorch layout -> Keras on a VGG16-size model (conv_from_torch,
   linear_from_torch with the Flatten reorder) against the plain `.keras` -> `.keras` path on
   the same model (goal <= 1.5x), its peak memory against 3x the largest tensor + 300 MB.
+- shards_out (issue #21): the file -> file transplant of the read/transplant parts' model
+  into a sharded `.weights.json` (100 MB shards) against the same transplant into one
+  `.keras` file (goal <= 1.1x the time), the peak memory of each; the sharded output loads in
+  plain Keras (`load_weights(index)` on the target architecture, in a fresh process) with the
+  source's weights bitwise, as the `.keras` output holds them.
 - delete_channels: pruning a generated ~100-layer residual CNN against `clone_model` of it
   (goal <= 1.2x).
 - finetune: median time per epoch of `surgery.finetune` against a hand-written Keras script
   doing the same training (same model, data, batch size, frozen layers).
 
-`SURGERY_BENCH_ONLY=scale,adapters` runs only those parts (read, transplant, scale,
-adapters, prune, finetune); `SURGERY_BENCH_SCALE_LAYERS` sets the big model's Dense(4096)
+`SURGERY_BENCH_ONLY=scale,adapters` runs only those parts (read, transplant, shards_out,
+scale, adapters, prune, finetune); `SURGERY_BENCH_SCALE_LAYERS` sets the big model's Dense(4096)
 layers (60: ~4 GB; the small one has 6). The scale and adapter models are generated in a
 temporary folder (~17 GB at most) and removed at the end.
 """
@@ -552,6 +557,77 @@ def bench_prune(summary: dict) -> None:
     summary["delete_channels"] = {**data, "ratio": ratio}
 
 
+# ---------------------------------------------------------- sharded output (issue #21)
+
+SHARD_OUT = "100MB"  # the sharded output's --max-shard-size
+
+_TRANSPLANT_TO = ("import surgery\n"
+                  "surgery.transplant_file({source!r}, {target!r}, {out!r}, overwrite=True, "
+                  "max_shard_size={limit!r})")
+
+# Plain Keras, in a fresh process: the target architecture loads the sharded weights with
+# Keras's own reader; every variable is compared bitwise with the source model's, loaded by
+# Keras too.
+_KERAS_READS_SHARDS = """
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras
+source, target, index = sys.argv[1:]
+want = keras.saving.load_model(source, compile=False)
+model = keras.saving.load_model(target, compile=False)
+before = sum(a.tobytes() == b.tobytes() for a, b in zip(model.get_weights(), want.get_weights()))
+model.load_weights(index)
+wrong = [v.path for v, a, b in zip(model.weights, model.get_weights(), want.get_weights())
+         if a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes()]
+print(json.dumps({"variables": len(want.weights), "equal_before_load": before,
+                  "different": wrong if len(model.weights) == len(want.weights)
+                  else ["variable count differs"]}))
+"""
+
+
+def bench_shards_out(path: str, summary: dict) -> None:
+    target = os.path.abspath(os.path.join(OUT, "big_target.keras"))
+    _generate(target, 2)
+    whole = os.path.abspath(os.path.join(OUT, "shards_out.keras"))
+    index = os.path.abspath(os.path.join(OUT, "shards_out.weights.json"))
+
+    def clear() -> None:
+        for name in os.listdir(OUT):
+            if name == "shards_out.keras" or name == "shards_out.weights.json" or (
+                    name.startswith("shards_out_") and name.endswith(".weights.h5")):
+                os.remove(os.path.join(OUT, name))
+
+    names = {"unsharded: one .keras": (whole, None),
+             f"sharded: .weights.json, {SHARD_OUT} shards": (index, SHARD_OUT)}
+    codes = {name: _MEASURE.format(body=_TRANSPLANT_TO.format(
+        source=path, target=target, out=out, limit=limit)) for name, (out, limit) in names.items()}
+    res = _best(codes, clear)  # each run starts with no output; the sharded one runs last
+    one, sharded = (res[name] for name in names)
+    _run(codes["unsharded: one .keras"])  # its output again, beside the shards: checked below
+    shards = sorted(n for n in os.listdir(OUT) if n.startswith("shards_out_"))
+    r = subprocess.run([sys.executable, "-c", _KERAS_READS_SHARDS, path, target, index],
+                       capture_output=True, text=True, env=_env())
+    if r.returncode != 0:
+        raise SystemExit(f"plain Keras can't load the sharded output:\n{r.stderr[-2000:]}")
+    loads = json.loads(r.stdout.strip().splitlines()[-1])
+    whole_same = _same_weights(whole, path)
+    clear()
+    ratio = sharded["seconds"] / one["seconds"]
+    size_mb = os.path.getsize(path) / MB
+    print(f"\nsharded output: file -> file transplant of {size_mb:.0f} MB into {len(shards)} "
+          f"shards of at most {SHARD_OUT} vs one .keras (best of {REPEAT}, alternated)")
+    for name, run in res.items():
+        print(f"  {name:<40} {run['seconds']:>7.2f} s {run['peak_mb']:>7.0f} MB peak")
+    print(f"  sharded / unsharded wall time {ratio:.2f}x (goal <= 1.1x) {verdict(ratio, 1.1)}")
+    ok = not loads["different"] and loads["equal_before_load"] < loads["variables"]
+    print(f"  plain Keras load_weights(index) on the target architecture: "
+          f"{loads['variables'] - len(loads['different'])}/{loads['variables']} variables "
+          f"bitwise equal to the source's ({'PASS' if ok else 'MISS'}); the .keras output: "
+          f"{whole_same}")
+    summary["shards_out"] = {"runs": res, "ratio": ratio, "shards": len(shards),
+                             "keras_loads": loads, "unsharded_weights": whole_same}
+
+
 def _wanted(part: str) -> bool:
     return not ONLY or part in ONLY
 
@@ -575,13 +651,15 @@ def main() -> None:
 
     os.makedirs(OUT, exist_ok=True)
     summary: dict = {}
-    if _wanted("read") or _wanted("transplant"):
+    if _wanted("read") or _wanted("transplant") or _wanted("shards_out"):
         path = os.path.abspath(os.path.join(OUT, "big.keras"))
         _generate(path, 1)
         if _wanted("read"):
             bench_read(path, summary)
         if _wanted("transplant"):
             bench_transplant(path, summary)
+        if _wanted("shards_out"):
+            bench_shards_out(path, summary)
     for part, bench in (("scale", bench_scale), ("adapters", bench_adapters)):
         if _wanted(part):  # multi-GB models: generated in a temporary folder, then removed
             with tempfile.TemporaryDirectory(prefix=f"surgery-bench-{part}-",

@@ -377,8 +377,8 @@ def convert_cmd(model, output, atol, inputs, overwrite, max_shard_size, max_memo
 @click.option("--max-shard-size", metavar="SIZE", help="torch: write a Hugging Face sharded "
               "checkpoint (-o NAME.safetensors.index.json) with shards of at most SIZE "
               "(2GB, 500MB, bytes).")
-@max_memory_option("torch: the export (every PyTorch tensor until written, and the largest "
-                   "twice while converting)")
+@max_memory_option("torch: one step of the export (one rule's inputs and outputs: it "
+                   "streams, one rule at a time)")
 @json_option("torch: print the export report as JSON only.")
 def export_cmd(model, output, fmt, rules, like, write_rules, max_shard_size, max_memory,
                overwrite, unsafe, as_json) -> int:

@@ -184,6 +184,12 @@ class Writeback:
         """Counts bytes just written; starts a writeback past `_FLUSH` of them."""
         self._pending += nbytes
         if self._pending >= _FLUSH:
+            self.start()
+
+    def start(self) -> None:
+        """Starts a writeback now of what was written since the last one, if anything (the
+        file will not be written to for a while: a shard is done, the next one begins)."""
+        if self._pending:
             self._pending = 0
             self._wake.set()
 

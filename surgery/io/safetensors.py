@@ -13,7 +13,7 @@ import json
 import math
 import os
 import struct
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -22,7 +22,8 @@ from ..entries import VariableInfo
 from ..errors import FormatError, OutputError
 from .sources import WeightSource
 
-__all__ = ["SafetensorsSource", "write_safetensors", "read_into", "DTYPES"]
+__all__ = ["SafetensorsSource", "write_safetensors", "stream_safetensors", "read_into",
+           "DTYPES"]
 
 _MAX_HEADER = 100 * 1024 * 1024
 _MAX_DIMS = 32
@@ -180,3 +181,49 @@ def write_safetensors(tensors: Mapping[str, np.ndarray], path: str, *,
         f.write(raw)
         for a in arrays:  # written from the array's memory, no bytes copy
             f.write(memoryview(a.reshape(-1).view(np.uint8)))
+
+
+def stream_safetensors(specs: Sequence[tuple[str, tuple, str]],
+                       fetch: Callable[[str], np.ndarray], path: str, *,
+                       metadata: Mapping[str, str] | None = None) -> None:
+    """Writes a safetensors file one tensor at a time: the header from `specs` alone, then
+    each tensor's bytes as `fetch` gives it, so that one tensor (plus what `fetch` holds) is
+    in memory at once. Same bytes as `write_safetensors` of the same tensors in that order.
+
+    Args:
+        specs: (name, shape, dtype name) of every tensor, in the order written.
+        fetch: ``fetch(name) -> array``, called once per name, in order; each array must
+            have its spec's shape and dtype.
+        path: the file to write (a temporary of `surgery.io.atomic`: on an error the caller
+            removes it).
+        metadata: the header's ``__metadata__``.
+
+    Raises:
+        OutputError: a dtype safetensors can't hold (before anything is written).
+        ValueError: `fetch` gave an array that is not its spec's (a bug of the caller).
+    """
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for name, shape, dtype in specs:
+        code = _CODES.get(str(dtype))
+        if code is None:
+            raise OutputError(f"{path}: tensor {name!r} has dtype {dtype}, which safetensors "
+                              "can't hold", path=path, variable=name)
+        nbytes = math.prod(int(d) for d in shape) * _np_dtype(str(dtype)).itemsize
+        header[name] = {"dtype": code, "shape": [int(d) for d in shape],
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name, shape, dtype in specs:
+            a = fetch(name)
+            if tuple(a.shape) != tuple(int(d) for d in shape) or str(a.dtype) != str(dtype):
+                raise ValueError(f"{path}: tensor {name!r} is {a.dtype} {tuple(a.shape)} but "
+                                 f"its header says {dtype} {tuple(shape)}")
+            f.write(memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8)))
+            del a  # before the next fetch

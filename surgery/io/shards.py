@@ -19,7 +19,8 @@ read (nothing is cached: each read returns a new array); Keras shards stay open 
 while the source is, and datasets are read one at a time. Paths equal those of the unsharded
 file: safetensors keys verbatim, Keras canonical paths as for a `.weights.h5`.
 
-Writing (`write_keras_shards`, `write_safetensors_sharded`) produces the layout each ecosystem
+Writing (`write_keras_shards`, `write_safetensors_sharded`, and its one-tensor-at-a-time
+sibling `stream_safetensors_sharded`) produces the layout each ecosystem
 reads: Keras 3's (``<base>_00000.weights.h5``, ..., and ``<base>.weights.json`` mapping each
 ``/layers/<name>/vars`` group to the list of shards holding its variables, what
 ``model.save_weights(path, max_shard_size=)`` writes) and Hugging Face's
@@ -51,12 +52,14 @@ from ..entries import VariableInfo
 from ..errors import FormatError, InputError, OptionError, OutputError, SurgeryError
 from .h5layout import VirtualGroup, guard, keras3_entries, open_h5
 from .kerasfile import _check_against, _H5Source, read_architecture
+from .kerasfile_writer import Writeback
 from .safetensors import SafetensorsSource, _np_dtype, read_into
 from .sources import WeightSource
 
 __all__ = ["SafetensorsIndexSource", "KerasShardedSource", "read_index", "index_files",
            "check_sharded_output", "parse_size", "write_keras_shards",
-           "write_safetensors_sharded", "ShardedOutput", "INDEX_SUFFIXES", "format_size",
+           "write_safetensors_sharded", "stream_safetensors_sharded", "ShardedOutput",
+           "INDEX_SUFFIXES", "format_size",
            "tensor_bytes", "check_memory", "parse_memory", "MemoryLimit"]
 
 INDEX_SUFFIXES = (".safetensors.index.json", ".weights.json")
@@ -397,24 +400,51 @@ def _make_groups(out: h5py.File, name: str, root: Any, where: str) -> h5py.Group
 
 class _OpenShards:
     """The shard files being written, at most `keep` open at once: a shard closed to make room
-    is reopened to append (so thousands of small shards don't exhaust file descriptors)."""
+    is reopened to append (so thousands of small shards don't exhaust file descriptors).
+
+    Each open shard has a `Writeback` (as the `.keras` writer has): its disk writes start
+    while the next tensors are read, every `_FLUSH` bytes and as soon as the writer moves on
+    to another shard, so that the fsync before the set is published finds little left."""
 
     def __init__(self, paths: list[str], keep: int = 8):
         self._paths, self._keep = paths, keep
         self._open: dict[int, h5py.File] = {}
         self._made: set[int] = set()
+        self._writebacks: dict[int, Writeback] = {}
+        self._last: int | None = None  # the shard written last
 
     def get(self, i: int) -> h5py.File:
         f = self._open.pop(i, None)
         if f is None:
             f = h5py.File(self._paths[i], "a" if i in self._made else "w")
             self._made.add(i)
+            fd = f.id.get_vfd_handle()  # the sec2 driver's file descriptor
+            if isinstance(fd, int):
+                self._writebacks[i] = Writeback(fd)
         self._open[i] = f
         while len(self._open) > self._keep:
-            self._open.pop(next(iter(self._open))).close()
+            self._close(next(iter(self._open)))
         return f
 
+    def wrote(self, i: int, nbytes: int) -> None:
+        """Counts `nbytes` just written to shard `i` (open); moving on from another shard
+        starts that one's writeback."""
+        if self._last is not None and self._last != i and self._last in self._writebacks:
+            self._writebacks[self._last].start()
+        self._last = i
+        if i in self._writebacks:
+            self._writebacks[i].wrote(nbytes)
+
+    def _close(self, i: int) -> None:
+        writeback = self._writebacks.pop(i, None)
+        if writeback is not None:
+            writeback.close()  # before the file descriptor goes
+        self._open.pop(i).close()
+
     def close(self) -> None:
+        for writeback in self._writebacks.values():  # every thread stopped, whatever fails
+            writeback.close()
+        self._writebacks.clear()
         while self._open:
             self._open.pop(next(iter(self._open))).close()
 
@@ -477,9 +507,13 @@ def _write_keras_files(root: Any, plan: _KerasPlan, files: _OpenShards, replaced
             else parent.create_dataset(leaf, data=data)
         for key, value in ds_attrs.items():
             new.attrs[key] = value
+        if data is not None:
+            files.wrote(i, int(getattr(data, "nbytes", 0)))
         data = None  # one tensor at a time: released before the next is read
     for key, array in values:
-        files.get(plan.shard_of[key])[key][...] = array
+        i = plan.shard_of[key]
+        files.get(i)[key][...] = array
+        files.wrote(i, array.nbytes)
         del array
 
 
@@ -579,8 +613,47 @@ def write_safetensors_sharded(tensors: Mapping[str, np.ndarray], index: str,
     write_safetensors_sharded(state_dict, "out/model.safetensors.index.json", "2GB")
     ```
     """
+    from .safetensors import write_safetensors
+
+    specs = [(name, np.shape(a), str(np.asarray(a).dtype)) for name, a in tensors.items()]
+    return _write_safetensors_set(specs, index, max_shard_size, inputs, overwrite, (
+        lambda part, path: write_safetensors({k: tensors[k] for k in part}, path,
+                                             metadata=metadata)))
+
+
+def stream_safetensors_sharded(specs: Iterable[tuple[str, tuple, str]],
+                               fetch: Callable[[str], np.ndarray], index: str,
+                               max_shard_size: Any, *, inputs: Iterable = (),
+                               overwrite: bool = False,
+                               metadata: Mapping[str, str] | None = None) -> ShardedOutput:
+    """`write_safetensors_sharded` one tensor at a time: the shards are packed from `specs`
+    (name, shape, dtype name) alone, and each shard is written by `stream_safetensors`,
+    calling ``fetch(name)`` once per tensor in order, so that one tensor (plus what `fetch`
+    holds) is in memory at once. Same files as `write_safetensors_sharded` of the same
+    tensors; same errors, at the same points (an error from `fetch` leaves nothing behind).
+
+    Example:
+    ```python
+    stream_safetensors_sharded([("w", (4, 3), "float32")], lambda k: np.zeros((4, 3), "f4"),
+                               "out/model.safetensors.index.json", "2GB")
+    ```
+    """
+    from .safetensors import stream_safetensors
+
+    specs = list(specs)
+    by_name = {spec[0]: spec for spec in specs}
+    return _write_safetensors_set(specs, index, max_shard_size, inputs, overwrite, (
+        lambda part, path: stream_safetensors([by_name[k] for k in part], fetch, path,
+                                              metadata=metadata)))
+
+
+def _write_safetensors_set(specs: list[tuple[str, tuple, str]], index: str,
+                           max_shard_size: Any, inputs: Iterable, overwrite: bool,
+                           write_shard: Callable[[list[str], str], None]) -> ShardedOutput:
+    """The set of `write_safetensors_sharded`, each shard written by ``write_shard(names,
+    path)``."""
     from .atomic import atomic_set
-    from .safetensors import _CODES, write_safetensors
+    from .safetensors import _CODES
 
     index = os.fspath(index)
     limit = parse_size(max_shard_size)
@@ -588,15 +661,14 @@ def write_safetensors_sharded(tensors: Mapping[str, np.ndarray], index: str,
         raise OutputError(f"{index}: a sharded state dict's index is named "
                           "<name>.safetensors.index.json (model.safetensors.index.json)",
                           path=index)
-    if not tensors:
+    if not specs:
         raise OutputError(f"{index}: no tensors to write", path=index)
     sizes = []
-    for name, array in tensors.items():
-        dtype = np.asarray(array).dtype
+    for name, shape, dtype in specs:
         if _CODES.get(str(dtype)) is None:
             raise OutputError(f"{index}: tensor {name!r} has dtype {dtype}, which safetensors "
                               "can't hold", path=index, variable=name)
-        sizes.append((name, int(np.asarray(array).nbytes)))
+        sizes.append((name, tensor_bytes(shape, dtype)))
     plan = _pack(sizes, limit)
     prefix = os.path.basename(index)[:-len(_HF_INDEX)]
     names = [f"{prefix}-{i:05d}-of-{len(plan):05d}.safetensors" for i in range(1, len(plan) + 1)]
@@ -604,8 +676,7 @@ def write_safetensors_sharded(tensors: Mapping[str, np.ndarray], index: str,
     total = sum(size for _, size in sizes)
     with atomic_set(index, names, inputs=inputs, overwrite=overwrite, family=family) as tmp:
         for name, part in zip(names, plan):
-            write_safetensors({k: tensors[k] for k in part}, tmp.members[name],
-                              metadata=metadata)
+            write_shard(part, tmp.members[name])
         weight_map = {k: name for name, part in zip(names, plan) for k in part}
         _dump_index(tmp.index, {"metadata": {"total_size": total}, "weight_map": weight_map},
                     indent=2, sort_keys=True)

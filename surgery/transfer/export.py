@@ -33,15 +33,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from .. import reshape as R
-from ..errors import OptionError, OutputError, RulesError, ShapeError, UnsupportedModelError
-from ..selection import closest_paths, compile_selector
-from .adapters import TORCH_BN_EPS, check_epsilon, get_adapter, layer_config
-from .report import ExportReport, ExportRow
+from ..errors import OptionError, OutputError, RulesError, UnsupportedModelError
+from .adapters import get_adapter
+from .report import ExportReport
 from .rules import (Rename, Where, check_roles, parse_renames, parse_skips, read_toml,
                     type_error)
 
@@ -64,6 +63,7 @@ class _Exporter:
     required: int = 0
     fn: Callable | None = None
     needs: tuple[str, ...] = ()  # the layer variables that must exist
+    shapes: Callable | None = None  # the layout equation (below)
 
 
 def _recurrent(fn, gates: int, kind: str):
@@ -95,24 +95,137 @@ def _batchnorm(arrays: dict, opts: dict, layer: str) -> tuple[dict, str]:
     return out, opts.get("_note", "") or "Keras BatchNormalization -> PyTorch"
 
 
+# Each exporter's layout equation: (the inputs' (shape, dtype) by role, the rule's options)
+# -> ({role: (shape, dtype)} made, note, scratch bytes), or None where the equation does not
+# cover them (the plan then runs the conversion once). Notes are the conversions' own.
+
+def _np_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _floating(name: str) -> bool:
+    try:
+        return _np_dtype(name).kind == "f" or name == "bfloat16"
+    except TypeError:
+        return False
+
+
+def _numeric(dtype: str) -> bool:
+    try:
+        return _np_dtype(dtype).kind in "fiub" or dtype == "bfloat16"
+    except TypeError:
+        return False
+
+
+def _ints(value: Any, low: int) -> bool:
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= low for d in value)
+
+
+def _bytes(shape: tuple, dtype: str) -> int:
+    from ..io.shards import tensor_bytes
+
+    return tensor_bytes(shape, dtype)
+
+
+def _copy_shapes(ins, opts):
+    return {"": ins[""]}, "", 0
+
+
+def _linear_shapes(ins, opts):
+    (shape, dtype) = ins[""]
+    if len(shape) != 2 or not _numeric(dtype):
+        return None
+    made = {"": ((shape[1], shape[0]), dtype)}
+    if "feature_shape" not in opts:
+        return made, "Keras Dense -> PyTorch Linear", 0
+    fs = opts["feature_shape"]
+    if not (_ints(fs, 1) and len(fs) == 3 and math.prod(fs) == shape[0]):
+        return None
+    return made, ("Keras Dense after Flatten (NHWC) -> PyTorch Linear after flatten "
+                  "(NCHW)"), _bytes(shape, dtype)  # the rows reordered, then transposed
+
+
+def _conv_shapes(ins, opts):
+    (shape, dtype), kind = ins[""], opts.get("kind", "conv")
+    if kind not in ("conv", "depthwise", "transpose") or len(shape) not in (3, 4, 5) or \
+            not _numeric(dtype):
+        return None
+    n = len(shape) - 2
+    out = ((shape[n] * shape[n + 1], 1) if kind == "depthwise" else
+           (shape[n + 1], shape[n])) + shape[:n]
+    return {"": (out, dtype)}, f"Keras {kind} -> PyTorch", 0
+
+
+def _transpose_shapes(ins, opts):
+    (shape, dtype), axes = ins[""], opts.get("axes")
+    if axes is None:
+        return {"": (shape[::-1], dtype)}, f"transposed {shape} axes reversed", 0
+    if not (_ints(axes, 0) and axes and sorted(axes) == list(range(len(shape)))):
+        return None
+    return {"": (tuple(shape[i] for i in axes), dtype)}, f"transposed {shape} axes {axes}", 0
+
+
+def _reshape_shapes(ins, opts):
+    (shape, dtype) = ins[""]
+    target = opts.get("shape", shape)
+    if not (_ints(target, 0) and math.prod(target) == math.prod(shape)):
+        return None
+    return {"": (tuple(target), dtype)}, f"reshaped {shape} -> {tuple(target)}", 0
+
+
+def _recurrent_shapes(gates: int, kind: str):
+    def shapes(ins, opts):
+        (k, kd), (rk, rkd) = ins["kernel"], ins["recurrent_kernel"]
+        b, bd = ins.get("bias", (None, None))
+        if not all(_numeric(d) for d in (kd, rkd, bd or kd)) or len(k) != 2 or k[1] % gates:
+            return None
+        u = k[1] // gates
+        if rk != (u, gates * u) or b not in (None, (gates * u,) if gates == 4 else
+                                             (2, gates * u)):
+            return None
+        made = {"w_ih": ((gates * u, k[0]), kd), "w_hh": ((gates * u, u), rkd)}
+        if b is not None:
+            made.update(b_ih=((gates * u,), bd), b_hh=((gates * u,), bd))
+        scratch = 0 if gates == 4 else max(_bytes(k, kd), _bytes(rk, rkd))  # gates reordered
+        return made, f"Keras {kind} -> PyTorch", scratch
+    return shapes
+
+
+def _batchnorm_shapes(ins, opts):
+    first = next(iter(ins.values()))
+    if any(len(s) != 1 or s != first[0] or not _numeric(d) for s, d in ins.values()):
+        return None
+    made = {role: ins.get(v, first) for role, v in (("weight", "gamma"), ("bias", "beta"),
+                                                    ("running_mean", "moving_mean"),
+                                                    ("running_var", "moving_variance"))}
+    made["num_batches_tracked"] = ((), "int64")
+    return made, opts.get("_note", "") or "Keras BatchNormalization -> PyTorch", 0
+
+
 _EXPORTERS = {e.name: e for e in [
-    _Exporter("copy", {}),
-    _Exporter("linear_to_torch", get_adapter("linear_to_torch").options),
-    _Exporter("conv_to_torch", get_adapter("conv_to_torch").options),
-    _Exporter("transpose", get_adapter("transpose").options),
-    _Exporter("reshape", {"shape": "the PyTorch shape, a list (same values)"}),
+    _Exporter("copy", {}, shapes=_copy_shapes),
+    _Exporter("linear_to_torch", get_adapter("linear_to_torch").options, shapes=_linear_shapes),
+    _Exporter("conv_to_torch", get_adapter("conv_to_torch").options, shapes=_conv_shapes),
+    _Exporter("transpose", get_adapter("transpose").options, shapes=_transpose_shapes),
+    _Exporter("reshape", {"shape": "the PyTorch shape, a list (same values)"},
+              shapes=_reshape_shapes),
     _Exporter("lstm_to_torch", {}, ("kernel", "recurrent_kernel", "bias"),
               ("w_ih", "w_hh", "b_ih", "b_hh"), 2, _recurrent(R.lstm_to_torch, 4, "LSTM"),
-              ("kernel", "recurrent_kernel")),
+              ("kernel", "recurrent_kernel"), _recurrent_shapes(4, "LSTM")),
     _Exporter("gru_to_torch", {}, ("kernel", "recurrent_kernel", "bias"),
               ("w_ih", "w_hh", "b_ih", "b_hh"), 2, _recurrent(R.gru_to_torch, 3, "GRU"),
-              ("kernel", "recurrent_kernel")),
+              ("kernel", "recurrent_kernel"), _recurrent_shapes(3, "GRU")),
     _Exporter("batchnorm_to_torch",
               {"eps": "the PyTorch BatchNorm's eps (default 1e-5), compared with the layer's "
                       "epsilon", "eps_mismatch": "error|ok (default error)"},
               ("gamma", "beta", "moving_mean", "moving_variance"),
               ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"), 5,
-              _batchnorm, ("moving_mean", "moving_variance")),
+              _batchnorm, ("moving_mean", "moving_variance"), _batchnorm_shapes),
 ]}
 EXPORTERS = tuple(sorted(_EXPORTERS))
 
@@ -234,9 +347,13 @@ def export_state_dict(model: Any, path: str, rules: Any = None, *, like: Any = N
         path: `.safetensors` or `.npz`; never one of the inputs. With `max_shard_size`, a
             Hugging Face ``NAME.safetensors.index.json`` and its shards, written as a set.
         max_shard_size: the largest shard (bytes, or "2GB", "500MB").
-        max_memory: the most memory the export may hold (bytes, or "800MB", "1.5GB"): it
-            holds every PyTorch tensor until it writes them (and the largest one twice while
-            converting it); more is refused (`OptionError`) before anything is read.
+        max_memory: the most memory one step of the export may hold (bytes, or "800MB",
+            "1.5GB"). The export streams: it converts one rule at a time (a layer rule such as
+            an LSTM makes its few tensors together) and writes each tensor as it comes, so a
+            step holds one rule's inputs and outputs (plus a conversion's scratch: the Flatten
+            row reorder, the GRU gate reorder; and a tensor cast to a template's dtype),
+            whatever the model's size. A step that needs more is refused (`OptionError`, naming
+            it) before anything is read.
         rules: a TOML path or dict (module docstring); with `like`, your rules applied
             first (the variables and keys they cover are left out of inference).
         like: a PyTorch state dict saved from the module to fill (`.safetensors`, `.npz`;
@@ -264,10 +381,10 @@ def export_state_dict(model: Any, path: str, rules: Any = None, *, like: Any = N
     surgery.export_state_dict(model, "model.safetensors", "examples/rules/torch_lstm_export.toml")
     ```
     """
-    from ..io.atomic import atomic_path, check_output
+    from ..io.atomic import check_output
+    from ..io.shards import check_sharded_output, parse_memory
     from ..io.sources import open_weights
-
-    from ..io.shards import check_sharded_output, parse_memory, write_safetensors_sharded
+    from . import export_write as W
 
     path = os.fspath(path)
     memory = parse_memory(max_memory)
@@ -281,31 +398,27 @@ def export_state_dict(model: Any, path: str, rules: Any = None, *, like: Any = N
         check_output(path, inputs=readers, overwrite=overwrite)  # before reading anything
     port = _port(model, rules, like, write_rules, readers + [path], overwrite)
     spec = load_export_rules(port.rules if port is not None else rules)
+    template = None
+    if port is not None:
+        with open_weights(like) as t:  # its header: keys, shapes, dtypes
+            template = (t.variables(), t.name)
     src = open_weights(model)
     try:
-        _check_memory(src, memory)
-        out, report = _convert(src, spec, path)
+        draft = W.plan_export(src, spec)  # shapes from the rules: nothing read yet
+        W.check_export_memory(src, draft, memory,
+                              template and {i.path: i.dtype for i in template[0]})
+        plan = W.resolve_export(src, draft, path)
+        if port is not None:
+            plan = W.apply_template(plan, *template, port)  # before anything is written
+        W.write_export(src, plan, path, sharded, inputs=readers, overwrite=overwrite)
     finally:
         if src is not model:
             src.close()
-    if port is not None:
-        out, report = _like_template(out, report, like, port)
-    if sharded is not None:
-        write_safetensors_sharded(out, path, sharded, inputs=readers, overwrite=overwrite)
-    else:
-        with atomic_path(path, inputs=readers, overwrite=overwrite) as tmp:
-            if path.lower().endswith(".npz"):
-                with open(tmp, "wb") as f:
-                    np.savez(f, **out)
-            else:
-                from ..io.safetensors import write_safetensors
-
-                write_safetensors(out, tmp)
     if write_rules is not None:
         from .port import write_port_rules
 
         write_port_rules(port, write_rules, inputs=readers + [path], overwrite=overwrite)
-    return report
+    return plan.report
 
 
 def _port(model: Any, rules: Any, like: Any, write_rules: Any, inputs: list,
@@ -330,243 +443,3 @@ def _port(model: Any, rules: Any, like: Any, write_rules: Any, inputs: list,
         return rules
     return port_rules(like, model, rules, direction="to_torch")
 
-
-def _np_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
-
-
-def _floating(name: str) -> bool:
-    try:
-        return _np_dtype(name).kind == "f" or name == "bfloat16"
-    except TypeError:
-        return False
-
-
-def _like_template(out: dict, report: ExportReport, like: Any, port: Any
-                   ) -> tuple[dict, ExportReport]:
-    """`out` in the template's key order, checked against its keys, shapes and dtypes (a
-    floating dtype cast to the template's, and the row says so); the report with the pairs."""
-    from dataclasses import replace
-
-    from ..io.sources import open_weights
-
-    with open_weights(like) as template:
-        infos = template.variables()
-        name = template.name
-    missing = [i.path for i in infos if i.path not in out]
-    extra = [k for k in out if k not in {i.path for i in infos}]
-    if missing or extra:
-        raise RulesError(f"{name}: the export doesn't write the template's keys: missing "
-                         f"{', '.join(missing[:5]) or 'none'}, extra "
-                         f"{', '.join(extra[:5]) or 'none'}; fix the rules (--rules) so that "
-                         "they write exactly the template's keys")
-    notes = {}
-    for info in infos:
-        a = out[info.path]
-        if tuple(a.shape) != tuple(info.shape):
-            raise ShapeError(f"{info.path}: the export makes {tuple(a.shape)} but the template "
-                             f"has {tuple(info.shape)}; fix the rule that writes it",
-                             variable=info.path, shapes=(tuple(a.shape), tuple(info.shape)))
-        if str(a.dtype) != info.dtype:
-            if a.dtype.kind != "f" or not _floating(info.dtype):
-                raise ShapeError(f"{info.path}: the export makes {a.dtype} but the template "
-                                 f"has {info.dtype}; fix the rule that writes it",
-                                 variable=info.path)
-            out[info.path] = a.astype(_np_dtype(info.dtype))
-            notes[info.path] = f"cast {a.dtype} -> {info.dtype} (the template's)"
-    rows = tuple(replace(r, note="; ".join(n for n in (r.note, notes.get(r.key)) if n))
-                 for r in report.rows)
-    return {i.path: out[i.path] for i in infos}, replace(report, rows=rows, port=port.pairs)
-
-
-def _check_memory(src: Any, limit: int | None) -> None:
-    """The export holds every tensor it writes until it writes them, and reads the largest
-    while those are held: that, from the variables' shapes, against `limit`."""
-    from ..io.shards import check_memory, format_size, tensor_bytes
-
-    sizes = [tensor_bytes(v.shape, v.dtype) for v in src.variables()]
-    total, largest = sum(sizes), max(sizes, default=0)
-    check_memory([(src.name, f"the export of its {len(sizes)} tensors", total + largest,
-                   f"{format_size(total)} held until written + the largest, "
-                   f"{format_size(largest)}, read again while converting")], limit)
-
-
-def _convert(src, spec: ExportRules, path: str) -> tuple[dict[str, np.ndarray], ExportReport]:
-    """Every tensor the rules produce (checked: sources exist, keys unique, every variable
-    covered) and the report."""
-    covered: dict[str, str] = {}  # Keras path -> what covers it
-    skipped, warnings = [], []
-    for sel in spec.skips:
-        pred = compile_selector(sel)
-        hit = [v.path for v in src.variables() if pred(v) and v.path not in covered]
-        if not hit:
-            warnings.append(f"skip {sel!r} matches no variable of the model")
-        skipped += hit
-        covered.update(dict.fromkeys(hit, "skip"))
-    jobs: list[tuple[ExportRule, dict[str, str]]] = []
-    for rule in spec.exports:
-        reads = _sources(src, rule)
-        for key in reads.values():
-            covered[key] = rule.at
-        jobs.append((rule, reads))
-    written = {key: f"the export of {rule.source!r} at {rule.at}"
-               for rule in spec.exports for _, key in rule.targets}
-    renamed: list[tuple[str, str]] = []
-    hits = [0] * len(spec.renames)
-    for key in src:
-        if key in covered:
-            continue
-        for i, r in enumerate(spec.renames):
-            if r.pattern.search(key):
-                new, hits[i] = r.pattern.sub(r.replacement, key), hits[i] + 1
-                if new in written:
-                    raise RulesError(f"{spec.rename_at[i]}: rename {r.text} writes {new!r} "
-                                     f"from {key!r}, which {written[new]} writes too; give "
-                                     "each PyTorch key one rule")
-                written[new] = f"the rename of {key!r} at {spec.rename_at[i]}"
-                renamed.append((key, new))
-                covered[key] = "rename"
-                break
-    warnings += [f"rename {r.text} matches no variable of the model"
-                 for r, n in zip(spec.renames, hits) if n == 0]
-    left = [k for k in src if k not in covered]
-    if left:
-        raise RulesError(f"the export rules don't cover {', '.join(left[:5])}"
-                         f"{' ...' if len(left) > 5 else ''}; add a rename, an export or a "
-                         "skip for each")
-    out: dict[str, np.ndarray] = {}
-    rows: list[ExportRow] = []
-    for rule, reads in jobs:
-        for key, array, note in _run(src, rule, reads):
-            out[key] = array
-            source = reads[""] if "" in reads else rule.source.rstrip("/")
-            rows.append(ExportRow(key, source, rule.name, tuple(array.shape), note))
-    for key, new in renamed:
-        out[new] = src.read(key)
-        rows.append(ExportRow(new, key, "renamed", tuple(out[new].shape)))
-    report = ExportReport(src.name, path, tuple(rows), tuple(skipped),
-                          tuple(_epsilon_notes(src)), tuple(warnings))
-    return out, report
-
-
-def _sources(src, rule: ExportRule) -> dict[str, str]:
-    """The Keras variables a rule reads, by variable name ("" for a single tensor)."""
-    exporter = _EXPORTERS[rule.name]
-    if not exporter.variables:
-        if rule.source not in src:
-            raise RulesError(f"{rule.at}: export '{rule.name}': no variable {rule.source!r} in "
-                             f"the model; closest: {', '.join(closest_paths(rule.source, src, 3))}")
-        return {"": rule.source}
-    layer = rule.source.rstrip("/")
-    reads = {v: f"{layer}/{v}" for v in exporter.variables if f"{layer}/{v}" in src}
-    need = [v for v in exporter.needs if v not in reads]
-    if need:
-        raise RulesError(f"{rule.at}: export '{rule.name}': layer {layer!r} has no "
-                         f"{', '.join(f'{layer}/{v}' for v in need)}; closest: "
-                         f"{', '.join(closest_paths(f'{layer}/{need[0]}', src, 3))}")
-    return reads
-
-
-def _run(src, rule: ExportRule, reads: dict[str, str]) -> Iterator[tuple[str, np.ndarray, str]]:
-    """(PyTorch key, array, note) for each tensor `rule` writes."""
-    exporter, opts = _EXPORTERS[rule.name], dict(rule.options)
-    arrays = {v: src.read(k) for v, k in reads.items()}
-    if not exporter.roles:
-        a = arrays[""]
-        if rule.name == "copy":
-            yield rule.targets[0][1], a, ""
-            return
-        adapter = get_adapter(rule.name)
-        try:
-            shape = tuple(opts.get("shape", a.shape)) if rule.name == "reshape" else a.shape
-            result = adapter.fn({"": a}, {"": shape}, opts)
-        except (ShapeError, OptionError) as e:
-            raise type(e)(f"{rule.at}: export '{rule.name}' of {rule.source!r} {a.shape} with "
-                          f"{_given(opts)}: {e}", variable=rule.source) from None
-        except (TypeError, ValueError, IndexError, KeyError) as e:  # options of the wrong kind
-            known = "; ".join(f"{k}: {d}" for k, d in adapter.options.items()) or "none"
-            raise OptionError(f"{rule.at}: export '{rule.name}' of {rule.source!r} {a.shape} "
-                              f"can't use {_given(opts)} ({e}); its options are {known}",
-                              variable=rule.source) from None
-        yield rule.targets[0][1], result.arrays[""], result.note
-        return
-    layer = rule.source.rstrip("/")
-    config = _settings(src, layer)
-    if rule.name == "batchnorm_to_torch":
-        try:
-            opts["_note"] = check_epsilon(layer, opts.get("eps", TORCH_BN_EPS),
-                                          config.get("epsilon"),
-                                          opts.get("eps_mismatch", "error"), side="export")
-        except OptionError as e:
-            raise OptionError(f"{rule.at}: export '{rule.name}' of {layer!r}: {e}",
-                              layer=layer) from None
-    _check_recurrent_config(rule, config)
-    try:
-        out, note = exporter.fn(arrays, opts, layer)
-    except (ShapeError, OptionError, UnsupportedModelError) as e:
-        raise type(e)(f"{rule.at}: export '{rule.name}' of {layer!r}: {e}",
-                      layer=layer) from None
-    extra = [r for r, _ in rule.targets if r not in out]
-    if extra:
-        raise RulesError(f"{rule.at}: export '{rule.name}' of {layer!r}: the layer has no "
-                         f"bias, so there is no {', '.join(extra)} to write; build the PyTorch "
-                         f"module with bias=False and drop {', '.join(extra)} from targets")
-    missing = [r for r in out if r not in dict(rule.targets) and r in exporter.roles[:4]]
-    if missing:
-        raise RulesError(f"{rule.at}: export '{rule.name}' of {layer!r} makes "
-                         f"{', '.join(missing)} but the rule's targets don't name "
-                         f"{'it' if len(missing) == 1 else 'them'}; add "
-                         f"{', '.join(r + ' = ...' for r in missing)} to targets")
-    for role, key in rule.targets:
-        if role in out:
-            yield key, out[role], note
-
-
-def _check_recurrent_config(rule: ExportRule, config: Mapping) -> None:
-    """PyTorch's LSTM/GRU compute tanh and sigmoid; a Keras layer set otherwise can't match."""
-    if rule.name not in ("lstm_to_torch", "gru_to_torch"):
-        return
-    kind = {"lstm_to_torch": "LSTM", "gru_to_torch": "GRU"}[rule.name]
-    for key, want in (("activation", "tanh"), ("recurrent_activation", "sigmoid")):
-        have = config.get(key, want)
-        if have != want:
-            raise UnsupportedModelError(
-                f"{rule.at}: export '{rule.name}' of {rule.source!r}: the layer's {key} is "
-                f"{have!r} but PyTorch's {kind} uses {want!r}, so no PyTorch {kind} computes "
-                "this layer; rebuild it with the defaults and retrain", layer=rule.source)
-
-
-def _settings(src, layer: str) -> dict:
-    """The Keras config of `layer`; for a Bidirectional direction (``bi/forward``), the
-    wrapped layer's."""
-    config = layer_config(src, layer)
-    if config is None and layer.rsplit("/", 1)[-1] in ("forward", "backward"):
-        parent = layer_config(src, layer.rsplit("/", 1)[0]) or {}
-        inner = parent.get("backward_layer") if layer.endswith("/backward") else None
-        inner = inner or parent.get("layer") or {}
-        config = inner.get("config") if isinstance(inner, Mapping) else None
-    return dict(config or {})
-
-
-def _given(opts: Mapping) -> str:
-    return ", ".join(f"{k} = {v!r}" for k, v in opts.items()) or "no options"
-
-
-def _epsilon_notes(src) -> list[str]:
-    """A note for each BatchNormalization whose epsilon is not PyTorch's default."""
-    notes = []
-    for info in src.layers():
-        if info.class_name not in ("BatchNormalization", "SyncBatchNormalization"):
-            continue
-        eps = (layer_config(src, info.path) or {}).get("epsilon")
-        if eps is None:
-            notes.append(f"{info.path}: the layer's epsilon is unknown; build the PyTorch "
-                         "BatchNorm with the Keras layer's epsilon as eps")
-        elif not math.isclose(float(eps), TORCH_BN_EPS, rel_tol=1e-6):
-            notes.append(f"{info.path}: epsilon {float(eps):g}; build the PyTorch BatchNorm "
-                         f"with eps={float(eps):g} (PyTorch's default is 1e-05)")
-    return notes

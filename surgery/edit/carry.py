@@ -17,7 +17,6 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import EditError
-from ..io.livemodels import walk_model
 from ..layertypes import layer_type
 
 __all__ = ["Deferred", "carry_weights"]
@@ -65,11 +64,13 @@ class Deferred:
             for name, value in real.items():
                 object.__setattr__(layer, name, value)
 
-    def initialize_rest(self, walk: Any, written: set[str]) -> None:
-        """Initializes, as Keras would, each variable of a deferred layer that nothing wrote:
-        from a twin of its layer (same config, built on the same input shape)."""
+    def initialize_rest(self, dst: Any, written: set[str]) -> None:
+        """Initializes, as Keras would, each variable of a deferred layer that nothing wrote
+        (`dst`: the new model's `LiveModelSource`): from a twin of its layer (same config,
+        built on the same input shape)."""
         pending: dict[int, list[tuple[int, str]]] = {}
-        for info, holder in zip(walk.variables, walk.holders):
+        for info in dst.variables():
+            holder = dst.holders[info.key]
             if info.path not in written and id(holder) in self.layers:
                 pending.setdefault(id(holder), []).append((info.key, info.path))
         for holder_id, items in pending.items():
@@ -77,7 +78,7 @@ class Deferred:
             twin = _twin(layer)
             index = {id(v): i for i, v in enumerate(layer.weights)}
             for key, path in items:
-                variable = walk.handles[key]
+                variable = dst.handles[key]
                 value = twin.weights[index[id(variable)]]
                 if tuple(value.shape) != tuple(variable.shape):
                     raise EditError(f"{path}: the re-initialized value has shape "
@@ -102,34 +103,33 @@ def _twin(layer: Any) -> Any:
     return twin
 
 
-def carry_weights(old: Any, new: Any, skip: Iterable[str]
-                  ) -> tuple[Any, list[str], list[tuple[str, str]]]:
-    """Copies each variable of `new` from the variable of `old` with the same path and shape,
-    one assignment per variable (no NumPy round trip when the dtypes agree).
+def carry_weights(src: Any, dst: Any, skip: Iterable[str]
+                  ) -> tuple[list[str], list[tuple[str, str]]]:
+    """Copies each variable of the new model (`dst`, a `LiveModelSource`) from the variable
+    of the old one (`src`) with the same path and shape, one assignment per variable (no
+    NumPy round trip when the dtypes agree).
 
     Returns:
-        (the walk of `new`, the copied paths, (path, why) for each variable not copied: in a
-        `skip` layer (replaced), absent from `old` (new layer) or of another shape).
+        (the copied paths, (path, why) for each variable not copied: in a `skip` layer
+        (replaced), absent from `src` (new layer) or of another shape).
     """
     skip = set(skip)
-    source = walk_model(old)
-    by_path = {info.path: (info, var) for info, var in zip(source.variables, source.handles)}
-    target = walk_model(new)
     copied: list[str] = []
     left: list[tuple[str, str]] = []
-    for info, variable in zip(target.variables, target.handles):
+    for info in dst.variables():
         if info.path.split("/", 1)[0] in skip:
             left.append((info.path, "replaced layer"))
             continue
-        found = by_path.get(info.path)
-        if found is None:
+        if info.path not in src:
             left.append((info.path, "new layer"))
-        elif found[0].shape != info.shape:
-            left.append((info.path, f"shape {found[0].shape} -> {info.shape}"))
-        else:
-            value = found[1]
-            if found[0].dtype != info.dtype:
-                value = np.asarray(value).astype(info.dtype)
-            variable.assign(value)
-            copied.append(info.path)
-    return target, copied, left
+            continue
+        old = src.info(info.path)
+        if old.shape != info.shape:
+            left.append((info.path, f"shape {old.shape} -> {info.shape}"))
+            continue
+        value = src.handles[old.key]
+        if old.dtype != info.dtype:
+            value = np.asarray(value).astype(info.dtype)
+        dst.handles[info.key].assign(value)
+        copied.append(info.path)
+    return copied, left

@@ -19,6 +19,7 @@ from ..model.rebuild import keras_module, model_config
 from ..outcomes import Outcome
 from ..results import EditResult  # re-exported: edit code builds it from here
 from ..selection import closest_paths
+from ..io.sources import LiveModelSource
 from .carry import Deferred, carry_weights
 
 __all__ = ["EditReport", "EditResult", "apply_edits", "layer_names", "find_layer",
@@ -165,8 +166,9 @@ def apply_edits(model: Any, *, operation: str, delete: set[str] = frozenset(),
         insert_after / insert_before: name -> new layer object called on that layer's
             output / before it on its input.
         input_shape: a new input shape (without the batch axis).
-        fill: ``fill(old_model, new_model) -> converted paths``, run after carrying, for
-            edits that compute new values (Net2Net).
+        fill: ``fill(old, new) -> converted paths``, run after carrying, for edits that
+            compute new values (Net2Net); it gets the two models' weight sources
+            (`LiveModelSource`, which `open_weights` hands back as they are).
         filled: names of `replace` layers that `fill` writes whole: built, like the fresh
             copies, without drawing initial values (see `surgery.edit.carry`).
     """
@@ -256,10 +258,11 @@ def _edit_functional(model, k, delete, replace, after, before, input_shape, defe
 
 
 def _carry(old, new, operation, changes, fill, skip, deferred) -> EditResult:
-    walk, copied, left = carry_weights(old, new, skip)
-    converted = fill(old, new) if fill else []
+    src, dst = LiveModelSource(old), LiveModelSource(new)  # each model walked once
+    copied, left = carry_weights(src, dst, skip)
+    converted = fill(src, dst) if fill else []
     done = set(converted)
-    deferred.initialize_rest(walk, set(copied) | done)
+    deferred.initialize_rest(dst, set(copied) | done)
     initialized = [(path, why) for path, why in left if path not in done]
     copied = [path for path in copied if path not in done]
     return EditResult(new, EditReport(operation, tuple(changes), tuple(copied),

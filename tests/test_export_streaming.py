@@ -339,3 +339,42 @@ def test_a_source_that_fails_mid_write_leaves_nothing(tmp_path, output, shard):
                                       max_shard_size=shard)
     assert str(e.value) == f"{source}: t3 is truncated"
     assert os.listdir(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("output, shard", [("out.safetensors", None),
+                                           ("out.safetensors.index.json", "10MB")])
+def test_the_disk_writes_start_while_the_export_runs(stacks, tmp_path, monkeypatch,
+                                                     output, shard):
+    """Each safetensors file written has a `Writeback` fed every byte of its tensors, whose
+    syncs start before the file is complete (every FLUSH bytes), and which is stopped."""
+    from surgery.io import safetensors, writeback
+
+    paths, weights = stacks
+    made, synced = [], []
+
+    class Spy(writeback.Writeback):
+        def __init__(self, fd: int):
+            self.bytes = 0
+            made.append(self)
+            super().__init__(fd)
+
+        def wrote(self, nbytes: int) -> None:
+            self.bytes += nbytes
+            super().wrote(nbytes)
+
+    real_sync = getattr(os, "fdatasync", os.fsync)
+
+    def sync(fd):
+        synced.append(fd)
+        real_sync(fd)
+
+    monkeypatch.setattr(safetensors, "Writeback", Spy)
+    monkeypatch.setattr(writeback, "_FLUSH", 4 * LARGEST)
+    monkeypatch.setattr(os, "fdatasync", sync)
+    surgery.export_state_dict(paths[20], str(tmp_path / output), _stack_rules(20),
+                              max_shard_size=shard)
+    data = sum(k.nbytes + b.nbytes for k, b in weights.values())
+    assert len(made) == (1 if shard is None else 5)  # 48 MB in shards of at most 10 MB
+    assert sum(spy.bytes for spy in made) == data
+    assert len(synced) >= data // (4 * LARGEST) - len(made)
+    assert all(not spy._thread.is_alive() for spy in made)

@@ -14,7 +14,7 @@ import threading
 
 
 import surgery
-from surgery.io import kerasfile_writer, shards
+from surgery.io import shards, writeback
 from tests.conftest import leftovers
 from tests.models import randomize
 
@@ -42,7 +42,7 @@ def test_sharded_transplant_writes_back_early_and_matches_keras(keras, tmp_path,
 
     made, synced = [], []
 
-    class Spy(kerasfile_writer.Writeback):
+    class Spy(writeback.Writeback):
         def __init__(self, fd: int):
             self.file = _temp_member(os.readlink(f"/proc/self/fd/{fd}"))
             self.bytes = self.covered = 0  # bytes written; bytes whose writeback started
@@ -64,7 +64,7 @@ def test_sharded_transplant_writes_back_early_and_matches_keras(keras, tmp_path,
         real_sync(fd)
 
     monkeypatch.setattr(shards, "Writeback", Spy)
-    monkeypatch.setattr(kerasfile_writer, "_FLUSH", FLUSH)
+    monkeypatch.setattr(writeback, "_FLUSH", FLUSH)
     monkeypatch.setattr(os, "fdatasync", sync)
     out = str(tmp_path / "s.weights.json")
     report = surgery.transplant_file(str(tmp_path / "source.keras"),
@@ -105,7 +105,7 @@ def test_save_model_shards_write_back_too(keras, tmp_path, monkeypatch):
     model = randomize(_stack(keras), seed=4)
     made = []
 
-    class Spy(kerasfile_writer.Writeback):
+    class Spy(writeback.Writeback):
         def __init__(self, fd: int):
             made.append(self)
             self.bytes = 0

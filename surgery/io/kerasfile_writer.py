@@ -8,16 +8,14 @@ replaced datasets are written from the stream, the others copied, one tensor at 
 The member's CRC-32 is not a second pass over the file on the critical path: each large dataset
 is checksummed by a worker thread (from the page cache) while the next tensor is read, only
 the rest (HDF5 headers, small datasets) is read back at the end, and the pieces are combined
-(`crc32_combine`). A second thread starts
-the disk writes while the next tensors are read (`Writeback`), so that the fsync before
-publishing finds little left to do.
+(`crc32_combine`). A second thread starts the disk writes while the next tensors are read
+(`surgery.io.writeback`), so that the fsync before publishing finds little left to do.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-import threading
 import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,14 +28,14 @@ from .archive import KerasArchive, Span
 from .atomic import atomic_path
 from ..errors import FormatError, OutputError
 from .h5layout import guard
+from .writeback import Writeback
 
-__all__ = ["write_keras_archive", "crc32_combine", "Writeback"]
+__all__ = ["write_keras_archive", "crc32_combine"]
 
 _ZIP64_LIMIT = 0xFFFFFFFF
 _CHUNK = 16 * 1024 * 1024
 _REGION = 1 << 20  # datasets at least this large are checksummed by the worker
 _READ = 1 << 20  # the worker's reads: small, so that it holds no tensor's worth of memory
-_FLUSH = 64 * 1024 * 1024  # bytes written between two writeback starts
 _POLY = 0xEDB88320  # CRC-32, reflected
 
 
@@ -140,64 +138,6 @@ def _crc_of(f, start: int, begin: int, end: int, crc: int) -> int:
         crc = zlib.crc32(chunk, crc)
         remaining -= len(chunk)
     return crc
-
-
-class Writeback:
-    """Starts writing a file's new data to disk while the program goes on: a thread runs
-    fdatasync each time another `_FLUSH` bytes were written, so that the fsync before the file
-    is published (`atomic_path`, `atomic_set`) finds little left. A head start only: that
-    fsync is still what makes the file durable.
-
-    Example:
-    ```python
-    with open(tmp, "wb") as f:
-        writeback = Writeback(f.fileno())
-        try:
-            for chunk in chunks:
-                f.write(chunk)
-                writeback.wrote(len(chunk))
-        finally:
-            writeback.close()
-    ```
-    """
-
-    def __init__(self, fd: int):
-        self._fd, self._pending, self._stop = fd, 0, False
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="surgery-writeback",
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        sync = getattr(os, "fdatasync", os.fsync)
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._stop:
-                return
-            try:
-                sync(self._fd)
-            except OSError:  # the final fsync reports what matters
-                return
-
-    def wrote(self, nbytes: int) -> None:
-        """Counts bytes just written; starts a writeback past `_FLUSH` of them."""
-        self._pending += nbytes
-        if self._pending >= _FLUSH:
-            self.start()
-
-    def start(self) -> None:
-        """Starts a writeback now of what was written since the last one, if anything (the
-        file will not be written to for a while: a shard is done, the next one begins)."""
-        if self._pending:
-            self._pending = 0
-            self._wake.set()
-
-    def close(self) -> None:
-        """Stops the thread (before the file is closed)."""
-        self._stop = True
-        self._wake.set()
-        self._thread.join()
 
 
 class _Window(Span):

@@ -19,6 +19,7 @@ import numpy as np
 
 from .archive import parse_json
 from ..entries import VariableInfo
+from .writeback import Writeback
 from ..errors import FormatError, OutputError
 from .sources import WeightSource
 
@@ -220,10 +221,16 @@ def stream_safetensors(specs: Sequence[tuple[str, tuple, str]],
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
-        for name, shape, dtype in specs:
-            a = fetch(name)
-            if tuple(a.shape) != tuple(int(d) for d in shape) or str(a.dtype) != str(dtype):
-                raise ValueError(f"{path}: tensor {name!r} is {a.dtype} {tuple(a.shape)} but "
-                                 f"its header says {dtype} {tuple(shape)}")
-            f.write(memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8)))
-            del a  # before the next fetch
+        writeback = Writeback(f.fileno())  # the disk writes start while the next is made
+        try:
+            for name, shape, dtype in specs:
+                a = fetch(name)
+                if tuple(a.shape) != tuple(int(d) for d in shape) or \
+                        str(a.dtype) != str(dtype):
+                    raise ValueError(f"{path}: tensor {name!r} is {a.dtype} {tuple(a.shape)} "
+                                     f"but its header says {dtype} {tuple(shape)}")
+                f.write(memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8)))
+                writeback.wrote(a.nbytes)
+                del a  # before the next fetch
+        finally:
+            writeback.close()

@@ -52,7 +52,7 @@ from ..entries import VariableInfo
 from ..errors import FormatError, InputError, OptionError, OutputError, SurgeryError
 from .h5layout import VirtualGroup, guard, keras3_entries, open_h5
 from .kerasfile import _check_against, _H5Source, read_architecture
-from .kerasfile_writer import Writeback
+from .writeback import Writeback
 from .safetensors import SafetensorsSource, _np_dtype, read_into
 from .sources import WeightSource
 

@@ -28,13 +28,17 @@ Benchmarks:
   `.keras` file (goal <= 1.1x the time), the peak memory of each; the sharded output loads in
   plain Keras (`load_weights(index)` on the target architecture, in a fresh process) with the
   source's weights bitwise, as the `.keras` output holds them.
+- export (issue #21): `export_state_dict` of the same model to a PyTorch `.safetensors`
+  (`linear_to_torch` on every kernel: each one transposed) against the plain file -> file
+  transplant of it (the time ratio, no goal), and its peak memory against the floor's imports
+  (`numpy`, `h5py`) + 3x the largest tensor (goal: under; it streams, one rule at a time).
 - delete_channels: pruning a generated ~100-layer residual CNN against `clone_model` of it
   (goal <= 1.2x).
 - finetune: median time per epoch of `surgery.finetune` against a hand-written Keras script
   doing the same training (same model, data, batch size, frozen layers).
 
 `SURGERY_BENCH_ONLY=scale,adapters` runs only those parts (read, transplant, shards_out,
-scale, adapters, prune, finetune); `SURGERY_BENCH_SCALE_LAYERS` sets the big model's Dense(4096)
+export, scale, adapters, prune, finetune); `SURGERY_BENCH_SCALE_LAYERS` sets the big model's Dense(4096)
 layers (60: ~4 GB; the small one has 6). The scale and adapter models are generated in a
 temporary folder (~17 GB at most) and removed at the end.
 """
@@ -651,12 +655,57 @@ def bench_read(path: str, summary: dict) -> None:
     summary.update({"file_mb": size_mb, "read": results})
 
 
+_EXPORT_RULES = ("{'export': [{'source': 'd%d/kernel' % i, 'name': 'linear_to_torch', "
+                 "'target': 'layers.%d.weight' % i} for i in range(6)] + [{'source': "
+                 "'head/kernel', 'name': 'linear_to_torch', 'target': 'head.weight'}], "
+                 "'rename': [{'from': r'^d(\\d+)/bias$', 'to': r'layers.\\1.bias'}, "
+                 "{'from': '^head/bias$', 'to': 'head.bias'}]}")
+
+
+def bench_export(path: str, summary: dict) -> None:
+    target = os.path.abspath(os.path.join(OUT, "big_target.keras"))
+    _generate(target, 2)
+    out = os.path.abspath(os.path.join(OUT, "export.safetensors"))
+    plain = os.path.abspath(os.path.join(OUT, "export_plain.keras"))
+
+    def clear() -> None:
+        for dest in (out, plain):
+            if os.path.exists(dest):
+                os.remove(dest)
+
+    codes = {
+        "export_state_dict -> .safetensors": _MEASURE.format(body=(
+            f"import surgery\nsurgery.export_state_dict({path!r}, {out!r}, {_EXPORT_RULES})")),
+        "plain transplant_file (.keras -> .keras)": _MEASURE.format(body=(
+            f"import surgery\nsurgery.transplant_file({path!r}, {target!r}, {plain!r})")),
+    }
+    res = _best(codes, clear)
+    base = _run(_MEASURE.format(body="import numpy, h5py"))
+    clear()
+    ours, ref = res["export_state_dict -> .safetensors"], \
+        res["plain transplant_file (.keras -> .keras)"]
+    largest_mb = UNITS * UNITS * 4 / MB
+    bound = base["peak_mb"] + 3 * largest_mb
+    ratio = ours["seconds"] / ref["seconds"]
+    print(f"\nexport to a PyTorch state dict of {os.path.getsize(path) / MB:.0f} MB (every "
+          f"kernel transposed; best of {REPEAT}, alternated)")
+    for name, r in res.items():
+        print(f"  {name:<44} {r['seconds']:>6.2f} s {r['peak_mb']:>6.0f} MB peak")
+    print(f"  export / plain transplant wall time {ratio:.2f}x (no goal: the plain path copies "
+          f"bytes, the export transposes every kernel, ~0.1 s of one core per 67 MB)")
+    print(f"  export peak {ours['peak_mb']:.0f} MB vs numpy + h5py {base['peak_mb']:.0f} MB "
+          f"+ 3 x largest tensor {largest_mb:.0f} MB = {bound:.0f} MB "
+          f"{verdict(ours['peak_mb'], bound)}")
+    summary["export"] = {"runs": res, "ratio": ratio, "memory_bound_mb": bound}
+
+
 def main() -> None:
     import tempfile
 
     os.makedirs(OUT, exist_ok=True)
     summary: dict = {}
-    if _wanted("read") or _wanted("transplant") or _wanted("shards_out"):
+    if _wanted("read") or _wanted("transplant") or _wanted("shards_out") or \
+            _wanted("export"):
         path = os.path.abspath(os.path.join(OUT, "big.keras"))
         _generate(path, 1)
         if _wanted("read"):
@@ -665,6 +714,8 @@ def main() -> None:
             bench_transplant(path, summary)
         if _wanted("shards_out"):
             bench_shards_out(path, summary)
+        if _wanted("export"):
+            bench_export(path, summary)
     for part, bench in (("scale", bench_scale), ("adapters", bench_adapters)):
         if _wanted(part):  # multi-GB models: generated in a temporary folder, then removed
             with tempfile.TemporaryDirectory(prefix=f"surgery-bench-{part}-",

@@ -22,11 +22,6 @@ from ..layertypes import layer_type
 __all__ = ["Deferred", "carry_weights"]
 
 
-def _is_initializer(value: Any) -> bool:
-    return any(c.__name__ == "Initializer" and c.__module__.startswith("keras.")
-               for c in type(value).__mro__)
-
-
 def _leaf(layer: Any) -> bool:
     """A built-in Keras layer whose variables are its own (Dense, Conv, BatchNormalization,
     ...: registered with variables, no cell, no wrapped layer, no sublayers to build)."""
@@ -49,7 +44,8 @@ class Deferred:
         they are."""
         if getattr(layer, "built", True) or not _leaf(layer):
             return layer
-        real = {name: value for name, value in vars(layer).items() if _is_initializer(value)}
+        base = self._k.initializers.Initializer
+        real = {name: value for name, value in vars(layer).items() if isinstance(value, base)}
         if real:
             if self._stand_in is None:
                 self._stand_in = self._k.initializers.Zeros()

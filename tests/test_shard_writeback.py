@@ -14,7 +14,7 @@ import threading
 
 
 import surgery
-from surgery.io import shards, writeback
+from surgery.io import keras_shards, writeback
 from tests.conftest import leftovers
 from tests.models import randomize
 
@@ -63,7 +63,7 @@ def test_sharded_transplant_writes_back_early_and_matches_keras(keras, tmp_path,
         synced.append(_temp_member(os.readlink(f"/proc/self/fd/{fd}")))
         real_sync(fd)
 
-    monkeypatch.setattr(shards, "Writeback", Spy)
+    monkeypatch.setattr(keras_shards, "Writeback", Spy)  # where the writer looks it up
     monkeypatch.setattr(writeback, "_FLUSH", FLUSH)
     monkeypatch.setattr(os, "fdatasync", sync)
     out = str(tmp_path / "s.weights.json")
@@ -115,7 +115,7 @@ def test_save_model_shards_write_back_too(keras, tmp_path, monkeypatch):
             self.bytes += nbytes
             super().wrote(nbytes)
 
-    monkeypatch.setattr(shards, "Writeback", Spy)
+    monkeypatch.setattr(keras_shards, "Writeback", Spy)  # where the writer looks it up
     out = str(tmp_path / "m.weights.json")
     surgery.save_model(model, out, max_shard_size=LIMIT)
     shard_bytes = sum(os.path.getsize(tmp_path / n) for n in os.listdir(tmp_path)

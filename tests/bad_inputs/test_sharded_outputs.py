@@ -23,7 +23,8 @@ import pytest
 from click.testing import CliRunner
 
 import surgery
-import surgery.io.atomic as atomic
+import surgery.io.filesets as filesets
+import surgery.io.keras_shards as keras_shards
 import surgery.io.shards as shards
 from cli import main
 from surgery.errors import OptionError, OutputError, UnsupportedModelError
@@ -107,20 +108,20 @@ def test_enospc_writing_the_index_leaves_no_shard(pair, out, monkeypatch):
     def full(path, index, **kw):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(shards, "_dump_index", full)
+    monkeypatch.setattr(keras_shards, "_dump_index", full)
     one_error(_transplant(pair, out / "o.weights.json"), f"{out / 'o.weights.json'}: {NOSPACE}")
     assert os.listdir(out) == []
 
 
 def test_the_index_is_published_last(pair, out, monkeypatch):
     order = []
-    real = atomic._publish
+    real = filesets._publish
 
     def record(tmp, path, overwrite):
         order.append(os.path.basename(path))
         real(tmp, path, overwrite)
 
-    monkeypatch.setattr(atomic, "_publish", record)
+    monkeypatch.setattr(filesets, "_publish", record)
     assert _transplant(pair, out / "o.weights.json").exit_code == 0
     shard_names = sorted(n for n in os.listdir(out) if n.endswith(".weights.h5"))
     assert len(shard_names) >= 3
@@ -134,14 +135,14 @@ def test_failed_publish_puts_the_old_set_back(keras, out, monkeypatch):
     surgery.save_model(model, index, max_shard_size=4000)  # the old set: 3 shards
     old = sha256(str(out))
     old_names = sorted(os.listdir(out))
-    real = atomic._publish
+    real = filesets._publish
 
     def index_fails(tmp, path, overwrite):
         if path == index:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         real(tmp, path, overwrite)
 
-    monkeypatch.setattr(atomic, "_publish", index_fails)
+    monkeypatch.setattr(filesets, "_publish", index_fails)
     changed = keras.Sequential([keras.Input((40,)), keras.layers.Dense(60, name="a"),
                                 keras.layers.Dense(9, name="b")])
     with pytest.raises(OutputError) as e:  # 2 shards now: one replaced, one removed
@@ -165,7 +166,7 @@ def test_sigterm_mid_set_leaves_nothing(pair, out, monkeypatch):
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not interrupt the write")
 
-    monkeypatch.setattr(shards, "_dump_index", terminated)
+    monkeypatch.setattr(keras_shards, "_dump_index", terminated)
     r = _transplant(pair, out / "o.weights.json")
     assert r.exit_code == 130, r.output  # click echoes a newline first on an interrupt
     assert r.output.strip() == "error: interrupted; nothing was written", r.output

@@ -16,7 +16,9 @@ from surgery.errors import SurgeryError
 from surgery.layertypes import REGISTRY, LayerType
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "surgery"
-CONSUMERS = ["edit/channels.py", "edit/growth.py", "edit/inflation.py", "edit/convolutional.py",
+CONSUMERS = ["edit/channels.py", "edit/channel_walk.py", "edit/channel_fill.py",
+             "edit/channel_graph.py", "edit/growth.py", "edit/inflation.py",
+             "edit/convolutional.py",
              "io/h5layout.py", "model/lora.py", "model/parameters.py", "io/describe.py",
              "model/reinit.py", "io/h5names.py", "io/h5keras3.py", "io/h5legacy.py"]
 rng = np.random.default_rng(0)

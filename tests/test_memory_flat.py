@@ -280,7 +280,7 @@ def test_delete_channels_reads_the_graph_config_reads(keras):
     inputs (in order) and shared layers that `core.graph` / `core.shared_layers` read from the
     model's config, on a residual CNN, a model with a shared layer, two inputs, a nested model
     and a Concatenate, and the kitchen-sink model of the suite."""
-    from surgery.edit import channels
+    from surgery.edit import channel_graph
     from surgery.edit.core import graph, shared_layers
     from tests.models import kitchen_sink
 
@@ -299,5 +299,5 @@ def test_delete_channels_reads_the_graph_config_reads(keras):
                                    L.Dense(4, name="side")(b)])
     several = keras.Model([a, b], L.Dense(2, name="out")(z))
     for model in (residual, several, kitchen_sink(keras)):
-        assert channels._live_graph(model) == graph(model) + (shared_layers(model),)
-    assert channels._live_graph(keras.Sequential([keras.Input((3,)), L.Dense(2)])) is None
+        assert channel_graph._live_graph(model) == graph(model) + (shared_layers(model),)
+    assert channel_graph._live_graph(keras.Sequential([keras.Input((3,)), L.Dense(2)])) is None

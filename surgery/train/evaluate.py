@@ -331,7 +331,7 @@ def evaluate(model: Any, data: Any, *, label: str | None = None, batch_size: int
 # ------------------------------------------------------------------ predict
 
 def _kind(model, width: int, names: tuple[str, ...]) -> str:
-    from .finetune import _output_activation
+    from .losses import _output_activation
 
     act = _output_activation(model)
     if act == "softmax":

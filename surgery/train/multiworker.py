@@ -99,7 +99,7 @@ def _train_step(strategy, model, opt, loss_fn, tf):
 def _run_epochs(step, dist, model, *, epochs: int, steps: int, verbose: int) -> list[dict]:
     """Runs `epochs` epochs of `steps` steps over the distributed iterator `dist`; one record
     per epoch (mean loss, seconds, trainable and frozen parameter counts)."""
-    from .finetune import _params
+    from .fitting import _params
 
     records = []
     for epoch in range(epochs):
@@ -152,15 +152,16 @@ def finetune_multiworker(model: Any, data: Any, *, train=(), freeze=(), bn="infe
     if unsupported:
         raise OptionError(f"--strategy multiworker does not support {', '.join(unsupported)}; "
                           "use --strategy mirrored (Keras fit) for those")
-    from .finetune import _check_options
+    from .options import _check_options
 
     _check_options(dict(epochs=epochs, batch_size=batch_size, seed=seed, early_stop=None,
                         lora_rank=None, lr=lr, layer_decay=None, l2sp=None, l2sp_head=None,
                         val_split=val_split, lr_mult=None, bn=bn, lora_select=(), val=val))
     from ..io import tfimport
     from .data import Data, as_inputs, check_against_model, load_data, samples, train_pipeline
-    from .finetune import (FinetuneResult, _clean_copy, _output_activation, infer_loss,
-                           loss_object, set_trainable)
+    from .copies import _clean_copy
+    from .finetune import FinetuneResult, infer_loss, loss_object, set_trainable
+    from .losses import _output_activation
     from .learning_rates import _make
 
     tf = tfimport.tensorflow()

@@ -434,6 +434,35 @@ def test_edit_that_needs_a_graph_says_what_to_do(files, tmp_path):
     assert not out.exists()
 
 
+def test_edit_of_a_task_says_the_class_is_not_kept(files, tmp_path):
+    """A graph edit of a keras-hub task (a Functional subclass) writes a plain Functional:
+    the report says so, and plain Keras loads it in a fresh process with the task's
+    predictions (a Dropout deleted: the same function at inference)."""
+    out = tmp_path / "edited.keras"
+    r = run("edit", "delete-layer", files["resnet"], "-o", out, "--layer", "output_dropout",
+            "--verify")
+    assert r.exit_code == 0, r.output
+    assert ("  res_net_classifier: the edited model is a plain Functional, not a "
+            "ResNetImageClassifier: its graph and weights are kept, the class's own parts (a "
+            "keras-hub task's preprocessor, compile settings and methods) are not\n"
+            ) in r.output, r.output
+    code = (
+        "import sys, numpy as np, keras, keras_hub\n"
+        "x = np.random.default_rng(0).uniform(0, 1, (3, 16, 16, 3)).astype('float32')\n"
+        "a = keras.saving.load_model(sys.argv[1], compile=False)\n"
+        "b = keras.saving.load_model(sys.argv[2], compile=False)\n"
+        "print(type(a).__name__, type(b).__name__, [type(l).__name__ for l in b.layers],\n"
+        "      [l.name for l in b.layers][1:])\n"
+        "np.testing.assert_allclose(np.asarray(a.predict(x, verbose=0)),\n"
+        "                           np.asarray(b.predict(x, verbose=0)), atol=1e-6)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(files["resnet"]), str(out)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == (  # (keras-hub numbers its input layers' names)
+        "ResNetImageClassifier Functional ['InputLayer', 'ResNetBackbone', "
+        "'GlobalAveragePooling2D', 'Dense'] ['res_net_backbone', 'pooler', 'predictions']")
+
+
 # ------------------------------------------------------------------ 3. file listings
 
 @pytest.mark.parametrize("name", ["bert", "gpt2", "resnet", "nested", "two"])

@@ -192,7 +192,21 @@ def apply_edits(model: Any, *, operation: str, delete: set[str] = frozenset(),
                                    input_shape, deferred)
     finally:
         deferred.restore()
-    return _carry(model, new, operation, changes, fill, set(replace), deferred)
+    return _carry(model, new, operation, tuple(changes) + _class_lost(model, new), fill,
+                  set(replace), deferred)
+
+
+def _class_lost(model, new) -> tuple[str, ...]:
+    """The report line saying that a model of a Functional subclass (a keras-hub task such as
+    ``ImageClassifier``, or its backbone) became a plain Functional: the edit rebuilds its
+    graph, and the subclass's own parts (preprocessor, compile settings, methods) are not
+    carried."""
+    before, after = type(model).__name__, type(new).__name__
+    if before == after or before in ("Functional", "Sequential", "Model"):
+        return ()
+    return (f"{model.name}: the edited model is a plain {after}, not a {before}: its graph "
+            "and weights are kept, the class's own parts (a keras-hub task's preprocessor, "
+            "compile settings and methods) are not",)
 
 
 def _edit_sequential(model, k, delete, replace, after, before, input_shape, deferred):
@@ -217,6 +231,24 @@ def _edit_sequential(model, k, delete, replace, after, before, input_shape, defe
                         ) from None
 
 
+def _input_name(tensor) -> str:
+    """The name of the input layer a model input comes from (keras-hub tasks name their
+    input tensors ``keras_tensor_N`` but the layer ``input_layer``, as a user sees it)."""
+    history = getattr(tensor, "_keras_history", None)
+    layer = history[0] if history else None
+    return getattr(layer, "name", None) or tensor.name.split(":")[0]
+
+
+def _inputs_as_named(model, k):
+    """New inputs named as the model's input layers, where a tensor's name differs (None
+    otherwise: `clone_model` names them after the tensors)."""
+    if all(_input_name(t) == t.name.split(":")[0] for t in model.inputs):
+        return None
+    return k.tree.map_structure(
+        lambda t: k.Input(batch_shape=t.shape, dtype=t.dtype, name=_input_name(t),
+                          sparse=bool(getattr(t, "sparse", False))), model.input)
+
+
 def _edit_functional(model, k, delete, replace, after, before, input_shape, deferred):
     if len(model.inputs) != 1 and input_shape is not None:
         raise EditError(f"{model.name}: a new input shape needs a model with one input")
@@ -239,10 +271,10 @@ def _edit_functional(model, k, delete, replace, after, before, input_shape, defe
             out = after[layer.name](out)
         return out
 
-    input_tensors = None
+    input_tensors = _inputs_as_named(model, k)
     if input_shape is not None:
         new_input = k.Input(tuple(input_shape), dtype=model.inputs[0].dtype,
-                            name=model.inputs[0].name.split(":")[0])
+                            name=_input_name(model.inputs[0]))
         input_tensors = [new_input] if isinstance(model.input, (list, tuple)) else new_input
     try:
         # Nested models are cloned as whole layers (clone_function), so a nested model handed

@@ -117,3 +117,18 @@ def test_layers_that_build_sublayers_keep_their_initializers():
     x = np.random.default_rng(2).normal(size=(2, 5, 8)).astype("float32")
     reference = keras.Model(model.input, model.get_layer("mha").output)
     np.testing.assert_array_equal(keras.Model(new.input, mha.output)(x), reference(x))
+
+
+def test_a_tf_keras_functional_model_is_refused_with_what_to_do():
+    tk = pytest.importorskip("tf_keras")
+    from surgery.errors import EditError
+
+    inp = tk.Input((4,))
+    model = tk.Model(inp, tk.layers.Dense(2, name="out")(tk.layers.Dense(3, name="a")(inp)),
+                     name="k2")
+    with pytest.raises(EditError) as e:
+        edit.delete_layer(model, "a")
+    assert str(e.value) == (
+        "k2: graph edits of a Keras 2 (tf_keras) Functional model are not supported; edit it "
+        "as Keras 3: surgery.load_model(MODEL.h5) without legacy=True, or surgery convert "
+        "MODEL.h5 -o MODEL.keras")

@@ -128,4 +128,5 @@ def carry_weights(src: Any, dst: Any, skip: Iterable[str]
             value = np.asarray(value).astype(info.dtype)
         dst.handles[info.key].assign(value)
         copied.append(info.path)
+    dst.finalize(copied)  # Normalization: its mean and variance tensors remade
     return copied, left

@@ -19,6 +19,7 @@ from ..model.rebuild import keras_module, model_config
 from ..outcomes import Outcome
 from ..results import EditResult  # re-exported: edit code builds it from here
 from ..selection import closest_paths
+from ..io.livemodels import framework_of
 from ..io.sources import LiveModelSource
 from .carry import Deferred, carry_weights
 
@@ -250,6 +251,10 @@ def _inputs_as_named(model, k):
 
 
 def _edit_functional(model, k, delete, replace, after, before, input_shape, deferred):
+    if framework_of(model) == "tf_keras":  # its clone_model has no call_function
+        raise EditError(f"{model.name}: graph edits of a Keras 2 (tf_keras) Functional model "
+                        "are not supported; edit it as Keras 3: surgery.load_model(MODEL.h5) "
+                        "without legacy=True, or surgery convert MODEL.h5 -o MODEL.keras")
     if len(model.inputs) != 1 and input_shape is not None:
         raise EditError(f"{model.name}: a new input shape needs a model with one input")
 

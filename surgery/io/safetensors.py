@@ -165,12 +165,12 @@ def write_safetensors(tensors: Mapping[str, np.ndarray], path: str, *,
     arrays = []
     for name, array in tensors.items():
         a = np.ascontiguousarray(array).reshape(np.shape(array))  # 0-d stays 0-d
+        if a.dtype.byteorder == ">":  # safetensors is little-endian
+            a = a.astype(a.dtype.newbyteorder("<"))
         code = _CODES.get(str(a.dtype))
         if code is None:
             raise OutputError(f"{path}: tensor {name!r} has dtype {a.dtype}, which safetensors "
                               "can't hold", path=path, variable=name)
-        if a.dtype.byteorder == ">":
-            a = a.astype(a.dtype.newbyteorder("<"))
         header[name] = {"dtype": code, "shape": list(a.shape),
                         "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes

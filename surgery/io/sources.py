@@ -13,7 +13,7 @@ import stat
 import tokenize
 import zipfile
 import zlib
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -210,6 +210,19 @@ class LiveModelSource(WeightSource):
     def variable(self, key: str) -> Any:
         """The live variable object behind a path."""
         return self.handles[self.info(key).key]
+
+    def finalize(self, keys: Iterable[str]) -> None:
+        """After the variables at `keys` were assigned: each layer holding one that computes
+        from tensors made of its variables when it is built (Keras's `Normalization` keeps
+        its mean and variance so) remakes them with `finalize_state`, as Keras's own weight
+        loading does; other layers have no such method and are left alone."""
+        holders = {}
+        for key in keys:
+            holder = self.holders[self.info(key).key]
+            if callable(getattr(holder, "finalize_state", None)):
+                holders[id(holder)] = holder
+        for holder in holders.values():
+            holder.finalize_state()
 
     def _read(self, info: VariableInfo) -> np.ndarray:
         return np.array(self.handles[info.key].numpy(), copy=True)

@@ -126,6 +126,16 @@ def _shape(shape) -> tuple:
     return tuple(int(d) for d in shape)
 
 
+def _little(dtype: str) -> str:
+    """The name of `dtype` as written: a big-endian numpy dtype ('>f4', from an .npz
+    written on a big-endian machine) becomes its little-endian one ('float32')."""
+    try:
+        dt = _np_dtype(dtype)
+    except TypeError:
+        return dtype
+    return str(dt.newbyteorder("<")) if dt.byteorder == ">" else dtype
+
+
 def _sources(src, rule: ExportRule) -> dict[str, str]:
     """The Keras variables a rule reads, by variable name ("" for a single tensor)."""
     exporter = _EXPORTERS[rule.name]
@@ -176,8 +186,9 @@ def check_export_memory(src, draft: ExportDraft, limit: int | None,
         keys = [k for _, k in job.rule.targets] if job.made is None else \
             [k for k, _, _ in job.made]
         made = read if job.made is None else sum(_bytes(s, d) for _, s, d in job.made)
-        cast = max([(_bytes(s, template[k]), template[k]) for k, s, d in job.made or ()
-                    if template.get(k, d) != d], default=(0, ""))
+        cast = max([(_bytes(s, template.get(k, _little(d))), template.get(k, _little(d)))
+                    for k, s, d in job.made or () if template.get(k, _little(d)) != d],
+                   default=(0, ""))  # to a template's dtype, or a big-endian one to little
         if job.rule is None or job.rule.name == "copy":  # the tensor read is written
             made, detail = 0, "read" if cast[0] else "read as it is"
         else:
@@ -246,7 +257,7 @@ def apply_template(plan: ExportPlan, infos: list, name: str, port: Any) -> Expor
                              f"has {tuple(info.shape)}; fix the rule that writes it",
                              variable=info.path, shapes=(tuple(shape), tuple(info.shape)))
         if dtype != info.dtype:
-            if _np_dtype(dtype).kind != "f" or not _floating(info.dtype):
+            if not _floating(dtype) or not _floating(info.dtype):  # bfloat16's kind is V
                 raise ShapeError(f"{info.path}: the export makes {dtype} but the template "
                                  f"has {info.dtype}; fix the rule that writes it",
                                  variable=info.path)
@@ -400,6 +411,8 @@ class _Tensors:
         a = self._held.pop(key)
         if key in self._plan.casts:
             a = a.astype(_np_dtype(self._plan.casts[key]))
+        if a.dtype.byteorder == ">":  # safetensors and PyTorch are little-endian
+            a = a.astype(a.dtype.newbyteorder("<"))
         return a
 
     def _make(self, job: _Job) -> dict[str, np.ndarray]:
@@ -424,12 +437,17 @@ def write_export(src, plan: ExportPlan, path: str, sharded: int | None, *, input
     from ..io.safetensors import DTYPES, stream_safetensors
     from ..io.shards import stream_safetensors_sharded
 
-    specs = [(key, *plan.specs[key]) for key in plan.order]
+    specs = [(key, plan.specs[key][0], _little(plan.specs[key][1])) for key in plan.order]
     npz = path.lower().endswith(".npz")
     for key, _, dtype in specs:
         if not npz and dtype not in DTYPES.values():  # named with the output, up front
             raise OutputError(f"{path}: tensor {key!r} has dtype {dtype}, which safetensors "
                               "can't hold", path=path, variable=key)
+        if npz and dtype == "bfloat16":
+            raise OutputError(f"{path}: tensor {key!r} is bfloat16, which .npz can't hold "
+                              "(np.load reads it back as raw bytes); write .safetensors, or "
+                              "pass like= a template with float32 tensors to cast it",
+                              path=path, variable=key)
     fetch = _Tensors(src, plan)
     if sharded is not None:
         stream_safetensors_sharded(specs, fetch, path, sharded, inputs=inputs,
@@ -448,5 +466,21 @@ def _write_npz(keys, fetch: Callable[[str], np.ndarray], path: str) -> None:
     with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED,
                          allowZip64=True) as z:
         for key in keys:
+            a = np.asarray(fetch(key))
+            if not a.dtype.hasobject:  # C order, so that its own memory can be written
+                a = np.ascontiguousarray(a).reshape(a.shape)
             with z.open(key + ".npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(fetch(key)), allow_pickle=True)
+                if a.dtype.hasobject:
+                    np.lib.format.write_array(member, a, allow_pickle=True)
+                else:  # write_array would copy the bytes (tobytes) for a zip member
+                    _npy_header(member, np.lib.format.header_data_from_array_1_0(a))
+                    member.write(memoryview(a.reshape(-1).view(np.uint8)))
+            del a  # before the next fetch
+
+
+def _npy_header(member, header: dict) -> None:
+    """The .npy header `np.save` writes: version 1.0, or 2.0 for a header over 64 KiB."""
+    try:
+        np.lib.format.write_array_header_1_0(member, header)
+    except ValueError:
+        np.lib.format.write_array_header_2_0(member, header)

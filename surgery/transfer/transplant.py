@@ -289,11 +289,13 @@ def transplant(source: Any, target: Any, rules: Any = None, *, strict: bool = Fa
         strict = strict or rules.strict
         nonfinite: dict[str, int] = {}
         if _one_pass(src, plan, strict, dry_run):  # nothing can fail half-way: read once
-            entries = []
+            entries, written = [], []
             for info, entry, array in evaluate(plan, src, tgt.variables(), nonfinite, tgt):
                 entries.append(entry)
                 if array is not None:
                     tgt.handles[info.key].assign(array)
+                    written.append(info.path)
+            tgt.finalize(written)  # Normalization: its mean and variance tensors remade
             return _report(plan, src, tgt.name, entries, nonfinite, strict, dry_run, port)
         # Evaluation pass: every adapter runs and every shape is checked before the model
         # is touched, so a failure leaves it as it was.
@@ -302,9 +304,12 @@ def transplant(source: Any, target: Any, rules: Any = None, *, strict: bool = Fa
         _check_strict(report)
         if dry_run:
             return report
+        written = []
         for info, _, array in evaluate(plan, src, tgt.variables(), {}, tgt):
             if array is not None:
                 tgt.handles[info.key].assign(array)
+                written.append(info.path)
+        tgt.finalize(written)
         return report
     finally:
         if src is not source:

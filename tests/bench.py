@@ -521,7 +521,7 @@ def bench_finetune(summary: dict) -> None:
           "epochs 2-4)")
     for name, t in runs.items():
         print(f"{name:<56} {t:>7.2f} s/epoch")
-    print(f"ratio: {ratio:.2f}x the hand-written script (goal <= 1.05x)")
+    print(f"ratio: {ratio:.2f}x the hand-written script (goal <= 1.05x) {verdict(ratio, 1.05)}")
     summary["finetune"] = {"epoch_seconds": runs, "ratio": ratio}
 
 

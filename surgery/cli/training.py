@@ -159,15 +159,13 @@ def finetune_cmd(model, data, output, trains, freezes, bn, epochs, batch_size, l
     return 0
 
 
-_MAX_COUNT = 2**31 - 1  # surgery.train.finetune.MAX_COUNT: TensorFlow's int32 counters
-
-
 def _check_numbers(**o) -> None:
-    """finetune's range checks (`surgery.train.finetune._check_options`, same words), run
-    before TensorFlow is imported: that module imports Keras when it loads."""
+    """finetune's range checks (`surgery.train.options._check_options`, same words), run
+    before TensorFlow is imported (`surgery.train.options` imports no Keras)."""
     from surgery.errors import OptionError
+    from surgery.train.options import MAX_COUNT
 
-    for name, low, high in (("epochs", 1, _MAX_COUNT), ("batch_size", 1, _MAX_COUNT),
+    for name, low, high in (("epochs", 1, MAX_COUNT), ("batch_size", 1, MAX_COUNT),
                             ("seed", 0, None), ("early_stop", 1, None), ("lora_rank", 1, None)):
         value, flag = o[name], "--" + name.replace("_", "-")
         if value is not None and value < low:

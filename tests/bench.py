@@ -178,11 +178,7 @@ def bench_transplant(path: str, summary: dict) -> None:
     target = os.path.abspath(os.path.join(OUT, "big_target.keras"))
     _generate(target, 2)
     out = os.path.abspath(os.path.join(OUT, "out.keras"))
-
-    def clear() -> None:
-        for dest in (out, out + ".h5"):
-            if os.path.exists(dest):
-                os.remove(dest)
+    clear = _remover(out, out + ".h5")
 
     codes = {name: _MEASURE.format(body=body.format(
         path=path, target=target, out=out + (".h5" if name.startswith("raw") else "")))
@@ -667,11 +663,7 @@ def bench_export(path: str, summary: dict) -> None:
     _generate(target, 2)
     out = os.path.abspath(os.path.join(OUT, "export.safetensors"))
     plain = os.path.abspath(os.path.join(OUT, "export_plain.keras"))
-
-    def clear() -> None:
-        for dest in (out, plain):
-            if os.path.exists(dest):
-                os.remove(dest)
+    clear = _remover(out, plain)
 
     codes = {
         "export_state_dict -> .safetensors": _MEASURE.format(body=(

@@ -27,6 +27,23 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def traced_peak(fn) -> int:
+    """The peak memory Python allocations reach while `fn()` runs (tracemalloc), after the
+    file -> file modules are imported, so that their own import is not counted."""
+    import tracemalloc
+
+    import surgery.io.atomic, surgery.io.kerasfile_writer, surgery.io.safetensors  # noqa: F401
+    import surgery.io.shards, surgery.transfer.export_write  # noqa: F401
+    import surgery.transfer.transplant  # noqa: F401
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def leftovers(folder: str) -> list[str]:
     """Temporary files surgery may have left in a folder."""
     return [n for n in os.listdir(folder) if ".surgery-tmp-" in n]

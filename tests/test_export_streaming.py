@@ -14,7 +14,6 @@ plan's shapes.
 from __future__ import annotations
 
 import os
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from surgery.cli import main
 from surgery.errors import FormatError, OptionError
 from surgery.io.safetensors import write_safetensors
 from surgery.io.shards import write_safetensors_sharded
+from tests.conftest import traced_peak
 
 WIDTH = 768                     # Dense(768) on 768 inputs: a 2.4 MB kernel
 LARGEST = WIDTH * WIDTH * 4
@@ -62,18 +62,6 @@ def stacks(keras, tmp_path_factory):
     return paths, weights
 
 
-def _peak(fn) -> int:
-    import surgery.io.atomic, surgery.io.safetensors, surgery.io.shards  # noqa: F401
-    import surgery.transfer.export_write  # noqa: F401 (their code: not traced)
-
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 @pytest.mark.parametrize("output, shard", [("out.safetensors", None), ("out.npz", None),
                                            ("out.safetensors.index.json", "10MB")])
 def test_export_memory_is_flat_in_model_size(stacks, tmp_path, output, shard):
@@ -86,7 +74,7 @@ def test_export_memory_is_flat_in_model_size(stacks, tmp_path, output, shard):
     for n in (20, 40):
         out = tmp_path / str(n)
         out.mkdir()
-        peaks[n] = _peak(lambda: surgery.export_state_dict(
+        peaks[n] = traced_peak(lambda: surgery.export_state_dict(
             paths[n], str(out / output), _stack_rules(n), max_shard_size=shard))
         assert peaks[n] < 3 * LARGEST, f"{n} layers: peak {peaks[n] / 1e6:.1f} MB"
     assert peaks[40] < 1.5 * peaks[20], peaks
@@ -115,7 +103,7 @@ def test_like_a_float16_template_casts_one_tensor_at_a_time(stacks, tmp_path):
         nonlocal report
         report = surgery.export_state_dict(paths[20], out, _stack_rules(20), like=template)
 
-    assert _peak(run) < 3 * LARGEST
+    assert traced_peak(run) < 3 * LARGEST
     assert {r.note for r in report.rows} == {"Keras Dense -> PyTorch Linear; cast float32 -> "
                                              "float16 (the template's)",
                                              "cast float32 -> float16 (the template's)"}

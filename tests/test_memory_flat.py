@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tracemalloc
 import zipfile
 import zlib
 
@@ -26,6 +25,7 @@ from click.testing import CliRunner
 
 import surgery
 from surgery.errors import OptionError
+from tests.conftest import traced_peak
 
 # A ~53 MB model of five equal largest tensors (fc1..fc5's kernels, 1536 x 1536 float32,
 # 9.4 MB): a Linear adapter holds its source and its result (2 x; fc0's kernel, after the
@@ -110,16 +110,8 @@ def test_adapter_path_memory_is_flat(torch_files, tmp_path, output, shard):
     out = str(tmp_path / output)
     total = sum(a.nbytes for a in torch_files["sd"].values())
     assert total > 5.5 * LARGEST
-    import surgery.io.atomic, surgery.io.kerasfile_writer, surgery.io.safetensors  # noqa: F401
-    import surgery.io.shards, surgery.transfer.transplant  # noqa: F401 (their code: not traced)
-
-    tracemalloc.start()
-    try:
-        surgery.transplant_file(torch_files["source"], torch_files["target"], out, _rules(),
-                                max_shard_size=shard)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = traced_peak(lambda: surgery.transplant_file(
+        torch_files["source"], torch_files["target"], out, _rules(), max_shard_size=shard))
     assert peak < 2.5 * LARGEST, f"peak {peak / 1e6:.1f} MB, largest {LARGEST / 1e6:.1f} MB"
 
 

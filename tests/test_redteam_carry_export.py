@@ -11,7 +11,6 @@ memory.
 from __future__ import annotations
 
 import os
-import tracemalloc
 import zipfile
 
 import numpy as np
@@ -26,6 +25,7 @@ from surgery import edit  # noqa: E402
 from surgery.errors import OutputError  # noqa: E402
 from surgery.io.safetensors import write_safetensors  # noqa: E402
 from sample_models.tasks import VOCAB, make_blobs, make_motifs  # noqa: E402
+from tests.conftest import traced_peak  # noqa: E402
 
 
 def _trained_looking(model, seed: int = 0) -> None:
@@ -210,6 +210,21 @@ LINEAR = {"export": [{"source": "fc/kernel", "name": "linear_to_torch", "target"
           "rename": [{"from": "^fc/bias$", "to": "fc.bias"}]}
 
 
+def _assert_written(out, want: dict, tmp_path) -> None:
+    """The export at `out` holds `want`: an .npz read back by np.load (keys in order, shapes,
+    dtypes, values), a .safetensors the same bytes as the in-memory writer makes of `want`."""
+    if str(out).endswith(".npz"):
+        with np.load(out) as got:
+            assert got.files == list(want)
+            for key, value in want.items():
+                assert got[key].shape == value.shape and got[key].dtype == value.dtype, key
+                np.testing.assert_array_equal(got[key], value)
+        return
+    reference = tmp_path / "want.safetensors"
+    write_safetensors(want, str(reference))
+    assert out.read_bytes() == reference.read_bytes()
+
+
 @pytest.mark.parametrize("output", ["out.safetensors", "out.npz"])
 def test_a_big_endian_source_exports_little_endian(tmp_path, output):
     """An .npz of big-endian arrays (what np.save writes on a big-endian machine): the export
@@ -223,16 +238,8 @@ def test_a_big_endian_source_exports_little_endian(tmp_path, output):
             "fc.bias": bias.astype("<f4")}
     out = tmp_path / output
     surgery.export_state_dict(str(source), str(out), LINEAR)
-    if output.endswith(".npz"):
-        with np.load(out) as got:
-            assert got.files == list(want)
-            for key, value in want.items():
-                assert got[key].dtype == np.dtype("<f4")
-                np.testing.assert_array_equal(got[key], value)
-        return
-    reference = tmp_path / "want.safetensors"
-    write_safetensors(want, str(reference))
-    assert out.read_bytes() == reference.read_bytes()
+    assert all(value.dtype == np.dtype("<f4") for value in want.values())
+    _assert_written(out, want, tmp_path)
 
 
 def _bf16_source(tmp_path):
@@ -305,28 +312,7 @@ def test_scalars_and_empty_tensors(tmp_path, output):
             "s1": state["scalar"].reshape(1), "s0": state["scalar"]}
     out = tmp_path / output
     surgery.export_state_dict(str(source), str(out), rules)
-    if output.endswith(".npz"):
-        with np.load(out) as got:
-            assert got.files == list(want)
-            for key, value in want.items():
-                assert got[key].shape == value.shape and got[key].dtype == value.dtype, key
-                np.testing.assert_array_equal(got[key], value)
-        return
-    reference = tmp_path / "want.safetensors"
-    write_safetensors(want, str(reference))
-    assert out.read_bytes() == reference.read_bytes()
-
-
-def _traced_peak(fn) -> int:
-    import surgery.io.atomic, surgery.io.safetensors  # noqa: F401 (their imports: not traced)
-    import surgery.transfer.export_write  # noqa: F401
-
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    _assert_written(out, want, tmp_path)
 
 
 @pytest.mark.parametrize("output", ["o.safetensors", "o.npz"])
@@ -341,7 +327,7 @@ def test_max_memory_of_a_renamed_tensor_is_what_the_export_holds(tmp_path, outpu
     rules = {"rename": [{"from": "^w$", "to": "layer.weight"}]}
     out = tmp_path / output
     surgery.export_state_dict(str(source), str(out), rules, max_memory=4 * n)  # warm-up
-    peak = _traced_peak(lambda: surgery.export_state_dict(
+    peak = traced_peak(lambda: surgery.export_state_dict(
         str(source), str(out), rules, max_memory=4 * n, overwrite=True))
     assert peak < 4 * n * 1.15, f"peak {peak / 1e6:.2f} MB for a 4.2 MB tensor"
     with surgery.open_weights(str(out)) as got:

@@ -18,7 +18,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .archive import parse_json
-from ..entries import VariableInfo
+from ..entries import VariableInfo, shape_size
 from .writeback import Writeback
 from ..errors import FormatError, OutputError
 from .sources import WeightSource
@@ -153,35 +153,20 @@ def read_into(fd: int, array: np.ndarray, offset: int) -> int:
 
 def write_safetensors(tensors: Mapping[str, np.ndarray], path: str, *,
                       metadata: Mapping[str, str] | None = None) -> None:
-    """Writes `tensors` (name -> array) to `path` in safetensors format (little-endian).
+    """Writes `tensors` (name -> array) to `path` in safetensors format (little-endian): the
+    arrays made C-contiguous and little-endian, then `stream_safetensors` of them.
 
     Raises:
         OutputError: a dtype safetensors can't hold.
     """
-    header: dict = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    offset = 0
-    arrays = []
+    arrays = {}
     for name, array in tensors.items():
         a = np.ascontiguousarray(array).reshape(np.shape(array))  # 0-d stays 0-d
         if a.dtype.byteorder == ">":  # safetensors is little-endian
             a = a.astype(a.dtype.newbyteorder("<"))
-        code = _CODES.get(str(a.dtype))
-        if code is None:
-            raise OutputError(f"{path}: tensor {name!r} has dtype {a.dtype}, which safetensors "
-                              "can't hold", path=path, variable=name)
-        header[name] = {"dtype": code, "shape": list(a.shape),
-                        "data_offsets": [offset, offset + a.nbytes]}
-        offset += a.nbytes
-        arrays.append(a)
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for a in arrays:  # written from the array's memory, no bytes copy
-            f.write(memoryview(a.reshape(-1).view(np.uint8)))
+        arrays[name] = a
+    stream_safetensors([(name, a.shape, str(a.dtype)) for name, a in arrays.items()],
+                       arrays.__getitem__, path, metadata=metadata)
 
 
 def stream_safetensors(specs: Sequence[tuple[str, tuple, str]],
@@ -189,7 +174,7 @@ def stream_safetensors(specs: Sequence[tuple[str, tuple, str]],
                        metadata: Mapping[str, str] | None = None) -> None:
     """Writes a safetensors file one tensor at a time: the header from `specs` alone, then
     each tensor's bytes as `fetch` gives it, so that one tensor (plus what `fetch` holds) is
-    in memory at once. Same bytes as `write_safetensors` of the same tensors in that order.
+    in memory at once (`write_safetensors` is this over a dict of arrays).
 
     Args:
         specs: (name, shape, dtype name) of every tensor, in the order written.
@@ -212,7 +197,7 @@ def stream_safetensors(specs: Sequence[tuple[str, tuple, str]],
         if code is None:
             raise OutputError(f"{path}: tensor {name!r} has dtype {dtype}, which safetensors "
                               "can't hold", path=path, variable=name)
-        nbytes = math.prod(int(d) for d in shape) * _np_dtype(str(dtype)).itemsize
+        nbytes = shape_size(shape) * _np_dtype(str(dtype)).itemsize
         header[name] = {"dtype": code, "shape": [int(d) for d in shape],
                         "data_offsets": [offset, offset + nbytes]}
         offset += nbytes

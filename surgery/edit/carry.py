@@ -34,8 +34,8 @@ class Deferred:
     """The fresh layers built with stand-in initializers, and their real ones."""
 
     def __init__(self, k):
-        self._k = k
-        self._stand_in = None
+        self._initializer = k.initializers.Initializer
+        self._stand_in = k.initializers.Zeros()
         self.layers: dict[int, tuple[Any, dict[str, Any]]] = {}
 
     def defer(self, layer: Any) -> Any:
@@ -44,11 +44,9 @@ class Deferred:
         they are."""
         if getattr(layer, "built", True) or not _leaf(layer):
             return layer
-        base = self._k.initializers.Initializer
-        real = {name: value for name, value in vars(layer).items() if isinstance(value, base)}
+        real = {name: value for name, value in vars(layer).items()
+                if isinstance(value, self._initializer)}
         if real:
-            if self._stand_in is None:
-                self._stand_in = self._k.initializers.Zeros()
             for name in real:
                 object.__setattr__(layer, name, self._stand_in)
             self.layers[id(layer)] = (layer, real)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io.sources import open_weights
 from .channel_walk import _entry, _Flow
 
 __all__: list[str] = []
@@ -95,11 +94,10 @@ def _fill_readers(flow: _Flow, w: _Writer) -> None:
 def _fill(flow: _Flow):
     """The `fill` for `apply_edits`: writes every variable the deletion changes and returns
     their paths (the edit's converted variables)."""
-    def fill(src_model, dst_model) -> list[str]:
-        with open_weights(src_model) as src, open_weights(dst_model) as dst:
-            w = _Writer(src, dst)
-            _fill_producers(flow, w)
-            _fill_slices(flow, w)
-            _fill_readers(flow, w)
+    def fill(src, dst) -> list[str]:
+        w = _Writer(src, dst)
+        _fill_producers(flow, w)
+        _fill_slices(flow, w)
+        _fill_readers(flow, w)
         return list(dict.fromkeys(w.done))
     return fill

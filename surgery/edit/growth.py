@@ -19,7 +19,6 @@ from .. import reshape as R
 from ..errors import EditError, OptionError
 from ..reshape.net2net import check_noise, net2wider_mapping
 from ..model.rebuild import keras_module
-from ..io.sources import open_weights
 from ..layertypes import LayerType, classes, layer_type
 from .core import EditResult, apply_edits, edit_nested, find_layer, graph, shared_layers
 
@@ -123,43 +122,42 @@ def widen(model: Any, layer: str, units: int, *, seed: int | None = None,
     config[key] = int(units)
     new_layer = type(old).from_config(config)
 
-    def fill(src_model, dst_model) -> list[str]:
+    def fill(src, dst) -> list[str]:
         converted = []
-        with open_weights(src_model) as src, open_weights(dst_model) as dst:
-            k_in = src.read(f"{layer}/kernel")
-            b_in = src.read(f"{layer}/bias") if f"{layer}/bias" in src else None
-            bn_arrays = {b: tuple(src.read(f"{b}/{v}") for v in ("gamma", "beta",
-                                                                  "moving_mean",
-                                                                  "moving_variance"))
-                         for b in bns}
-            for i, (reader, flat) in enumerate(readers):
-                k_out = src.read(f"{reader}/kernel")
-                if flat:
-                    k_out = k_out.reshape(flat, width, k_out.shape[-1])
-                out = R.net2wider(k_in, b_in, k_out, units, seed=seed, noise=noise,
-                                  mapping=mapping)
-                new_out = out[2].reshape(-1, out[2].shape[-1]) if flat else out[2]
-                dst.variable(f"{reader}/kernel").assign(new_out)
-                converted.append(f"{reader}/kernel")
-                if i == 0:
-                    dst.variable(f"{layer}/kernel").assign(out[0])
-                    converted.append(f"{layer}/kernel")
-                    if b_in is not None:
-                        dst.variable(f"{layer}/bias").assign(out[1])
-                        converted.append(f"{layer}/bias")
-            for b in bns:  # the same mapping: the same copies
-                mapped = R.net2wider(k_in, b_in, np.zeros((width, 1), k_in.dtype), units,
-                                     mapping=mapping, bn=bn_arrays[b])[3]
-                for name, value in zip(("gamma", "beta", "moving_mean", "moving_variance"),
-                                       mapped):
-                    if f"{b}/{name}" in dst:
-                        dst.variable(f"{b}/{name}").assign(value)
-                        converted.append(f"{b}/{name}")
-            for p in alphas:  # a copy gets the alpha of the channel it copies
-                alpha = src.read(f"{p}/alpha")
-                if alpha.shape[-1] > 1:  # 1: shared over the channel axis
-                    dst.variable(f"{p}/alpha").assign(alpha[..., mapping])
-                    converted.append(f"{p}/alpha")
+        k_in = src.read(f"{layer}/kernel")
+        b_in = src.read(f"{layer}/bias") if f"{layer}/bias" in src else None
+        bn_arrays = {b: tuple(src.read(f"{b}/{v}") for v in ("gamma", "beta",
+                                                              "moving_mean",
+                                                              "moving_variance"))
+                     for b in bns}
+        for i, (reader, flat) in enumerate(readers):
+            k_out = src.read(f"{reader}/kernel")
+            if flat:
+                k_out = k_out.reshape(flat, width, k_out.shape[-1])
+            out = R.net2wider(k_in, b_in, k_out, units, seed=seed, noise=noise,
+                              mapping=mapping)
+            new_out = out[2].reshape(-1, out[2].shape[-1]) if flat else out[2]
+            dst.variable(f"{reader}/kernel").assign(new_out)
+            converted.append(f"{reader}/kernel")
+            if i == 0:
+                dst.variable(f"{layer}/kernel").assign(out[0])
+                converted.append(f"{layer}/kernel")
+                if b_in is not None:
+                    dst.variable(f"{layer}/bias").assign(out[1])
+                    converted.append(f"{layer}/bias")
+        for b in bns:  # the same mapping: the same copies
+            mapped = R.net2wider(k_in, b_in, np.zeros((width, 1), k_in.dtype), units,
+                                 mapping=mapping, bn=bn_arrays[b])[3]
+            for name, value in zip(("gamma", "beta", "moving_mean", "moving_variance"),
+                                   mapped):
+                if f"{b}/{name}" in dst:
+                    dst.variable(f"{b}/{name}").assign(value)
+                    converted.append(f"{b}/{name}")
+        for p in alphas:  # a copy gets the alpha of the channel it copies
+            alpha = src.read(f"{p}/alpha")
+            if alpha.shape[-1] > 1:  # 1: shared over the channel axis
+                dst.variable(f"{p}/alpha").assign(alpha[..., mapping])
+                converted.append(f"{p}/alpha")
         return converted
 
     changes = [f"{layer}: {width} -> {units} {key}"] + \
@@ -225,10 +223,9 @@ def deepen(model: Any, after: str, *, residual: bool = False, name: str | None =
             new.activation = k.activations.get("relu")
         insert = new
 
-    def fill(src_model, dst_model) -> list[str]:
-        with open_weights(dst_model) as dst:
-            dst.variable(f"{name}/kernel").assign(kernel)
-            dst.variable(f"{name}/bias").assign(np.zeros(units, np.float32))
+    def fill(src, dst) -> list[str]:
+        dst.variable(f"{name}/kernel").assign(kernel)
+        dst.variable(f"{name}/bias").assign(np.zeros(units, np.float32))
         return [f"{name}/kernel", f"{name}/bias"]
 
     what = "zero-initialized residual branch" if residual else \
